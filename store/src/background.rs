@@ -1,0 +1,85 @@
+//! The store's three threads: dispatcher, flusher (async flush + checkpoints), and cleaner (retention, disk).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::FlushMode;
+use crate::error::{Error, Result};
+use crate::store::{Inner, now_ms};
+
+/// How often the cleaner re-measures disk usage between retention passes.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause after a dispatch failure before trying again (the error is logged each time).
+const DISPATCH_RETRY: Duration = Duration::from_secs(1);
+
+pub(crate) fn spawn(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
+    let start = |name: &str, f: fn(&Inner)| -> Result<JoinHandle<()>> {
+        let owned = inner.clone();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || f(&owned))
+            .map_err(|e| Error::io("spawn thread", &inner.root, e))
+    };
+    let dispatcher = start("comet-dispatch", dispatch_loop)?;
+    *inner.dispatcher.lock() = Some(dispatcher.thread().clone());
+    Ok(vec![dispatcher, start("comet-flush", flush_loop)?, start("comet-clean", clean_loop)?])
+}
+
+fn stopping(inner: &Inner) -> bool {
+    inner.stopping.load(Ordering::Acquire)
+}
+
+fn dispatch_loop(inner: &Inner) {
+    while !stopping(inner) {
+        match inner.dispatch_some() {
+            Ok(0) => std::thread::park_timeout(Duration::from_millis(100)),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "dispatch failed; consumers will not see new messages until it succeeds");
+                std::thread::park_timeout(DISPATCH_RETRY);
+            }
+        }
+    }
+}
+
+fn flush_loop(inner: &Inner) {
+    let flush_every = inner.config.flush_interval();
+    let checkpoint_every = inner.config.checkpoint_interval();
+    let mut next_flush = Instant::now() + flush_every;
+    let mut next_checkpoint = Instant::now() + checkpoint_every;
+    while !stopping(inner) {
+        let now = Instant::now();
+        if inner.config.flush_mode == FlushMode::Async && now >= next_flush {
+            // A failure poisons the store inside `wait_durable`; nothing more to do here.
+            let _ = inner.commit.wait_durable(&inner.log, inner.log.end());
+            next_flush = now + flush_every;
+        }
+        if now >= next_checkpoint {
+            if let Err(e) = inner.write_checkpoint() {
+                tracing::error!(error = %e, "checkpoint failed; recovery after a crash will re-read more data");
+            }
+            next_checkpoint = now + checkpoint_every;
+        }
+        let wake =
+            if inner.config.flush_mode == FlushMode::Async { next_flush.min(next_checkpoint) } else { next_checkpoint };
+        std::thread::park_timeout(wake.saturating_duration_since(Instant::now()));
+    }
+}
+
+fn clean_loop(inner: &Inner) {
+    let clean_every = inner.config.clean_interval();
+    let mut next_clean = Instant::now() + clean_every;
+    while !stopping(inner) {
+        if Instant::now() >= next_clean {
+            if let Err(e) = inner.enforce_retention(now_ms()) {
+                tracing::error!(error = %e, "retention pass failed");
+            }
+            next_clean = Instant::now() + clean_every;
+        } else {
+            inner.measure_disk();
+        }
+        std::thread::park_timeout(DISK_CHECK_INTERVAL.min(next_clean.saturating_duration_since(Instant::now())));
+    }
+}

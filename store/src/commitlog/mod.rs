@@ -1,0 +1,312 @@
+//! The CommitLog: every message of every topic, appended to one log split into mapped segment files.
+//!
+//! Writers serialise on one lock (`Writer`) just long enough to reserve space, assign queue offsets and encode
+//! into the map; readers never take it. `end` is the published end of the log: every byte below it is a
+//! complete record or an end-of-segment marker.
+
+mod recovery;
+mod segment;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use comet_model::{CommitLogOffset, QueueId, QueueOffset};
+use parking_lot::{Mutex, RwLock};
+
+pub(crate) use segment::Segment;
+use segment::SegmentSlice;
+
+use crate::error::{Error, Result};
+use crate::record::{self, DecodeError, END_MARKER_LEN, Frame, Layout, NewMessage, Placement, StoredMessage};
+
+/// Where an appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Start of its record in the CommitLog.
+    pub offset: CommitLogOffset,
+    /// Encoded size of the record.
+    pub size: u32,
+    /// Its position in the consume queue of (topic, queue id).
+    pub queue_offset: QueueOffset,
+    /// The store timestamp written into the record.
+    pub store_timestamp: u64,
+}
+
+/// Next queue offset per (topic, queue id): assigned under the writer lock.
+pub(crate) type QueueOffsetTable = HashMap<String, HashMap<QueueId, u64>>;
+
+struct Writer {
+    active: Arc<Segment>,
+    /// Next write position (absolute); equals `CommitLog::end`.
+    pos: u64,
+    queue_offsets: QueueOffsetTable,
+    /// Last store timestamp handed out: store timestamps never go backwards, so lookups by time can bisect.
+    last_timestamp: u64,
+}
+
+/// The append-only log of all messages.
+pub(crate) struct CommitLog {
+    dir: PathBuf,
+    segment_size: u64,
+    max_body: u32,
+    store_host: SocketAddr,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<Writer>,
+    end: AtomicU64,
+    min: AtomicU64,
+}
+
+/// A record found while walking the log, borrowed from its segment.
+pub(crate) struct Walked<'a> {
+    pub(crate) layout: Layout,
+    pub(crate) bytes: &'a [u8],
+}
+
+/// One step of a walk along the log.
+pub(crate) enum Step {
+    /// A record starts here.
+    Record,
+    /// Continue at this offset (the next segment).
+    Jump(u64),
+    /// Nothing readable here (yet).
+    End,
+}
+
+impl CommitLog {
+    /// Smallest offset still stored.
+    pub(crate) fn min_offset(&self) -> u64 {
+        self.min.load(Ordering::Acquire)
+    }
+
+    /// Published end of the log.
+    pub(crate) fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes of CommitLog files on disk.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.segments.read().iter().map(|s| s.size() as u64).sum()
+    }
+
+    /// Appends a batch under one lock acquisition; the whole batch lands in one segment or nothing is written.
+    // Hot path: one lock, no allocation per message besides the result vector, no logging.
+    pub(crate) fn append(&self, msgs: &[NewMessage], now_ms: u64) -> Result<Vec<AppendResult>> {
+        let mut sizes = Vec::with_capacity(msgs.len());
+        let mut total = 0usize;
+        for m in msgs {
+            let n = record::encoded_len(m, self.max_body)?;
+            sizes.push(n);
+            total += n;
+        }
+        if (total + END_MARKER_LEN) as u64 > self.segment_size {
+            return Err(Error::BatchTooLarge { size: total as u64, segment_size: self.segment_size });
+        }
+        let mut w = self.writer.lock();
+        if w.pos + (total + END_MARKER_LEN) as u64 > w.active.limit() {
+            self.roll(&mut w)?;
+        }
+        let timestamp = now_ms.max(w.last_timestamp);
+        w.last_timestamp = timestamp;
+        let seg = w.active.clone();
+        let start = seg.rel(w.pos);
+        // SAFETY: we hold the writer lock, the only path that writes to CommitLog segments, and the region
+        // starts at the published end, so no reader can observe it until `publish` below.
+        let Some(buf) = (unsafe { seg.file().unpublished_mut(start, total) }) else {
+            return Err(Error::Corrupt {
+                path: seg.path().to_owned(),
+                offset: start as u64,
+                reason: "write position is outside the writable region".into(),
+            });
+        };
+        let mut results = Vec::with_capacity(msgs.len());
+        let mut at = 0usize;
+        for (m, &n) in msgs.iter().zip(&sizes) {
+            let queue_offset = next_queue_offset(&mut w.queue_offsets, &m.topic, m.queue_id);
+            let placement = Placement {
+                physical_offset: CommitLogOffset(w.pos + at as u64),
+                queue_offset: QueueOffset(queue_offset),
+                store_timestamp: timestamp,
+                store_host: self.store_host,
+            };
+            record::encode(&mut buf[at..at + n], m, &placement);
+            results.push(AppendResult {
+                offset: placement.physical_offset,
+                size: n as u32,
+                queue_offset: placement.queue_offset,
+                store_timestamp: timestamp,
+            });
+            at += n;
+        }
+        seg.file().publish(start + total);
+        w.pos += total as u64;
+        self.end.store(w.pos, Ordering::Release);
+        Ok(results)
+    }
+
+    /// Closes the active segment with an end marker and starts the next one.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let next_base = w.active.limit();
+        // Create the next file first: if the disk is full nothing changes and the append fails cleanly.
+        let next = Arc::new(Segment::create(&self.dir, next_base, self.segment_size)?);
+        let old = w.active.clone();
+        let rel = old.rel(w.pos);
+        let remaining = old.size() - rel;
+        // SAFETY: writer lock held; region is at the published end (see `append`). The append invariant keeps at
+        // least END_MARKER_LEN bytes free, so the marker always fits.
+        if let Some(buf) = unsafe { old.file().unpublished_mut(rel, END_MARKER_LEN) } {
+            record::encode_end_marker(buf, remaining);
+        }
+        old.file().publish(old.size());
+        self.segments.write().push(next.clone());
+        w.active = next;
+        w.pos = next_base;
+        self.end.store(next_base, Ordering::Release);
+        Ok(())
+    }
+
+    /// The segment holding `offset`.
+    pub(crate) fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read();
+        let i = segs.partition_point(|s| s.base() <= offset);
+        let seg = segs.get(i.checked_sub(1)?)?;
+        (offset < seg.limit()).then(|| seg.clone())
+    }
+
+    /// Reads the message whose record starts at `offset`; zero copy.
+    pub(crate) fn read(&self, offset: CommitLogOffset) -> Result<StoredMessage> {
+        let min = self.min_offset();
+        if offset.0 < min {
+            return Err(Error::OffsetMoved { requested: offset, min: CommitLogOffset(min) });
+        }
+        if offset.0 >= self.end() {
+            return Err(Error::NoRecord { offset });
+        }
+        let seg = self.segment_for(offset.0).ok_or(Error::NoRecord { offset })?;
+        let rel = seg.rel(offset.0);
+        let head = seg.file().bytes(rel, 8).ok_or(Error::NoRecord { offset })?;
+        let size = match record::peek(head) {
+            Ok(Frame::Record(size)) => size,
+            _ => return Err(Error::NoRecord { offset }),
+        };
+        let corrupt = |reason: String| Error::Corrupt { path: seg.path().to_owned(), offset: rel as u64, reason };
+        let bytes = SegmentSlice::bytes(&seg, rel, size)
+            .ok_or_else(|| corrupt(format!("record of {size} bytes runs past the end of the log")))?;
+        let msg = StoredMessage::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if msg.physical_offset() != offset {
+            return Err(corrupt(format!("record claims offset {}", msg.physical_offset())));
+        }
+        Ok(msg)
+    }
+
+    /// Reads just the store timestamp of the record at `offset` (no CRC check): for bisecting by time.
+    pub(crate) fn store_timestamp_at(&self, offset: u64) -> Option<u64> {
+        let seg = self.segment_for(offset)?;
+        record::store_timestamp(seg.file().bytes(seg.rel(offset), record::HEADER_LEN)?)
+    }
+
+    /// Raw published bytes from `from`, at most `max` and never across a segment boundary (for replication).
+    pub(crate) fn read_raw(&self, from: u64, max: usize) -> Result<Option<Bytes>> {
+        let min = self.min_offset();
+        if from < min {
+            return Err(Error::OffsetMoved { requested: CommitLogOffset(from), min: CommitLogOffset(min) });
+        }
+        let end = self.end();
+        if from >= end {
+            return Ok(None);
+        }
+        let Some(seg) = self.segment_for(from) else { return Ok(None) };
+        let rel = seg.rel(from);
+        let len = ((end.min(seg.limit()) - from) as usize).min(max);
+        Ok(SegmentSlice::bytes(&seg, rel, len))
+    }
+
+    /// Looks at the log at `offset` for a walker (dispatcher): a record, a jump to the next segment, or the end.
+    pub(crate) fn step<'a>(&self, seg: &'a Segment, offset: u64) -> Result<(Step, Option<Walked<'a>>)> {
+        let rel = seg.rel(offset);
+        let Some(head) = seg.file().bytes(rel, 8) else { return Ok((Step::End, None)) };
+        let corrupt = |reason: String| Error::Corrupt { path: seg.path().to_owned(), offset: rel as u64, reason };
+        match record::peek(head).map_err(|e| corrupt(e.to_string()))? {
+            Frame::End => Ok((Step::Jump(seg.limit()), None)),
+            Frame::Empty => Ok((Step::End, None)),
+            Frame::Record(size) => {
+                let bytes = seg.file().bytes(rel, size).ok_or_else(|| corrupt("record past published end".into()))?;
+                let layout = Layout::parse(bytes, false).map_err(|e: DecodeError| corrupt(e.to_string()))?;
+                Ok((Step::Record, Some(Walked { layout, bytes })))
+            }
+        }
+    }
+
+    /// Makes `[from, to)` durable, segment by segment.
+    pub(crate) fn flush(&self, from: u64, to: u64) -> std::io::Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        let segs: Vec<Arc<Segment>> =
+            self.segments.read().iter().filter(|s| s.limit() > from && s.base() < to).cloned().collect();
+        for s in segs {
+            let a = from.max(s.base()) - s.base();
+            let b = to.min(s.limit()) - s.base();
+            s.file().flush_range(a as usize, b as usize)?;
+        }
+        Ok(())
+    }
+
+    /// Installs the queue-offset table rebuilt from the consume queues at start-up.
+    pub(crate) fn set_queue_offsets(&self, table: QueueOffsetTable) {
+        self.writer.lock().queue_offsets = table;
+    }
+
+    /// Next queue offset the writer would assign, for tests and diagnostics.
+    #[cfg(test)]
+    pub(crate) fn next_queue_offset(&self, topic: &str, queue_id: QueueId) -> u64 {
+        self.writer.lock().queue_offsets.get(topic).and_then(|q| q.get(&queue_id)).copied().unwrap_or(0)
+    }
+
+    /// Sealed segments (all but the active one), oldest first: what retention may delete.
+    pub(crate) fn sealed_segments(&self) -> Vec<Arc<Segment>> {
+        let segs = self.segments.read();
+        segs[..segs.len().saturating_sub(1)].to_vec()
+    }
+
+    /// Store timestamp of the first record of the segment after `seg`: an upper bound on the age of `seg`'s data.
+    pub(crate) fn sealed_at(&self, seg: &Segment) -> Option<u64> {
+        self.store_timestamp_at(seg.limit())
+    }
+
+    /// Deletes the oldest segment if it starts at `base` and is not the active one. Readers holding its bytes
+    /// keep the mapping alive until they drop them.
+    pub(crate) fn delete_oldest(&self, base: u64) -> Result<bool> {
+        let removed = {
+            let mut segs = self.segments.write();
+            if segs.len() < 2 || segs[0].base() != base {
+                return Ok(false);
+            }
+            let seg = segs.remove(0);
+            self.min.store(segs[0].base(), Ordering::Release);
+            seg
+        };
+        std::fs::remove_file(removed.path()).map_err(|e| Error::io("delete segment", removed.path(), e))?;
+        crate::file::sync_parent_dir(removed.path()).map_err(|e| Error::io("sync", &self.dir, e))?;
+        tracing::info!(path = %removed.path().display(), "deleted CommitLog segment");
+        Ok(true)
+    }
+}
+
+fn next_queue_offset(table: &mut QueueOffsetTable, topic: &str, queue_id: QueueId) -> u64 {
+    let queues = match table.get_mut(topic) {
+        Some(q) => q,
+        None => table.entry(topic.to_owned()).or_default(),
+    };
+    let slot = queues.entry(queue_id).or_insert(0);
+    let offset = *slot;
+    *slot += 1;
+    offset
+}

@@ -1,0 +1,260 @@
+//! A preallocated, memory-mapped file with a single writer and many readers.
+//!
+//! Every on-disk structure of the store (CommitLog segments, consume-queue files, index files) is one of these.
+//! The concurrency rule is the publish discipline: bytes below [`MappedFile::published`] are immutable and may be
+//! read by anyone; bytes at or above it belong to the one writer (the caller holds the lock that makes it so).
+//! The writer fills the unpublished region, then moves `published` forward with release ordering; readers load it
+//! with acquire ordering before slicing. Space is reserved with `fallocate` when the file is created, so a write
+//! through the map can never hit `ENOSPC` (which would be a `SIGBUS`, not an error).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use memmap2::MmapRaw;
+
+/// A memory-mapped file of fixed length.
+pub(crate) struct MappedFile {
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    len: usize,
+    /// End of the immutable, readable prefix.
+    published: AtomicUsize,
+    /// Bytes below this are known durable (msync'd).
+    flushed: AtomicUsize,
+}
+
+impl MappedFile {
+    /// Creates a new file of `len` bytes, reserving its blocks so later writes through the map cannot fail.
+    pub(crate) fn create(path: &Path, len: usize) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        if let Err(e) = allocate(&file, len) {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        // The new directory entry must survive a crash, or recovery would find a gap in the segment chain.
+        sync_parent_dir(path)?;
+        Self::map(path, file, len, 0)
+    }
+
+    /// Opens an existing file; nothing is published until the owner has validated the content.
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file larger than the address space"))?;
+        Self::map(path, file, len, 0)
+    }
+
+    fn map(path: &Path, file: File, len: usize, published: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "empty file"));
+        }
+        let map = MmapRaw::map_raw(&file)?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            map,
+            len,
+            published: AtomicUsize::new(published),
+            flushed: AtomicUsize::new(published),
+        })
+    }
+
+    /// The file's path, for error messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's fixed length.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// End of the readable prefix.
+    pub(crate) fn published(&self) -> usize {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Makes `[0, pos)` readable. Only the writer calls this, after filling the bytes.
+    pub(crate) fn publish(&self, pos: usize) {
+        debug_assert!(pos <= self.len);
+        self.published.store(pos.min(self.len), Ordering::Release);
+    }
+
+    /// Reads bytes of the published prefix; `None` if the range is not (yet) readable.
+    pub(crate) fn bytes(&self, pos: usize, len: usize) -> Option<&[u8]> {
+        let end = pos.checked_add(len)?;
+        if end > self.published() {
+            return None;
+        }
+        // SAFETY: `[pos, end)` lies inside the mapping (published <= len) and below `published`, which no one
+        // writes again (publish discipline), so a shared slice cannot alias a write.
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(pos), len) })
+    }
+
+    /// Reads bytes anywhere in the file, published or not. Only for start-up validation, before any writer runs.
+    pub(crate) fn bytes_unchecked_for_recovery(&self, pos: usize, len: usize) -> Option<&[u8]> {
+        let end = pos.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: in bounds of the mapping; the caller guarantees no writer is active (recovery runs alone).
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(pos), len) })
+    }
+
+    /// The writable region `[pos, pos + len)`, which must lie at or above the published prefix.
+    ///
+    /// # Safety
+    /// The caller must be the only writer of this file for the lifetime of the returned slice (it holds the lock
+    /// that guards the file's writer role), and must not publish past the region before it stops using it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn unpublished_mut(&self, pos: usize, len: usize) -> Option<&mut [u8]> {
+        let end = pos.checked_add(len)?;
+        if pos < self.published() || end > self.len {
+            return None;
+        }
+        // SAFETY: in bounds; no reader touches bytes at or above `published`, and the caller is the sole writer.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(pos), len) })
+    }
+
+    /// Raw pointer to the start of the mapping, for atomics placed in the file (index slots).
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// Makes `[from, to)` durable with `msync`. Idempotent; skips work already done.
+    pub(crate) fn flush_range(&self, from: usize, to: usize) -> io::Result<()> {
+        let to = to.min(self.len);
+        if to <= from {
+            return Ok(());
+        }
+        self.map.flush_range(from, to - from)?;
+        self.flushed.fetch_max(to, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Flushes everything published and not yet flushed.
+    pub(crate) fn flush_published(&self) -> io::Result<()> {
+        let from = self.flushed.load(Ordering::Acquire);
+        self.flush_range(from, self.published())
+    }
+
+    /// Flushes the whole mapping (for files updated in place, such as index slots).
+    pub(crate) fn flush_all(&self) -> io::Result<()> {
+        self.map.flush()
+    }
+
+    /// Zeroes `[from, len)` and forgets anything published there. Recovery uses it to cut a torn tail so that stale
+    /// bytes can never be mistaken for records later.
+    pub(crate) fn truncate_to(&mut self, from: usize) -> io::Result<()> {
+        let from = from.min(self.len);
+        zero_range(&self.file, &self.map, from, self.len - from)?;
+        self.map.flush_range(from, self.len - from)?;
+        self.file.sync_all()?;
+        *self.published.get_mut() = from;
+        *self.flushed.get_mut() = from;
+        Ok(())
+    }
+
+    /// Marks `[0, pos)` as validated, readable and durable. Only for start-up.
+    pub(crate) fn set_recovered(&mut self, pos: usize) {
+        *self.published.get_mut() = pos;
+        *self.flushed.get_mut() = pos;
+    }
+
+    /// Hints the kernel that the file will be read sequentially soon (start-up scans).
+    pub(crate) fn advise_sequential(&self) {
+        let _ = self.map.advise(memmap2::Advice::Sequential);
+    }
+}
+
+/// Reserves `len` bytes of real disk blocks for `file`.
+fn allocate(file: &File, len: usize) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
+    // SAFETY: plain syscall on an open descriptor we own.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            // SAFETY: as above; glibc emulates by writing one byte per block.
+            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+            if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
+        }
+        _ => Err(err),
+    }
+}
+
+/// Zeroes a range: cheaply through `fallocate` when the filesystem can, by writing zeros otherwise.
+fn zero_range(file: &File, map: &MmapRaw, from: usize, len: usize) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (off, n) = match (libc::off_t::try_from(from), libc::off_t::try_from(len)) {
+        (Ok(o), Ok(n)) => (o, n),
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large")),
+    };
+    // SAFETY: plain syscall on an open descriptor we own; the map sees the zeroed pages (shared page cache).
+    if unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, off, n) } == 0 {
+        return Ok(());
+    }
+    // SAFETY: in bounds of the mapping (`from + len == map length` at every call site, checked by the caller's
+    // arithmetic); recovery runs before any reader or writer exists.
+    unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(from), 0, len) };
+    Ok(())
+}
+
+/// fsyncs the directory holding `path`, so a created, renamed or deleted entry is durable.
+pub(crate) fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Parses a file name made of exactly 20 decimal digits (RocketMQ's naming for offset-named files).
+pub(crate) fn parse_offset_name(name: &str) -> Option<u64> {
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) { name.parse().ok() } else { None }
+}
+
+/// The 20-digit zero-padded file name for an offset.
+pub(crate) fn offset_name(offset: u64) -> String {
+    format!("{offset:020}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_names_round_trip_and_reject_foreign_names() {
+        assert_eq!(offset_name(1_073_741_824), "00000000001073741824");
+        assert_eq!(parse_offset_name("00000000001073741824"), Some(1_073_741_824));
+        assert_eq!(parse_offset_name("0000000000107374182"), None);
+        assert_eq!(parse_offset_name("0000000000107374182x"), None);
+        assert_eq!(parse_offset_name("+0000000001073741824"), None);
+    }
+
+    #[test]
+    fn publish_discipline_guards_reads_and_writes() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = MappedFile::create(&dir.path().join("f"), 4096)?;
+        assert!(f.bytes(0, 1).is_none());
+        // SAFETY: single-threaded test, sole writer.
+        let w = unsafe { f.unpublished_mut(0, 5) }.ok_or_else(|| io::Error::other("no region"))?;
+        w.copy_from_slice(b"hello");
+        f.publish(5);
+        assert_eq!(f.bytes(0, 5), Some(&b"hello"[..]));
+        // SAFETY: as above.
+        assert!(unsafe { f.unpublished_mut(4, 2) }.is_none(), "published bytes are immutable");
+        assert!(f.bytes(4, 2).is_none(), "unpublished bytes are not readable");
+        f.flush_published()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,382 @@
+//! The key index: "which messages carry key K in topic T" and "where is message id X", without scanning.
+//!
+//! A hash table persisted in a sequence of files, each bounded (`index-slots` slots, `index-entries` entries),
+//! named after the CommitLog offset of its first entry. Layout of a file (little-endian):
+//!
+//! ```text
+//!   0  u32 magic "CIDX", u32 version, u32 slot count, u32 entry capacity, 48 reserved bytes   (64-byte header)
+//!  64  slot count × u32: index of the newest entry whose hash falls in the slot (0 = empty)
+//!   …  (capacity + 1) × 32-byte entries, entry 0 unused:
+//!        u64 key hash (xxh3), u64 CommitLog offset + 1 (0 = never written), u64 store timestamp,
+//!        u32 previous entry in the same slot (0 = end of chain), u32 reserved
+//! ```
+//!
+//! Answers are candidates: the caller reads each record and checks the key, so a hash collision can cost a
+//! read but never return a wrong message. The index is derived data, rebuilt from the CommitLog after a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::file::{MappedFile, offset_name, parse_offset_name};
+
+const MAGIC: u32 = u32::from_le_bytes(*b"CIDX");
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 64;
+const ENTRY_LEN: usize = 32;
+
+/// What a lookup is for: a business key within a topic, or a message id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum IndexKey<'a> {
+    /// A key from the message's keys, scoped to its topic.
+    Key {
+        /// Topic.
+        topic: &'a str,
+        /// One key.
+        key: &'a str,
+    },
+    /// A message id (globally unique).
+    Id(&'a str),
+}
+
+impl IndexKey<'_> {
+    fn hash(&self) -> u64 {
+        use xxhash_rust::xxh3::Xxh3;
+        let mut h = Xxh3::new();
+        match self {
+            IndexKey::Key { topic, key } => {
+                h.update(&[0]);
+                h.update(topic.as_bytes());
+                h.update(&[0]);
+                h.update(key.as_bytes());
+            }
+            IndexKey::Id(id) => {
+                h.update(&[1]);
+                h.update(id.as_bytes());
+            }
+        }
+        h.digest()
+    }
+}
+
+struct IndexFile {
+    file: MappedFile,
+    slots: u32,
+    capacity: u32,
+    /// Next entry index to write (entries start at 1).
+    next: AtomicU32,
+    last_offset: AtomicU64,
+    first_timestamp: AtomicU64,
+    last_timestamp: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    hash: u64,
+    offset: u64,
+    timestamp: u64,
+    prev: u32,
+}
+
+impl IndexFile {
+    fn len_for(slots: u32, capacity: u32) -> usize {
+        HEADER_LEN + slots as usize * 4 + (capacity as usize + 1) * ENTRY_LEN
+    }
+
+    fn create(dir: &Path, first_offset: u64, slots: u32, capacity: u32) -> Result<Self> {
+        let path = dir.join(offset_name(first_offset));
+        let file = MappedFile::create(&path, Self::len_for(slots, capacity))
+            .map_err(|e| Error::io("create index file", &path, e))?;
+        // SAFETY: a new file; the dispatcher (sole writer) creates it before anyone can read it.
+        if let Some(h) = unsafe { file.unpublished_mut(0, 16) } {
+            for (i, v) in [MAGIC, VERSION, slots, capacity].iter().enumerate() {
+                h[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        // Index files do not use the publish discipline: readers reach entries only through slots (atomics).
+        file.publish(file.len());
+        Ok(Self::wrap(file, slots, capacity, first_offset, 1))
+    }
+
+    fn wrap(file: MappedFile, slots: u32, capacity: u32, first_offset: u64, next: u32) -> Self {
+        Self {
+            file,
+            slots,
+            capacity,
+            next: AtomicU32::new(next),
+            last_offset: AtomicU64::new(first_offset),
+            first_timestamp: AtomicU64::new(u64::MAX),
+            last_timestamp: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens an index file, keeping entries that point below `trusted_end`; after a crash the rest is zeroed
+    /// and the slots rebuilt from the kept entries.
+    fn open(path: &Path, first_offset: u64, trusted_end: u64, crashed: bool) -> Result<Self> {
+        let corrupt = |reason: &str| Error::Corrupt { path: path.to_owned(), offset: 0, reason: reason.into() };
+        let mut file = MappedFile::open(path).map_err(|e| Error::io("open index file", path, e))?;
+        let head = file.bytes_unchecked_for_recovery(0, 16).ok_or_else(|| corrupt("shorter than its header"))?;
+        let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let (magic, version, slots, capacity) = (word(0), word(4), word(8), word(12));
+        if magic != MAGIC || version != VERSION {
+            return Err(corrupt("not a Comet index file (bad magic or version)"));
+        }
+        if slots == 0 || capacity == 0 || file.len() != Self::len_for(slots, capacity) {
+            return Err(corrupt("index file length does not match its header"));
+        }
+        file.set_recovered(file.len());
+        let mut f = Self::wrap(file, slots, capacity, first_offset, 1);
+        // Entries are written in order: bisect for the trusted prefix.
+        let trusted = |i: u32| f.entry(i).is_some_and(|e| e.offset < trusted_end);
+        let (mut lo, mut hi) = (1u32, capacity + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if trusted(mid) { lo = mid + 1 } else { hi = mid }
+        }
+        f.next.store(lo, Ordering::Release);
+        if crashed {
+            f.repair(lo)?;
+        }
+        if lo > 1 {
+            if let (Some(a), Some(b)) = (f.entry(1), f.entry(lo - 1)) {
+                f.first_timestamp.store(a.timestamp, Ordering::Release);
+                f.last_timestamp.store(b.timestamp, Ordering::Release);
+                f.last_offset.store(b.offset, Ordering::Release);
+            }
+        }
+        Ok(f)
+    }
+
+    /// Zeroes entries from `next` on and rebuilds every slot from the entries before it.
+    fn repair(&mut self, next: u32) -> Result<()> {
+        for i in next..=self.capacity {
+            self.write_entry(i, &[0u8; ENTRY_LEN]);
+        }
+        for s in 0..self.slots {
+            self.slot(s).store(0, Ordering::Relaxed);
+        }
+        for i in 1..next {
+            if let Some(mut e) = self.entry(i) {
+                let s = self.slot(self.slot_of(e.hash));
+                e.prev = s.load(Ordering::Relaxed);
+                self.write_entry(i, &encode_entry(&e));
+                s.store(i, Ordering::Relaxed);
+            }
+        }
+        self.file.flush_all().map_err(|e| Error::io("flush index", self.file.path(), e))
+    }
+
+    fn slot_of(&self, hash: u64) -> u32 {
+        (hash % u64::from(self.slots)) as u32
+    }
+
+    fn slot(&self, s: u32) -> &AtomicU32 {
+        debug_assert!(s < self.slots);
+        // SAFETY: the slot lies inside the mapping (checked by the length test at open/create), is 4-byte aligned
+        // (page-aligned map + 64-byte header), and is only ever accessed through this atomic view.
+        unsafe { &*(self.file.as_ptr().add(HEADER_LEN + s as usize * 4) as *const AtomicU32) }
+    }
+
+    fn entry_pos(&self, i: u32) -> usize {
+        HEADER_LEN + self.slots as usize * 4 + i as usize * ENTRY_LEN
+    }
+
+    fn entry(&self, i: u32) -> Option<Entry> {
+        if i == 0 || i > self.capacity {
+            return None;
+        }
+        let b = self.file.bytes(self.entry_pos(i), ENTRY_LEN)?;
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
+        let stored = u64_at(8);
+        (stored != 0).then(|| Entry {
+            hash: u64_at(0),
+            offset: stored - 1,
+            timestamp: u64_at(16),
+            prev: u32::from_le_bytes(b[24..28].try_into().unwrap_or_default()),
+        })
+    }
+
+    fn write_entry(&self, i: u32, bytes: &[u8; ENTRY_LEN]) {
+        let pos = self.entry_pos(i);
+        // SAFETY: entry `i` is in bounds (i <= capacity), is not yet reachable from any slot or chain (it is at or
+        // past `next`, or recovery runs alone), and the dispatcher is the only writer.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.file.as_ptr().add(pos), ENTRY_LEN) };
+    }
+
+    /// Adds an entry; false when the file is full.
+    fn add(&self, hash: u64, offset: u64, timestamp: u64) -> bool {
+        let i = self.next.load(Ordering::Acquire);
+        if i > self.capacity {
+            return false;
+        }
+        let slot = self.slot(self.slot_of(hash));
+        let e = Entry { hash, offset, timestamp, prev: slot.load(Ordering::Acquire) };
+        self.write_entry(i, &encode_entry(&e));
+        // Publish: readers that acquire the slot see the entry fully written.
+        slot.store(i, Ordering::Release);
+        self.next.store(i + 1, Ordering::Release);
+        self.last_offset.store(offset, Ordering::Release);
+        self.first_timestamp.fetch_min(timestamp, Ordering::AcqRel);
+        self.last_timestamp.fetch_max(timestamp, Ordering::AcqRel);
+        true
+    }
+
+    fn lookup(&self, hash: u64, begin: u64, end: u64, out: &mut Vec<u64>, max: usize) {
+        let mut i = self.slot(self.slot_of(hash)).load(Ordering::Acquire);
+        while i != 0 && out.len() < max {
+            let Some(e) = self.entry(i) else { return };
+            if e.hash == hash && (begin..=end).contains(&e.timestamp) && !out.contains(&e.offset) {
+                out.push(e.offset);
+            }
+            // Chains only point backwards; anything else is corruption, and we stop rather than loop.
+            if e.prev >= i {
+                return;
+            }
+            i = e.prev;
+        }
+    }
+}
+
+fn encode_entry(e: &Entry) -> [u8; ENTRY_LEN] {
+    let mut b = [0u8; ENTRY_LEN];
+    b[0..8].copy_from_slice(&e.hash.to_le_bytes());
+    b[8..16].copy_from_slice(&(e.offset + 1).to_le_bytes());
+    b[16..24].copy_from_slice(&e.timestamp.to_le_bytes());
+    b[24..28].copy_from_slice(&e.prev.to_le_bytes());
+    b
+}
+
+/// The store's key index: a list of bounded hash files, newest last.
+pub(crate) struct KeyIndex {
+    dir: PathBuf,
+    slots: u32,
+    capacity: u32,
+    files: RwLock<Vec<Arc<IndexFile>>>,
+}
+
+impl KeyIndex {
+    /// Opens the index in `dir`, keeping entries that point below `trusted_end`.
+    pub(crate) fn open(dir: &Path, slots: u32, capacity: u32, trusted_end: u64, crashed: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+            let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+            let Some(first) = entry.file_name().to_str().and_then(parse_offset_name) else {
+                return Err(Error::Corrupt {
+                    path: entry.path(),
+                    offset: 0,
+                    reason: "foreign file in the index directory (names are 20-digit offsets)".into(),
+                });
+            };
+            found.push((first, entry.path()));
+        }
+        found.sort();
+        let mut files = Vec::new();
+        for (first, path) in found {
+            if first >= trusted_end {
+                // Started after the trusted point: its entries will be re-dispatched.
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove index file", &path, e))?;
+                continue;
+            }
+            files.push(Arc::new(IndexFile::open(&path, first, trusted_end, crashed)?));
+        }
+        Ok(Self { dir: dir.to_owned(), slots, capacity, files: RwLock::new(files) })
+    }
+
+    /// Indexes `key` for the record at `offset`. Dispatcher only.
+    pub(crate) fn add(&self, key: IndexKey<'_>, offset: u64, timestamp: u64) -> Result<()> {
+        let hash = key.hash();
+        if let Some(f) = self.files.read().last() {
+            if f.add(hash, offset, timestamp) {
+                return Ok(());
+            }
+        }
+        let f = Arc::new(IndexFile::create(&self.dir, offset, self.slots, self.capacity)?);
+        f.add(hash, offset, timestamp);
+        self.files.write().push(f);
+        Ok(())
+    }
+
+    /// CommitLog offsets of records indexed under `key` with a store time in `[begin, end]`, newest first.
+    pub(crate) fn lookup(&self, key: IndexKey<'_>, max: usize, begin: u64, end: u64) -> Vec<u64> {
+        let hash = key.hash();
+        let files: Vec<Arc<IndexFile>> = self.files.read().clone();
+        let mut out = Vec::new();
+        for f in files.iter().rev() {
+            if out.len() >= max {
+                break;
+            }
+            let (first_ts, last_ts) =
+                (f.first_timestamp.load(Ordering::Acquire), f.last_timestamp.load(Ordering::Acquire));
+            if last_ts < begin || first_ts > end {
+                continue;
+            }
+            f.lookup(hash, begin, end, &mut out, max);
+        }
+        out
+    }
+
+    /// Flushes the files that can still change.
+    pub(crate) fn flush(&self) -> std::io::Result<()> {
+        let last = self.files.read().last().cloned();
+        match last {
+            Some(f) => f.file.flush_all(),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes files whose every entry points below `commitlog_min` (never the newest).
+    pub(crate) fn trim(&self, commitlog_min: u64) -> Result<()> {
+        loop {
+            let victim = {
+                let files = self.files.read();
+                match files.as_slice() {
+                    [first, _, ..] if first.last_offset.load(Ordering::Acquire) < commitlog_min => first.clone(),
+                    _ => return Ok(()),
+                }
+            };
+            self.files.write().retain(|f| !Arc::ptr_eq(f, &victim));
+            std::fs::remove_file(victim.file.path()).map_err(|e| Error::io("remove", victim.file.path(), e))?;
+        }
+    }
+
+    /// Bytes of index files on disk.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.files.read().iter().map(|f| f.file.len() as u64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_keys_across_files_newest_first_and_survives_crash_repair() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let idx = KeyIndex::open(dir.path(), 16, 32, u64::MAX, false)?;
+        for i in 0..100u64 {
+            let key = format!("k{}", i % 10);
+            idx.add(IndexKey::Key { topic: "T", key: &key }, i * 10, 1000 + i)?;
+            idx.add(IndexKey::Id(&format!("id{i}")), i * 10, 1000 + i)?;
+        }
+        assert!(idx.files.read().len() > 3, "bounded files roll over");
+        let hits = idx.lookup(IndexKey::Key { topic: "T", key: "k3" }, 100, 0, u64::MAX);
+        assert_eq!(hits, vec![930, 830, 730, 630, 530, 430, 330, 230, 130, 30]);
+        assert_eq!(idx.lookup(IndexKey::Id("id42"), 10, 0, u64::MAX), vec![420]);
+        assert!(idx.lookup(IndexKey::Key { topic: "U", key: "k3" }, 10, 0, u64::MAX).is_empty());
+        assert_eq!(idx.lookup(IndexKey::Key { topic: "T", key: "k3" }, 3, 0, u64::MAX).len(), 3);
+        assert_eq!(idx.lookup(IndexKey::Key { topic: "T", key: "k3" }, 100, 1030, 1060), vec![530, 430, 330]);
+        idx.flush().map_err(|e| Error::io("flush", dir.path(), e))?;
+        drop(idx);
+        // A crash where only records below 500 were trusted: later entries vanish, earlier ones stay findable.
+        let idx = KeyIndex::open(dir.path(), 16, 32, 500, true)?;
+        let hits = idx.lookup(IndexKey::Key { topic: "T", key: "k3" }, 100, 0, u64::MAX);
+        assert_eq!(hits, vec![430, 330, 230, 130, 30]);
+        idx.add(IndexKey::Key { topic: "T", key: "k3" }, 530, 2000)?;
+        assert_eq!(idx.lookup(IndexKey::Key { topic: "T", key: "k3" }, 2, 0, u64::MAX), vec![530, 430]);
+        Ok(())
+    }
+}

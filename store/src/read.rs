@@ -1,0 +1,114 @@
+//! The read path: messages of a queue from a queue offset, and offsets by time.
+
+use comet_model::{CommitLogOffset, QueueId, QueueOffset};
+
+use crate::error::{Error, Result};
+use crate::store::{GetMessages, GetStatus, Inner, MessageFilter};
+
+/// Most consume-queue entries examined by one read, so a selective filter cannot make a read unbounded.
+const MAX_SCAN: usize = 16_000;
+
+pub(crate) fn get_messages(
+    inner: &Inner,
+    topic: &str,
+    queue_id: QueueId,
+    from: QueueOffset,
+    max_count: usize,
+    max_bytes: usize,
+    filter: Option<&dyn MessageFilter>,
+) -> Result<GetMessages> {
+    let Some(q) = inner.queues.get(topic, queue_id) else {
+        return Ok(GetMessages {
+            status: GetStatus::NoSuchQueue,
+            messages: Vec::new(),
+            next_offset: QueueOffset(0),
+            min_offset: QueueOffset(0),
+            max_offset: QueueOffset(0),
+        });
+    };
+    let (min, max) = (q.min_offset(), q.max_offset());
+    let answer = |status, messages, next_offset| GetMessages {
+        status,
+        messages,
+        next_offset,
+        min_offset: q.min_offset(),
+        max_offset: q.max_offset(),
+    };
+    if from < min {
+        return Ok(answer(GetStatus::OffsetMoved, Vec::new(), min));
+    }
+    if from > max {
+        return Ok(answer(GetStatus::OffsetOverflow, Vec::new(), max));
+    }
+    if from == max {
+        return Ok(answer(GetStatus::NoNewMessage, Vec::new(), max));
+    }
+    let mut messages = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = from;
+    let mut scanned = 0usize;
+    let mut failure = None;
+    let mut moved = false;
+    q.scan(from, |offset, entry| {
+        if messages.len() >= max_count.max(1) || scanned >= MAX_SCAN {
+            return false;
+        }
+        if !messages.is_empty() && bytes + entry.size as usize > max_bytes {
+            return false;
+        }
+        scanned += 1;
+        next = offset.next();
+        if filter.is_some_and(|f| !f.matches_tag_hash(entry.tag_hash)) {
+            return true;
+        }
+        match inner.log.read(CommitLogOffset(entry.offset)) {
+            Ok(m) => {
+                if filter.is_none_or(|f| f.matches(&m)) {
+                    bytes += m.size();
+                    messages.push(m);
+                }
+                true
+            }
+            Err(Error::OffsetMoved { .. }) => {
+                moved = true;
+                false
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if moved && messages.is_empty() {
+        // Retention deleted the records but the queue has not been trimmed yet.
+        q.trim(inner.log.min_offset())?;
+        let min = q.min_offset();
+        return Ok(answer(GetStatus::OffsetMoved, Vec::new(), min));
+    }
+    let status = if !messages.is_empty() {
+        GetStatus::Found
+    } else if next > from {
+        GetStatus::NoMatchedMessage
+    } else {
+        GetStatus::NoNewMessage
+    };
+    Ok(answer(status, messages, next))
+}
+
+pub(crate) fn offset_by_time(inner: &Inner, topic: &str, queue_id: QueueId, ts: u64) -> Option<QueueOffset> {
+    let q = inner.queues.get(topic, queue_id)?;
+    let (mut lo, mut hi) = (q.min_offset().0, q.max_offset().0);
+    // Store timestamps never decrease along the log, hence along a queue: bisect.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let before = q
+            .get(QueueOffset(mid))
+            .and_then(|e| inner.log.store_timestamp_at(e.offset))
+            .is_some_and(|stored| stored < ts);
+        if before { lo = mid + 1 } else { hi = mid }
+    }
+    Some(QueueOffset(lo))
+}

@@ -1,0 +1,506 @@
+//! The store facade: opening and recovery, the write path, the read path, and shutdown.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use comet_model::{CommitLogOffset, QueueId, QueueOffset};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::checkpoint::{Checkpoint, CheckpointFile};
+use crate::commitlog::{AppendResult, CommitLog};
+use crate::config::{FlushMode, StoreConfig};
+use crate::consume_queue::ConsumeQueues;
+use crate::error::{Error, Result};
+use crate::flush::GroupCommit;
+use crate::index::{IndexKey, KeyIndex};
+use crate::record::{NewMessage, StoredMessage};
+
+/// Told when new messages become visible in a queue; the broker wakes its long polls from here.
+pub trait ArrivalListener: Send + Sync {
+    /// `max_offset` is the new end of the queue. Called on the dispatcher thread: must not block.
+    fn on_arrival(&self, topic: &str, queue_id: QueueId, max_offset: QueueOffset);
+}
+
+/// Filters messages on the read path: first cheaply by tag hash from the consume queue, then exactly.
+pub trait MessageFilter {
+    /// Cheap check on the tag hash; false skips the record without reading it.
+    fn matches_tag_hash(&self, tag_hash: i64) -> bool;
+    /// Exact check on the record (hash collisions).
+    fn matches(&self, msg: &StoredMessage) -> bool;
+}
+
+/// Outcome of `get_messages` besides the messages themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetStatus {
+    /// Messages were found (possibly fewer than asked for).
+    Found,
+    /// The offset is the end of the queue: wait for new messages.
+    NoNewMessage,
+    /// Entries were scanned but none matched the filter; continue from `next_offset`.
+    NoMatchedMessage,
+    /// The offset was deleted by retention; continue from `next_offset` (the minimum).
+    OffsetMoved,
+    /// The offset is beyond the end of the queue; `next_offset` is the end.
+    OffsetOverflow,
+    /// The queue has never received a message.
+    NoSuchQueue,
+}
+
+/// Messages read from one queue.
+#[derive(Debug, Clone)]
+pub struct GetMessages {
+    /// What happened.
+    pub status: GetStatus,
+    /// The messages, in queue order.
+    pub messages: Vec<StoredMessage>,
+    /// Where the next read should start.
+    pub next_offset: QueueOffset,
+    /// First readable offset of the queue.
+    pub min_offset: QueueOffset,
+    /// End of the queue.
+    pub max_offset: QueueOffset,
+}
+
+/// Counters and positions for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreStats {
+    /// Oldest CommitLog offset still stored.
+    pub min_offset: CommitLogOffset,
+    /// End of the CommitLog.
+    pub max_offset: CommitLogOffset,
+    /// Everything below is durable.
+    pub flushed_offset: CommitLogOffset,
+    /// Everything below is in consume queues and the index.
+    pub dispatched_offset: CommitLogOffset,
+    /// Bytes of all store files.
+    pub disk_bytes: u64,
+    /// Last measured disk usage ratio (0..1).
+    pub disk_usage: f64,
+    /// Writes are refused because the disk is full.
+    pub disk_full: bool,
+    /// Writes are refused because of an earlier I/O failure.
+    pub poisoned: bool,
+}
+
+/// What start-up found and did; logged, and returned for tests and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The previous run did not shut down cleanly.
+    pub after_crash: bool,
+    /// Where the CommitLog scan started.
+    pub scanned_from: CommitLogOffset,
+    /// End of the recovered CommitLog.
+    pub end: CommitLogOffset,
+    /// Bytes cut from a torn or corrupt tail.
+    pub truncated_bytes: u64,
+    /// Records re-dispatched into consume queues and index.
+    pub redispatched: u64,
+    /// Wall time of `open`.
+    pub elapsed: Duration,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: StoreConfig,
+    pub(crate) root: PathBuf,
+    pub(crate) log: CommitLog,
+    pub(crate) queues: ConsumeQueues,
+    pub(crate) index: KeyIndex,
+    pub(crate) commit: GroupCommit,
+    checkpoint: CheckpointFile,
+    /// Everything below is in consume queues and the index.
+    pub(crate) dispatched: AtomicU64,
+    pub(crate) disk_full: AtomicBool,
+    /// Last measured usage ratio, as f64 bits.
+    pub(crate) disk_usage: AtomicU64,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) listener: RwLock<Option<Arc<dyn ArrivalListener>>>,
+    pub(crate) arrivals: (Mutex<u64>, Condvar),
+    pub(crate) arrival_waiters: AtomicUsize,
+    pub(crate) dispatcher: Mutex<Option<std::thread::Thread>>,
+    /// Serialises retention passes (background thread and explicit calls).
+    pub(crate) cleaning: Mutex<()>,
+    /// Held for the life of the store: the directory lock.
+    _lock: File,
+}
+
+/// A message store on one directory. Cheap to clone; the last clone dropped shuts it down cleanly.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    _life: Arc<Lifecycle>,
+}
+
+struct Lifecycle {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "store shutdown failed");
+        }
+    }
+}
+
+impl Lifecycle {
+    fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::Release);
+        let threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
+        for t in &threads {
+            t.thread().unpark();
+        }
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a store thread panicked");
+            }
+        }
+        // Final flush and dispatch, then a checkpoint at the very end: the next start-up scans nothing.
+        inner.commit.wait_durable(&inner.log, inner.log.end())?;
+        inner.dispatch_pending()?;
+        inner.write_checkpoint()?;
+        let abort = inner.root.join(ABORT_MARKER);
+        std::fs::remove_file(&abort).map_err(|e| Error::io("remove marker", &abort, e))?;
+        crate::file::sync_parent_dir(&abort).map_err(|e| Error::io("sync", &inner.root, e))?;
+        tracing::info!(dir = %inner.root.display(), end = inner.log.end(), "store closed cleanly");
+        Ok(())
+    }
+}
+
+/// Exists while a store is open; its presence at start-up means the last run did not shut down cleanly.
+const ABORT_MARKER: &str = "abort";
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `config.dir`, recovering from a crash if there was one.
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        Self::open_with_report(config).map(|(s, _)| s)
+    }
+
+    /// Like `open`, also returning what recovery did.
+    pub fn open_with_report(config: StoreConfig) -> Result<(Store, RecoveryReport)> {
+        let started = Instant::now();
+        config.validate()?;
+        let root = config.dir.clone();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        let lock = lock_dir(&root)?;
+        let abort = root.join(ABORT_MARKER);
+        let after_crash = abort.exists();
+        let checkpoint = CheckpointFile::new(&root);
+        let cq_dir = root.join("consumequeue");
+        let index_dir = root.join("index");
+        let mut start = checkpoint.load()?.map(|c| c.dispatched);
+        if start.is_none() || !cq_dir.exists() || !index_dir.exists() {
+            // Without a checkpoint, derived data cannot be trusted at all: rebuild it from the whole log.
+            for d in [&cq_dir, &index_dir] {
+                match std::fs::remove_dir_all(d) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove derived data", d, e)),
+                }
+            }
+            start = None;
+        }
+        File::create(&abort).and_then(|f| f.sync_all()).map_err(|e| Error::io("create marker", &abort, e))?;
+        crate::file::sync_parent_dir(&abort).map_err(|e| Error::io("sync", &root, e))?;
+
+        let recovered = CommitLog::open(&root.join("commitlog"), &config, start, after_crash)?;
+        let log = recovered.log;
+        let end = log.end();
+        let trusted_end = start.unwrap_or(0).min(end).max(log.min_offset());
+        let queues = ConsumeQueues::open(&cq_dir, config.consume_queue_file_entries, trusted_end, after_crash)?;
+        let index = KeyIndex::open(&index_dir, config.index_slots, config.index_entries, trusted_end, after_crash)?;
+        // What we read back may still sit only in the page cache (the process died, not the machine): make it
+        // durable before anyone is told it is.
+        log.flush(trusted_end, end).map_err(|e| Error::io("flush recovered log", log.dir(), e))?;
+
+        let inner = Arc::new(Inner {
+            commit: GroupCommit::new(end),
+            root: root.clone(),
+            log,
+            queues,
+            index,
+            checkpoint,
+            dispatched: AtomicU64::new(trusted_end),
+            disk_full: AtomicBool::new(false),
+            disk_usage: AtomicU64::new(0f64.to_bits()),
+            stopping: AtomicBool::new(false),
+            listener: RwLock::new(None),
+            arrivals: (Mutex::new(0), Condvar::new()),
+            arrival_waiters: AtomicUsize::new(0),
+            dispatcher: Mutex::new(None),
+            cleaning: Mutex::new(()),
+            _lock: lock,
+            config,
+        });
+        let redispatched = inner.dispatch_pending()?;
+        inner.log.set_queue_offsets(inner.queues.offset_table());
+        let min = inner.log.min_offset();
+        for q in inner.queues.all() {
+            q.trim(min)?;
+        }
+        inner.write_checkpoint()?;
+        inner.measure_disk();
+
+        let report = RecoveryReport {
+            after_crash,
+            scanned_from: CommitLogOffset(recovered.scanned_from),
+            end: CommitLogOffset(end),
+            truncated_bytes: recovered.truncated_bytes,
+            redispatched,
+            elapsed: started.elapsed(),
+        };
+        if let Some(reason) = &recovered.truncation_reason {
+            tracing::warn!(%reason, bytes = report.truncated_bytes, "cut the CommitLog tail");
+        }
+        tracing::info!(dir = %root.display(), ?report, "store opened");
+
+        let threads = crate::background::spawn(&inner)?;
+        let life = Arc::new(Lifecycle { inner: inner.clone(), threads: Mutex::new(threads), closed: false.into() });
+        Ok((Store { inner, _life: life }, report))
+    }
+
+    /// Appends one message. In sync flush mode returns only once it is durable.
+    pub fn append(&self, msg: &NewMessage) -> Result<AppendResult> {
+        let mut r = self.append_batch(std::slice::from_ref(msg))?;
+        r.pop().ok_or(Error::Closed)
+    }
+
+    /// Appends a batch atomically (all in one segment, one lock acquisition). In sync flush mode returns only
+    /// once the whole batch is durable.
+    // Hot path: no logging, no blocking besides the writer lock and (sync mode) the group commit.
+    pub fn append_batch(&self, msgs: &[NewMessage]) -> Result<Vec<AppendResult>> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        let results = inner.log.append(msgs, now_ms()).map_err(|e| inner.on_write_error(e))?;
+        match inner.config.flush_mode {
+            FlushMode::Sync => {
+                let end = results.last().map_or(0, |r| r.offset.0 + u64::from(r.size));
+                inner.commit.wait_durable(&inner.log, end)?;
+                inner.wake_dispatcher();
+            }
+            FlushMode::Async => inner.wake_dispatcher(),
+        }
+        Ok(results)
+    }
+
+    /// Reads the message whose record starts at `offset`.
+    pub fn read(&self, offset: CommitLogOffset) -> Result<StoredMessage> {
+        self.inner.log.read(offset)
+    }
+
+    /// Reads up to `max_count` messages (and about `max_bytes`) of a queue from `from`, filtered.
+    pub fn get_messages(
+        &self,
+        topic: &str,
+        queue_id: QueueId,
+        from: QueueOffset,
+        max_count: usize,
+        max_bytes: usize,
+        filter: Option<&dyn MessageFilter>,
+    ) -> Result<GetMessages> {
+        crate::read::get_messages(&self.inner, topic, queue_id, from, max_count, max_bytes, filter)
+    }
+
+    /// First and end offsets of a queue, if it exists.
+    pub fn queue_range(&self, topic: &str, queue_id: QueueId) -> Option<(QueueOffset, QueueOffset)> {
+        let q = self.inner.queues.get(topic, queue_id)?;
+        Some((q.min_offset(), q.max_offset()))
+    }
+
+    /// The first queue offset whose message was stored at or after `timestamp_ms` (the end if none).
+    pub fn offset_by_time(&self, topic: &str, queue_id: QueueId, timestamp_ms: u64) -> Option<QueueOffset> {
+        crate::read::offset_by_time(&self.inner, topic, queue_id, timestamp_ms)
+    }
+
+    /// Messages of `topic` carrying `key`, stored within `[begin_ms, end_ms]`, newest first, at most `max`.
+    pub fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin_ms: u64,
+        end_ms: u64,
+    ) -> Result<Vec<StoredMessage>> {
+        let offsets = self.inner.index.lookup(IndexKey::Key { topic, key }, max, begin_ms, end_ms);
+        let mut out = Vec::with_capacity(offsets.len());
+        for off in offsets {
+            match self.inner.log.read(CommitLogOffset(off)) {
+                Ok(m) if m.topic() == topic && m.key_list().any(|k| k == key) => out.push(m),
+                Ok(_) | Err(Error::OffsetMoved { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The message with id `msg_id`, if stored.
+    pub fn query_by_id(&self, msg_id: &str) -> Result<Option<StoredMessage>> {
+        for off in self.inner.index.lookup(IndexKey::Id(msg_id), 16, 0, u64::MAX) {
+            match self.inner.log.read(CommitLogOffset(off)) {
+                Ok(m) if m.msg_id() == msg_id => return Ok(Some(m)),
+                Ok(_) | Err(Error::OffsetMoved { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Blocks until the queue's end passes `after`, or `timeout` elapses; true if it did.
+    pub fn wait_for_messages(&self, topic: &str, queue_id: QueueId, after: QueueOffset, timeout: Duration) -> bool {
+        let inner = &self.inner;
+        let deadline = Instant::now() + timeout;
+        let has_more = || inner.queues.get(topic, queue_id).is_some_and(|q| q.max_offset() > after);
+        inner.arrival_waiters.fetch_add(1, Ordering::AcqRel);
+        let (lock, cv) = &inner.arrivals;
+        let mut generation = lock.lock();
+        let found = loop {
+            if has_more() {
+                break true;
+            }
+            if cv.wait_until(&mut generation, deadline).timed_out() {
+                break has_more();
+            }
+        };
+        drop(generation);
+        inner.arrival_waiters.fetch_sub(1, Ordering::AcqRel);
+        found
+    }
+
+    /// Installs the listener told about new messages (replaces any previous one).
+    pub fn set_arrival_listener(&self, listener: Arc<dyn ArrivalListener>) {
+        *self.inner.listener.write() = Some(listener);
+    }
+
+    /// Raw CommitLog bytes from `from` (at most `max`, within one segment), for replication.
+    pub fn read_raw(&self, from: CommitLogOffset, max: usize) -> Result<Option<Bytes>> {
+        self.inner.log.read_raw(from.0, max)
+    }
+
+    /// Topics with their queue ids.
+    pub fn topics(&self) -> Vec<(String, Vec<QueueId>)> {
+        self.inner.queues.topics()
+    }
+
+    /// Deletes a topic's consume queues (its records stay in the CommitLog until retention removes them).
+    pub fn delete_topic(&self, topic: &str) -> Result<()> {
+        self.inner.queues.remove_topic(topic)
+    }
+
+    /// Positions and usage.
+    pub fn stats(&self) -> StoreStats {
+        let inner = &self.inner;
+        StoreStats {
+            min_offset: CommitLogOffset(inner.log.min_offset()),
+            max_offset: CommitLogOffset(inner.log.end()),
+            flushed_offset: CommitLogOffset(inner.commit.flushed()),
+            dispatched_offset: CommitLogOffset(inner.dispatched.load(Ordering::Acquire)),
+            disk_bytes: inner.disk_bytes(),
+            disk_usage: f64::from_bits(inner.disk_usage.load(Ordering::Acquire)),
+            disk_full: inner.disk_full.load(Ordering::Acquire),
+            poisoned: inner.commit.poisoned().is_some(),
+        }
+    }
+
+    /// Runs one retention pass as of `now_ms` (the background cleaner calls this with the wall clock).
+    pub fn enforce_retention(&self, now_ms: u64) -> Result<crate::RetentionReport> {
+        self.inner.enforce_retention(now_ms)
+    }
+
+    /// Makes everything appended so far durable (for async mode callers that need a barrier).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.commit.wait_durable(&self.inner.log, self.inner.log.end())
+    }
+
+    /// Shuts down cleanly now: final flush, dispatch and checkpoint; the next open scans nothing.
+    pub fn close(self) -> Result<()> {
+        self._life.close()
+    }
+
+    /// The store's root directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.root
+    }
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<()> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if let Some(reason) = self.commit.poisoned() {
+            return Err(Error::Poisoned { reason });
+        }
+        if self.disk_full.load(Ordering::Acquire) {
+            return Err(Error::DiskFull {
+                usage_percent: f64::from_bits(self.disk_usage.load(Ordering::Acquire)) * 100.0,
+                limit_percent: self.config.disk_full_ratio * 100.0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Classifies a write failure: a full disk is retryable, other I/O errors poison the store.
+    fn on_write_error(&self, e: Error) -> Error {
+        match e {
+            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                self.disk_full.store(true, Ordering::Release);
+                self.disk_usage.store(1f64.to_bits(), Ordering::Release);
+                Error::DiskFull { usage_percent: 100.0, limit_percent: self.config.disk_full_ratio * 100.0 }
+            }
+            Error::Io { .. } => {
+                self.commit.poison(e.to_string());
+                e
+            }
+            other => other,
+        }
+    }
+
+    pub(crate) fn wake_dispatcher(&self) {
+        if let Some(t) = &*self.dispatcher.lock() {
+            t.unpark();
+        }
+    }
+
+    /// Flushes derived data and records how far it reaches.
+    pub(crate) fn write_checkpoint(&self) -> Result<()> {
+        let dispatched = self.dispatched.load(Ordering::Acquire).min(self.commit.flushed());
+        for q in self.queues.all() {
+            q.flush().map_err(|e| Error::io("flush consume queue", &self.root, e))?;
+        }
+        self.index.flush().map_err(|e| Error::io("flush index", &self.root, e))?;
+        self.checkpoint.store(&Checkpoint { dispatched, timestamp: now_ms() })
+    }
+
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.log.disk_bytes() + self.queues.disk_bytes() + self.index.disk_bytes()
+    }
+}
+
+fn lock_dir(root: &Path) -> Result<File> {
+    let path = root.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open lock", &path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: root.to_owned() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
