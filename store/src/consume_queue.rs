@@ -122,10 +122,10 @@ impl ConsumeQueue {
             if file.len() % CQ_ENTRY_SIZE != 0 {
                 return Err(foreign(path, "consume-queue file length is not a multiple of the entry size"));
             }
-            if let Some(prev) = files.last() {
-                if prev.first + prev.capacity() != first {
-                    return Err(foreign(path, "consume-queue files are not contiguous"));
-                }
+            if let Some(prev) = files.last()
+                && prev.first + prev.capacity() != first
+            {
+                return Err(foreign(path, "consume-queue files are not contiguous"));
             }
             files.push(CqFile { first, file });
         }

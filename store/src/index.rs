@@ -140,12 +140,12 @@ impl IndexFile {
         if crashed {
             f.repair(lo)?;
         }
-        if lo > 1 {
-            if let (Some(a), Some(b)) = (f.entry(1), f.entry(lo - 1)) {
-                f.first_timestamp.store(a.timestamp, Ordering::Release);
-                f.last_timestamp.store(b.timestamp, Ordering::Release);
-                f.last_offset.store(b.offset, Ordering::Release);
-            }
+        if lo > 1
+            && let (Some(a), Some(b)) = (f.entry(1), f.entry(lo - 1))
+        {
+            f.first_timestamp.store(a.timestamp, Ordering::Release);
+            f.last_timestamp.store(b.timestamp, Ordering::Release);
+            f.last_offset.store(b.offset, Ordering::Release);
         }
         Ok(f)
     }
@@ -289,10 +289,10 @@ impl KeyIndex {
     /// Indexes `key` for the record at `offset`. Dispatcher only.
     pub(crate) fn add(&self, key: IndexKey<'_>, offset: u64, timestamp: u64) -> Result<()> {
         let hash = key.hash();
-        if let Some(f) = self.files.read().last() {
-            if f.add(hash, offset, timestamp) {
-                return Ok(());
-            }
+        if let Some(f) = self.files.read().last()
+            && f.add(hash, offset, timestamp)
+        {
+            return Ok(());
         }
         let f = Arc::new(IndexFile::create(&self.dir, offset, self.slots, self.capacity)?);
         f.add(hash, offset, timestamp);

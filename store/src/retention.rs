@@ -55,7 +55,8 @@ impl Inner {
         let _pass = self.cleaning.lock();
         let usage_before = self.measure_disk();
         let cutoff = now_ms.saturating_sub(self.config.retention().as_millis() as u64);
-        let safe_end = self.dispatched.load(Ordering::Acquire).min(self.commit.flushed());
+        // The dispatcher may still be reading segments it has not finished; everything else may go.
+        let safe_end = self.dispatched.load(Ordering::Acquire);
         let mut usage = usage_before;
         let forcing = usage >= self.config.disk_force_clean_ratio;
         let mut deleted = 0;

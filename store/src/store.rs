@@ -214,9 +214,6 @@ impl Store {
             }
             start = None;
         }
-        File::create(&abort).and_then(|f| f.sync_all()).map_err(|e| Error::io("create marker", &abort, e))?;
-        crate::file::sync_parent_dir(&abort).map_err(|e| Error::io("sync", &root, e))?;
-
         let recovered = CommitLog::open(&root.join("commitlog"), &config, start, after_crash)?;
         let log = recovered.log;
         let end = log.end();
@@ -254,6 +251,10 @@ impl Store {
         }
         inner.write_checkpoint()?;
         inner.measure_disk();
+        // Only now, with recovery complete, does the store count as running: a failed open leaves the
+        // directory as it found it, so the next open does not mistake damage for a torn write.
+        File::create(&abort).and_then(|f| f.sync_all()).map_err(|e| Error::io("create marker", &abort, e))?;
+        crate::file::sync_parent_dir(&abort).map_err(|e| Error::io("sync", &root, e))?;
 
         let report = RecoveryReport {
             after_crash,
@@ -264,7 +265,7 @@ impl Store {
             elapsed: started.elapsed(),
         };
         if let Some(reason) = &recovered.truncation_reason {
-            tracing::warn!(%reason, bytes = report.truncated_bytes, "cut the CommitLog tail");
+            tracing::warn!(%reason, at = end, bytes = report.truncated_bytes, "cut a torn CommitLog tail after a crash");
         }
         tracing::info!(dir = %root.display(), ?report, "store opened");
 

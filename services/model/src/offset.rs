@@ -12,13 +12,6 @@ pub struct CommitLogOffset(pub u64);
 #[serde(transparent)]
 pub struct QueueOffset(pub u64);
 
-impl CommitLogOffset {
-    /// The offset `bytes` further on; saturates rather than wrapping on absurd input.
-    pub fn add(self, bytes: u64) -> Self {
-        Self(self.0.saturating_add(bytes))
-    }
-}
-
 impl QueueOffset {
     /// The following entry's offset.
     pub fn next(self) -> Self {

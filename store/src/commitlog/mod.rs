@@ -264,12 +264,6 @@ impl CommitLog {
         self.writer.lock().queue_offsets = table;
     }
 
-    /// Next queue offset the writer would assign, for tests and diagnostics.
-    #[cfg(test)]
-    pub(crate) fn next_queue_offset(&self, topic: &str, queue_id: QueueId) -> u64 {
-        self.writer.lock().queue_offsets.get(topic).and_then(|q| q.get(&queue_id)).copied().unwrap_or(0)
-    }
-
     /// Sealed segments (all but the active one), oldest first: what retention may delete.
     pub(crate) fn sealed_segments(&self) -> Vec<Arc<Segment>> {
         let segs = self.segments.read();

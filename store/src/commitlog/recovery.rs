@@ -78,6 +78,18 @@ impl CommitLog {
             }
         }
 
+        if let Some(why) = &reason
+            && !crashed
+        {
+            // After a clean shutdown everything was flushed: an invalid record is damage at rest, not a torn
+            // write, and cutting there could destroy good data. Refuse to start and say where.
+            let seg = &segments[idx];
+            return Err(Error::Corrupt {
+                path: seg.path().to_owned(),
+                offset: seg.rel(pos) as u64,
+                reason: why.clone(),
+            });
+        }
         let mut truncated_bytes = 0;
         // Cut the tail segment at `pos` and drop every later segment: nothing after a torn point is trustworthy.
         for seg in segments.drain(idx + 1..).rev() {
@@ -125,9 +137,9 @@ fn scan_segment(seg: &Segment, mut pos: u64) -> Scan {
     loop {
         let rel = seg.rel(pos);
         let Some(head) = seg.file().bytes_unchecked_for_recovery(rel, 8) else {
-            return Scan::Tail(pos, Some(format!("{} ends without an end marker", seg.path().display())));
+            return Scan::Tail(pos, Some("segment ends without an end marker".into()));
         };
-        let invalid = |why: String| Scan::Tail(pos, Some(format!("{} at offset {rel}: {why}", seg.path().display())));
+        let invalid = |why: String| Scan::Tail(pos, Some(why));
         match record::peek(head) {
             Ok(Frame::Empty) => return Scan::Tail(pos, None),
             Ok(Frame::End) => {
@@ -205,14 +217,14 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
     found.sort();
     let mut segments: Vec<Segment> = Vec::with_capacity(found.len());
     for (base, path) in found {
-        if let Some(prev) = segments.last() {
-            if prev.limit() != base {
-                return Err(Error::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: format!("segment starts at {base} but the previous one ends at {}", prev.limit()),
-                });
-            }
+        if let Some(prev) = segments.last()
+            && prev.limit() != base
+        {
+            return Err(Error::Corrupt {
+                path,
+                offset: 0,
+                reason: format!("segment starts at {base} but the previous one ends at {}", prev.limit()),
+            });
         }
         segments.push(Segment::open(path, base)?);
     }
