@@ -6,7 +6,8 @@
 //! durable return; the rest elect the next leader. So N concurrent writers cost about one fsync per round, not N.
 //! A failed flush poisons the store: the error goes to every waiter and to every later write.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -24,6 +25,21 @@ pub(crate) struct GroupCommit {
     done: Condvar,
     /// Everything below is durable.
     flushed: AtomicU64,
+    /// Sync-mode appends between "started" and "waiting for durability": the leader gives them a moment to
+    /// land so one fsync covers them too, instead of leaving them for the next round.
+    in_flight: AtomicUsize,
+}
+
+/// Longest a leader waits for in-flight appends before flushing anyway.
+const GATHER: Duration = Duration::from_micros(200);
+
+/// Marks a sync-mode append in flight until dropped (the append then waits for durability, or failed).
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl GroupCommit {
@@ -32,7 +48,14 @@ impl GroupCommit {
             state: Mutex::new(State { flushing: false, poisoned: None }),
             done: Condvar::new(),
             flushed: flushed.into(),
+            in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Call before a sync-mode append; drop the guard once the append returned.
+    pub(crate) fn begin_append(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(&self.in_flight)
     }
 
     /// Everything below this CommitLog offset is durable.
@@ -72,6 +95,11 @@ impl GroupCommit {
             st.flushing = true;
             let from = self.flushed();
             drop(st);
+            // Let appends that are already under way land, so this fsync covers them as well.
+            let deadline = Instant::now() + GATHER;
+            while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
             let to = log.end();
             let result = log.flush(from, to);
             st = self.state.lock();

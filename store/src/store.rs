@@ -286,7 +286,14 @@ impl Store {
     pub fn append_batch(&self, msgs: &[NewMessage]) -> Result<Vec<AppendResult>> {
         let inner = &self.inner;
         inner.check_writable()?;
-        let results = inner.log.append(msgs, now_ms()).map_err(|e| inner.on_write_error(e))?;
+        let results = match inner.config.flush_mode {
+            FlushMode::Sync => {
+                let _in_flight = inner.commit.begin_append();
+                inner.log.append(msgs, now_ms())
+            }
+            FlushMode::Async => inner.log.append(msgs, now_ms()),
+        };
+        let results = results.map_err(|e| inner.on_write_error(e))?;
         match inner.config.flush_mode {
             FlushMode::Sync => {
                 let end = results.last().map_or(0, |r| r.offset.0 + u64::from(r.size));

@@ -46,6 +46,8 @@ struct Writer {
     queue_offsets: QueueOffsetTable,
     /// Last store timestamp handed out: store timestamps never go backwards, so lookups by time can bisect.
     last_timestamp: u64,
+    /// Encoding buffer, reused across appends (grows to the largest batch seen).
+    buf: Vec<u8>,
 }
 
 /// The append-only log of all messages.
@@ -114,24 +116,20 @@ impl CommitLog {
             self.roll(&mut w)?;
         }
         let timestamp = now_ms.max(w.last_timestamp);
-        w.last_timestamp = timestamp;
         let seg = w.active.clone();
         let start = seg.rel(w.pos);
-        // SAFETY: we hold the writer lock, the only path that writes to CommitLog segments, and the region
-        // starts at the published end, so no reader can observe it until `publish` below.
-        let Some(buf) = (unsafe { seg.file().unpublished_mut(start, total) }) else {
-            return Err(Error::Corrupt {
-                path: seg.path().to_owned(),
-                offset: start as u64,
-                reason: "write position is outside the writable region".into(),
-            });
-        };
+        let base = w.pos;
+        let Writer { queue_offsets, buf, .. } = &mut *w;
+        if buf.len() < total {
+            buf.resize(total, 0);
+        }
+        let buf = &mut buf[..total];
         let mut results = Vec::with_capacity(msgs.len());
         let mut at = 0usize;
         for (m, &n) in msgs.iter().zip(&sizes) {
-            let queue_offset = next_queue_offset(&mut w.queue_offsets, &m.topic, m.queue_id);
+            let queue_offset = next_queue_offset(queue_offsets, &m.topic, m.queue_id);
             let placement = Placement {
-                physical_offset: CommitLogOffset(w.pos + at as u64),
+                physical_offset: CommitLogOffset(base + at as u64),
                 queue_offset: QueueOffset(queue_offset),
                 store_timestamp: timestamp,
                 store_host: self.store_host,
@@ -145,6 +143,14 @@ impl CommitLog {
             });
             at += n;
         }
+        if let Err(e) = seg.file().write_at(start, buf) {
+            // Nothing was published: give the queue offsets back so the next append reuses them.
+            for m in msgs {
+                rewind_queue_offset(queue_offsets, &m.topic, m.queue_id);
+            }
+            return Err(Error::io("write CommitLog", seg.path(), e));
+        }
+        w.last_timestamp = timestamp;
         seg.file().publish(start + total);
         w.pos += total as u64;
         self.end.store(w.pos, Ordering::Release);
@@ -159,10 +165,12 @@ impl CommitLog {
         let old = w.active.clone();
         let rel = old.rel(w.pos);
         let remaining = old.size() - rel;
-        // SAFETY: writer lock held; region is at the published end (see `append`). The append invariant keeps at
-        // least END_MARKER_LEN bytes free, so the marker always fits.
-        if let Some(buf) = unsafe { old.file().unpublished_mut(rel, END_MARKER_LEN) } {
-            record::encode_end_marker(buf, remaining);
+        // The append invariant keeps at least END_MARKER_LEN bytes free, so the marker always fits.
+        let mut marker = [0u8; END_MARKER_LEN];
+        record::encode_end_marker(&mut marker, remaining);
+        if let Err(e) = old.file().write_at(rel, &marker) {
+            let _ = std::fs::remove_file(next.path()); // so the next roll can create it again
+            return Err(Error::io("write end marker", old.path(), e));
         }
         old.file().publish(old.size());
         self.segments.write().push(next.clone());
@@ -291,6 +299,12 @@ impl CommitLog {
         crate::file::sync_parent_dir(removed.path()).map_err(|e| Error::io("sync", &self.dir, e))?;
         tracing::info!(path = %removed.path().display(), "deleted CommitLog segment");
         Ok(true)
+    }
+}
+
+fn rewind_queue_offset(table: &mut QueueOffsetTable, topic: &str, queue_id: QueueId) {
+    if let Some(slot) = table.get_mut(topic).and_then(|q| q.get_mut(&queue_id)) {
+        *slot = slot.saturating_sub(1);
     }
 }
 

@@ -117,7 +117,13 @@ impl CommitLog {
             max_body: config.max_message_size,
             store_host: config.store_host,
             segments: RwLock::new(segments),
-            writer: Mutex::new(Writer { active, pos, queue_offsets: Default::default(), last_timestamp }),
+            writer: Mutex::new(Writer {
+                active,
+                pos,
+                queue_offsets: Default::default(),
+                last_timestamp,
+                buf: Vec::new(),
+            }),
             end: AtomicU64::new(pos),
             min: AtomicU64::new(min),
         };

@@ -1,0 +1,267 @@
+//! Store benchmark: append throughput across body sizes, writer counts, batching and flush modes, each beside
+//! the raw sequential-write bandwidth of the same disk measured in the same run, plus recovery times.
+//!
+//! `cargo bench -p comet-store --bench append -- [--seconds S] [--recovery-gib G] [--dir DIR]`
+//! (`make bench-store`). Prints a Markdown report for docs/benchmarks.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use comet_store::{FlushMode, NewMessage, Store, StoreConfig};
+
+const SIZES: [usize; 3] = [128, 1024, 4096];
+const BATCH: usize = 64;
+const CRASH_CHILD: &str = "COMET_BENCH_CRASH_CHILD";
+
+struct Args {
+    /// Only cases whose label ("128B/1w/batch/async") contains this.
+    filter: Option<String>,
+    /// Skip the raw-disk baselines (for profiling one case).
+    no_raw: bool,
+    seconds: f64,
+    recovery_gib: u64,
+    dir: PathBuf,
+}
+
+fn args() -> Args {
+    let mut a =
+        Args { filter: None, no_raw: false, seconds: 2.0, recovery_gib: 4, dir: PathBuf::from("target/bench-store") };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
+            "--recovery-gib" => a.recovery_gib = it.next().and_then(|v| v.parse().ok()).expect("--recovery-gib N"),
+            "--filter" => a.filter = it.next(),
+            "--no-raw" => a.no_raw = true,
+            "--dir" => a.dir = PathBuf::from(it.next().expect("--dir DIR")),
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    a
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var(CRASH_CHILD) {
+        crash_child(Path::new(&dir));
+    }
+    let a = args();
+    std::fs::create_dir_all(&a.dir).unwrap();
+    println!("## Store append benchmark\n");
+    println!("Duration per case: {} s; batch = {BATCH} messages; directory: {}\n", a.seconds, a.dir.display());
+    println!("| body | writers | mode | flush | appends/s | MB/s (records) | raw baseline | ratio |");
+    println!("|---:|---:|---|---|---:|---:|---|---:|");
+    for &size in &SIZES {
+        let record = record_size(size);
+        // One write+fdatasync per message: what acknowledging after each fsync costs without group commit.
+        let raw_single_sync =
+            if a.no_raw { Raw::none(record) } else { raw_write(&a.dir, record, u64::MAX, a.seconds, true) };
+        for flush in [FlushMode::Async, FlushMode::Sync] {
+            for writers in [1usize, 8] {
+                for batch in [BATCH, 1] {
+                    let label = format!(
+                        "{size}B/{writers}w/{}/{}",
+                        if batch == 1 { "single" } else { "batch" },
+                        if flush == FlushMode::Sync { "sync" } else { "async" }
+                    );
+                    if a.filter.as_ref().is_some_and(|f| !label.contains(f.as_str())) {
+                        continue;
+                    }
+                    let r = run(&a.dir, size, writers, batch, flush, a.seconds);
+                    // Async: buffered `write` of the same total bytes in the same chunk size, to a fresh file.
+                    let (base_name, base) = match flush {
+                        FlushMode::Async if a.no_raw => ("write, no sync", Raw::none(record * batch)),
+                        FlushMode::Async => {
+                            ("write, no sync", raw_write(&a.dir, record * batch, r.bytes, a.seconds * 10.0, false))
+                        }
+                        FlushMode::Sync => ("write+fdatasync", raw_single_sync),
+                    };
+                    let (ratio, base_desc) = match flush {
+                        FlushMode::Async => {
+                            (r.mb_s / base.mb_s, format!("{base_name} {}B: {:.0} MB/s", base.chunk, base.mb_s))
+                        }
+                        FlushMode::Sync => {
+                            (r.per_s / base.per_s, format!("{base_name} {}B: {:.0} ops/s", base.chunk, base.per_s))
+                        }
+                    };
+                    println!(
+                        "| {size} B | {writers} | {} | {} | {:.0} | {:.1} | {base_desc} | {ratio:.2}× |",
+                        if batch == 1 { "single" } else { "batch" },
+                        if flush == FlushMode::Sync { "sync" } else { "async" },
+                        r.per_s,
+                        r.mb_s,
+                    );
+                }
+            }
+        }
+    }
+    println!("\nRatios: async rows compare MB/s with buffered `write` of the same chunk size; sync rows compare");
+    println!("appends/s with one `write`+`fdatasync` per message (what a store without group commit could do).\n");
+    if a.recovery_gib > 0 {
+        recovery(&a.dir, a.recovery_gib);
+    }
+}
+
+fn record_size(body: usize) -> usize {
+    let m = message(0, body);
+    comet_store::record::encoded_len(&m, u32::MAX).unwrap()
+}
+
+fn message(writer: usize, body: usize) -> NewMessage {
+    let mut m = NewMessage::new("bench", writer as u32, Bytes::from(vec![b'x'; body]));
+    m.msg_id = format!("{:032x}", writer);
+    m.keys = "order-1".into();
+    m.tags = "TagA".into();
+    m
+}
+
+struct Rate {
+    per_s: f64,
+    mb_s: f64,
+    /// Record bytes written in the run.
+    bytes: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Raw {
+    chunk: usize,
+    per_s: f64,
+    mb_s: f64,
+}
+
+impl Raw {
+    fn none(chunk: usize) -> Raw {
+        Raw { chunk, per_s: f64::NAN, mb_s: f64::NAN }
+    }
+}
+
+fn config(dir: &Path, flush: FlushMode) -> StoreConfig {
+    StoreConfig { flush_mode: flush, clean_interval_ms: 3_600_000, ..StoreConfig::new(dir) }
+}
+
+fn run(root: &Path, body: usize, writers: usize, batch: usize, flush: FlushMode, seconds: f64) -> Rate {
+    let dir = root.join("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(config(&dir, flush)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let (store, stop, count, bytes) = (store.clone(), stop.clone(), count.clone(), bytes.clone());
+            std::thread::spawn(move || {
+                let msgs: Vec<NewMessage> = (0..batch).map(|_| message(w, body)).collect();
+                let (mut n, mut b) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let r = store.append_batch(&msgs).unwrap();
+                    n += r.len() as u64;
+                    b += r.iter().map(|x| u64::from(x.size)).sum::<u64>();
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+                bytes.fetch_add(b, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    let n = count.load(Ordering::Relaxed) as f64;
+    let bytes = bytes.load(Ordering::Relaxed);
+    Rate { per_s: n / elapsed, mb_s: bytes as f64 / elapsed / 1e6, bytes }
+}
+
+/// Sequential `write` of `total` bytes in `chunk`-byte chunks to a fresh file (stopping early after `seconds`),
+/// optionally with `fdatasync` after each chunk.
+fn raw_write(root: &Path, chunk: usize, total: u64, seconds: f64, sync: bool) -> Raw {
+    let path = root.join("raw");
+    let _ = std::fs::remove_file(&path);
+    let f = OpenOptions::new().create(true).write(true).truncate(true).open(&path).unwrap();
+    let buf = vec![b'x'; chunk];
+    let start = Instant::now();
+    let deadline = Duration::from_secs_f64(seconds);
+    let (mut n, mut pos) = (0u64, 0u64);
+    while pos < total && start.elapsed() < deadline {
+        f.write_all_at(&buf, pos).unwrap();
+        if sync {
+            f.sync_data().unwrap();
+        }
+        pos += chunk as u64;
+        n += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    Raw { chunk, per_s: n as f64 / elapsed, mb_s: (n * chunk as u64) as f64 / elapsed / 1e6 }
+}
+
+fn recovery(root: &Path, gib: u64) {
+    println!("## Store recovery\n");
+    let dir = root.join("recovery");
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(config(&dir, FlushMode::Async)).unwrap();
+    let msgs: Vec<NewMessage> = (0..BATCH).map(|w| message(w % 8, 1024)).collect();
+    let start = Instant::now();
+    while store.stats().max_offset.0 < gib << 30 {
+        store.append_batch(&msgs).unwrap();
+    }
+    let fill = start.elapsed();
+    let size = store.stats().max_offset.0;
+    store.close().unwrap();
+    let t = Instant::now();
+    let (store, report) = Store::open_with_report(config(&dir, FlushMode::Async)).unwrap();
+    let clean = t.elapsed();
+    assert!(!report.after_crash);
+    drop(store);
+    println!("| case | store size | data re-read | open time |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| after clean shutdown | {:.2} GiB (written in {:.1} s) | {} B | {:.3} s |",
+        size as f64 / (1u64 << 30) as f64,
+        fill.as_secs_f64(),
+        report.end.0 - report.scanned_from.0,
+        clean.as_secs_f64()
+    );
+    // Crash: a child appends for a while (checkpoints every second) and aborts without any shutdown.
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(CRASH_CHILD, &dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must die");
+    let t = Instant::now();
+    let (store, report) = Store::open_with_report(config(&dir, FlushMode::Async)).unwrap();
+    let crash = t.elapsed();
+    assert!(report.after_crash);
+    println!(
+        "| after crash (abort mid-stream, checkpoint every 1 s) | {:.2} GiB | {:.1} MB ({} records re-dispatched) | {:.3} s |",
+        report.end.0 as f64 / (1u64 << 30) as f64,
+        (report.end.0 - report.scanned_from.0) as f64 / 1e6,
+        report.redispatched,
+        crash.as_secs_f64()
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::io::stdout().flush();
+}
+
+fn crash_child(dir: &Path) -> ! {
+    let store = Store::open(config(dir, FlushMode::Async)).unwrap();
+    let msgs: Vec<NewMessage> = (0..BATCH).map(|w| message(w % 8, 1024)).collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        store.append_batch(&msgs).unwrap();
+    }
+    std::process::abort();
+}
