@@ -40,4 +40,6 @@ pub use consume_queue::{CQ_ENTRY_SIZE, CqEntry};
 pub use error::{Error, Result};
 pub use record::{NewMessage, StoredMessage};
 pub use retention::RetentionReport;
-pub use store::{ArrivalListener, GetMessages, GetStatus, MessageFilter, RecoveryReport, Store, StoreStats};
+pub use store::{
+    ArrivalListener, GetMessages, GetStatus, MessageFilter, RecoveryReport, Store, StoreStats, VerifyReport,
+};
