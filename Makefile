@@ -4,11 +4,16 @@ SHELL := /bin/bash
 CARGO ?= cargo
 JOBS ?= $(shell nproc)
 
-.PHONY: run test setup lint fmt check-layering build-tests nextest bench bench-store clean
+.PHONY: run run-nameserver test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver clean
 
 ## run: start Comet on embedded defaults (see README)
 run:
 	$(CARGO) run --release -p comet-store --bin comet-store -- demo
+
+## run-nameserver: a memory-mode NameServer on 127.0.0.1:9876 (ctrl-c to stop)
+run-nameserver:
+	COMET_NAMESERVER_LISTEN=$${COMET_NAMESERVER_LISTEN:-127.0.0.1:9876} \
+		$(CARGO) run --release -p comet-nameserver --bin comet-nameserver
 
 ## setup: install the system packages and tools the tests need (idempotent)
 setup:
@@ -35,10 +40,24 @@ nextest:
 	fi
 
 ## bench: every benchmark; results go to docs/benchmarks.md by hand
-bench: bench-store
+bench: bench-store bench-nameserver
 
 bench-store:
 	$(CARGO) bench -p comet-store --bench append -- $(BENCH_ARGS)
+
+## bench-nameserver: start a release NameServer on a free port, run `comet bench nameserver` against it, stop it
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+bench-nameserver:
+	$(CARGO) build --release -p comet-nameserver -p comet
+	@set -euo pipefail; dir=$$(mktemp -d); \
+	COMET_NAMESERVER_LISTEN=127.0.0.1:0 COMET_NAMESERVER_KV_CONFIG_PATH=$$dir/kvConfig.json COMET_LOG_LEVEL=warn \
+		$(TARGET_DIR)/release/comet-nameserver > $$dir/out 2> $$dir/err & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
+	for _ in $$(seq 200); do grep -q listening $$dir/out && break; sleep 0.05; done; \
+	addr=$$(awk '/listening/ {print $$NF}' $$dir/out); \
+	test -n "$$addr" || { cat $$dir/err; exit 1; }; \
+	echo "NameServer (release, memory backend) on $$addr"; \
+	$(TARGET_DIR)/release/comet --namesrv $$addr bench nameserver $(NS_BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -7,10 +7,17 @@
 mod name;
 mod offset;
 mod queue;
+mod route;
 
-pub use name::{NameError, NameKind, validate_group_name, validate_topic_name};
+pub use name::{
+    NameError, NameKind, validate_broker_name, validate_cluster_name, validate_group_name, validate_topic_name,
+};
 pub use offset::{CommitLogOffset, QueueOffset};
 pub use queue::{MessageQueue, QueueId};
+pub use route::{
+    BadPermission, BrokerData, BrokerId, DataVersion, MASTER_ID, MAX_QUEUE_NUMS, MessageType, Permission, QueueData,
+    TopicConfig, TopicRoute,
+};
 
 /// Java's `String.hashCode` of a tag string, sign-extended to 64 bits.
 ///

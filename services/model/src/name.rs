@@ -16,6 +16,10 @@ pub enum NameKind {
     Topic,
     /// A consumer or producer group name.
     Group,
+    /// A broker name (a master/slave group).
+    Broker,
+    /// A cluster name.
+    Cluster,
 }
 
 impl std::fmt::Display for NameKind {
@@ -23,6 +27,8 @@ impl std::fmt::Display for NameKind {
         f.write_str(match self {
             NameKind::Topic => "topic",
             NameKind::Group => "group",
+            NameKind::Broker => "broker",
+            NameKind::Cluster => "cluster",
         })
     }
 }
@@ -81,6 +87,19 @@ pub fn validate_group_name(name: &str) -> Result<(), NameError> {
     validate(NameKind::Group, name, MAX_GROUP_LEN)
 }
 
+/// Longest broker or cluster name in bytes.
+pub const MAX_BROKER_LEN: usize = 127;
+
+/// Checks a broker name with the topic character rules: it ends up in etcd keys and file names too.
+pub fn validate_broker_name(name: &str) -> Result<(), NameError> {
+    validate(NameKind::Broker, name, MAX_BROKER_LEN)
+}
+
+/// Checks a cluster name with the topic character rules.
+pub fn validate_cluster_name(name: &str) -> Result<(), NameError> {
+    validate(NameKind::Cluster, name, MAX_BROKER_LEN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +119,7 @@ mod tests {
         assert!(matches!(validate_topic_name("tópico"), Err(NameError::BadChar { .. })));
         assert!(matches!(validate_topic_name(&"a".repeat(256)), Err(NameError::TooLong { len: 256, .. })));
         assert!(matches!(validate_group_name(&"g".repeat(121)), Err(NameError::TooLong { .. })));
+        assert!(matches!(validate_broker_name(""), Err(NameError::Empty { kind: NameKind::Broker })));
+        assert!(matches!(validate_cluster_name("a b"), Err(NameError::BadChar { ch: ' ', .. })));
     }
 }

@@ -1,0 +1,19 @@
+//! Compiles every `.proto` of the crate with protox (pure Rust, so no `protoc` is needed) and exports the
+//! encoded descriptor set for gRPC server reflection.
+
+use prost::Message;
+
+/// Every proto file the crate exposes, relative to the crate root. Add new files (broker.proto, the apache
+/// rocketmq v2 protos) here; imports between them resolve against the crate root.
+const PROTOS: &[&str] = &["comet/v1/nameserver.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for file in PROTOS {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let fds = protox::compile(PROTOS, ["."])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Comet's wire contract: generated tonic/prost code for the `.proto` files under `proto/`.
+//!
+//! This crate is deliberately logic-free: conversions to domain types live in the crates that own the domain
+//! (see docs/architecture.md, "wire types, domain types and storage types are three different things").
+
+/// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// Comet's own gRPC API (`package comet.*`).
+pub mod comet {
+    /// Version 1 of Comet's own API: the NameServer service and its messages.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("comet.v1");
+    }
+}

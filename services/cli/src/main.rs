@@ -1,0 +1,53 @@
+//! `comet`: the command-line tool. For now: route and cluster inspection against NameServers, and the
+//! NameServer benchmark (`comet bench nameserver`).
+
+mod bench;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+
+/// Comet command-line tool.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// NameServer addresses, comma- or semicolon-separated (RocketMQ's NAMESRV_ADDR).
+    #[arg(long, global = true, env = "NAMESRV_ADDR", default_value = "127.0.0.1:9876")]
+    namesrv: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show where a topic's queues live.
+    Route {
+        /// Topic name.
+        topic: String,
+    },
+    /// Show clusters, broker names and addresses.
+    Cluster,
+    /// List routed topics.
+    Topics {
+        /// Only topics of this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Benchmarks against running servers.
+    Bench {
+        #[command(subcommand)]
+        target: bench::Target,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let addresses: Vec<String> =
+        cli.namesrv.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    match cli.command {
+        Command::Route { topic } => inspect::route(&addresses, &topic).await,
+        Command::Cluster => inspect::cluster(&addresses).await,
+        Command::Topics { cluster } => inspect::topics(&addresses, cluster.as_deref()).await,
+        Command::Bench { target } => bench::run(target, &addresses).await,
+    }
+}

@@ -1,0 +1,33 @@
+//! Processes under test and how to find, start, probe and stop them.
+
+pub mod binary;
+pub mod broker;
+pub mod etcd;
+pub mod nameserver;
+pub mod process;
+
+use std::time::Duration;
+
+/// A free TCP port on 127.0.0.1 (bound then released; only for processes that cannot report their own port).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `check` every 50 ms until it returns `Ok(true)` or `timeout` passes; the error names `what`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

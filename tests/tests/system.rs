@@ -1,0 +1,5 @@
+//! Comet system tests: real processes, real network, one test binary. Each test starts its own processes on
+//! free ports with its own temp dir, so tests run in parallel (nextest runs each in its own process).
+
+mod nameserver_etcd;
+mod nameserver_memory;
