@@ -38,6 +38,10 @@ pub struct Args {
     /// Unmeasured warm-up before it.
     #[arg(long, default_value_t = 2)]
     warmup_secs: u64,
+    /// Runtime threads of the load generator. It shares the machine with the server, so fewer threads than
+    /// cores leaves the server room (1 = a current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
     /// Topics of the single large broker whose registration is timed (0 = skip).
     #[arg(long, default_value_t = 100_000)]
     big_broker_topics: usize,
@@ -102,9 +106,27 @@ pub async fn run(args: Args, namesrv: &[String]) -> anyhow::Result<()> {
         started.elapsed()
     );
 
-    let channels = connect(&client, args.connections).await?;
-    query_route_phase(&args, &channels, Duration::from_secs(args.warmup_secs), false).await?;
-    query_route_phase(&args, &channels, Duration::from_secs(args.duration_secs), true).await?;
+    // The load runs on its own runtime (own threads, own connections) so its size is controlled.
+    let address = client.current_address().to_owned();
+    let load = Load {
+        address,
+        topics: args.topics,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        warmup: Duration::from_secs(args.warmup_secs),
+        duration: Duration::from_secs(args.duration_secs),
+    };
+    let threads = args.client_threads.max(1);
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let runtime = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+        };
+        runtime.block_on(load.run())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
 
     if args.big_broker_topics > 0 {
         let topics: Vec<pb::TopicConfig> =
@@ -123,72 +145,84 @@ pub async fn run(args: Args, namesrv: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(client: &NameServerClient, n: usize) -> anyhow::Result<Vec<Channel>> {
-    let address = client.current_address().to_owned();
-    let mut channels = Vec::with_capacity(n);
-    for _ in 0..n {
-        let channel = Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true).connect().await?;
-        channels.push(channel);
-    }
-    Ok(channels)
+/// The QueryRoute load: `concurrency` callers over `connections` HTTP/2 connections.
+struct Load {
+    address: String,
+    topics: usize,
+    concurrency: usize,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
 }
 
-async fn query_route_phase(args: &Args, channels: &[Channel], duration: Duration, report: bool) -> anyhow::Result<()> {
-    if duration.is_zero() {
-        return Ok(());
+impl Load {
+    async fn run(self) -> anyhow::Result<()> {
+        let mut channels = Vec::with_capacity(self.connections);
+        for _ in 0..self.connections {
+            let endpoint = Endpoint::from_shared(format!("http://{}", self.address))?.tcp_nodelay(true);
+            channels.push(endpoint.connect().await?);
+        }
+        self.phase(&channels, self.warmup, false).await?;
+        self.phase(&channels, self.duration, true).await
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::with_capacity(args.concurrency);
-    for caller in 0..args.concurrency {
-        let mut grpc = Grpc::new(channels[caller % channels.len()].clone());
-        let stop = Arc::clone(&stop);
-        let topics = args.topics as u64;
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Samples::with_capacity(100_000);
-            let mut errors = 0u64;
-            // xorshift: a cheap, different topic sequence per caller.
-            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (caller as u64 + 1);
-            while !stop.load(Ordering::Relaxed) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let request = pb::QueryRouteRequest { topic: format!("bench-topic-{}", x % topics) };
-                let t0 = Instant::now();
-                match grpc.query_route(request).await {
-                    Ok(_) => samples.record(t0.elapsed()),
-                    Err(_) => errors += 1,
+
+    async fn phase(&self, channels: &[Channel], duration: Duration, report: bool) -> anyhow::Result<()> {
+        if duration.is_zero() {
+            return Ok(());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::with_capacity(self.concurrency);
+        for caller in 0..self.concurrency {
+            let mut grpc = Grpc::new(channels[caller % channels.len()].clone());
+            let stop = Arc::clone(&stop);
+            let topics = self.topics as u64;
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Samples::with_capacity(100_000);
+                let mut errors = 0u64;
+                // xorshift: a cheap, different topic sequence per caller.
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (caller as u64 + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let request = pb::QueryRouteRequest { topic: format!("bench-topic-{}", x % topics) };
+                    let t0 = Instant::now();
+                    match grpc.query_route(request).await {
+                        Ok(_) => samples.record(t0.elapsed()),
+                        Err(_) => errors += 1,
+                    }
                 }
-            }
-            (samples, errors)
-        }));
+                (samples, errors)
+            }));
+        }
+        let started = Instant::now();
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Samples::default();
+        let mut errors = 0;
+        for task in tasks {
+            let (samples, e) = task.await?;
+            all.merge(samples);
+            errors += e;
+        }
+        let elapsed = started.elapsed();
+        if report {
+            all.finish();
+            println!(
+                "query-route: {} calls in {:.2?} = {:.0} req/s with {} callers over {} connections; \
+                 p50 {:.2?}, p99 {:.2?}, p999 {:.2?}; errors {}",
+                all.len(),
+                elapsed,
+                all.len() as f64 / elapsed.as_secs_f64(),
+                self.concurrency,
+                channels.len(),
+                all.percentile(50.0),
+                all.percentile(99.0),
+                all.percentile(99.9),
+                errors
+            );
+            anyhow::ensure!(errors == 0, "{errors} QueryRoute calls failed");
+        }
+        Ok(())
     }
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Samples::default();
-    let mut errors = 0;
-    for task in tasks {
-        let (samples, e) = task.await?;
-        all.merge(samples);
-        errors += e;
-    }
-    let elapsed = started.elapsed();
-    if report {
-        all.finish();
-        println!(
-            "query-route: {} calls in {:.2?} = {:.0} req/s with {} callers over {} connections; \
-             p50 {:.2?}, p99 {:.2?}, p999 {:.2?}; errors {}",
-            all.len(),
-            elapsed,
-            all.len() as f64 / elapsed.as_secs_f64(),
-            args.concurrency,
-            channels.len(),
-            all.percentile(50.0),
-            all.percentile(99.0),
-            all.percentile(99.9),
-            errors
-        );
-        anyhow::ensure!(errors == 0, "{errors} QueryRoute calls failed");
-    }
-    Ok(())
 }
