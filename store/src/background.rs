@@ -24,7 +24,14 @@ pub(crate) fn spawn(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
     };
     let dispatcher = start("comet-dispatch", dispatch_loop)?;
     *inner.dispatcher.lock() = Some(dispatcher.thread().clone());
-    Ok(vec![dispatcher, start("comet-flush", flush_loop)?, start("comet-clean", clean_loop)?])
+    let mut threads = vec![dispatcher, start("comet-flush", flush_loop)?, start("comet-clean", clean_loop)?];
+    // Sync mode writes with pwrite only (see `Store::append_batch`): nothing to warm.
+    if inner.config.flush_mode == FlushMode::Async {
+        let warmer = start("comet-warm", warm_loop)?;
+        *inner.warmer.lock() = Some(warmer.thread().clone());
+        threads.push(warmer);
+    }
+    Ok(threads)
 }
 
 fn stopping(inner: &Inner) -> bool {
@@ -41,6 +48,13 @@ fn dispatch_loop(inner: &Inner) {
                 std::thread::park_timeout(DISPATCH_RETRY);
             }
         }
+    }
+}
+
+fn warm_loop(inner: &Inner) {
+    while !stopping(inner) {
+        inner.log.warm();
+        std::thread::park_timeout(Duration::from_millis(100));
     }
 }
 

@@ -136,6 +136,13 @@ impl MappedFile {
         self.file.write_all_at(data, pos as u64)
     }
 
+    /// Faults `[from, from + len)` into the map, writable, ahead of the writer (`MADV_POPULATE_WRITE`), so the
+    /// writer's stores do not stop on page faults and kernel zeroing. Returns false if the kernel cannot.
+    pub(crate) fn populate(&self, from: usize, len: usize) -> bool {
+        let len = len.min(self.len.saturating_sub(from));
+        len == 0 || self.map.advise_range(memmap2::Advice::PopulateWrite, from, len).is_ok()
+    }
+
     /// Raw pointer to the start of the mapping, for atomics placed in the file (index slots).
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.map.as_mut_ptr()

@@ -6,7 +6,7 @@
 //! durable return; the rest elect the next leader. So N concurrent writers cost about one fsync per round, not N.
 //! A failed flush poisons the store: the error goes to every waiter and to every later write.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -25,20 +25,30 @@ pub(crate) struct GroupCommit {
     done: Condvar,
     /// Everything below is durable.
     flushed: AtomicU64,
-    /// Sync-mode appends between "started" and "waiting for durability": the leader gives them a moment to
-    /// land so one fsync covers them too, instead of leaving them for the next round.
-    in_flight: AtomicUsize,
+    /// Sync-mode appends started and finished (counters): a new leader waits, briefly, for the appends that
+    /// were already under way when it took over, so one fsync covers them too instead of leaving them for the
+    /// next round. Appends that start later are not waited for.
+    started: AtomicU64,
+    finished: AtomicU64,
+    /// Completed CommitLog flushes, for metrics (appends per flush shows group commit at work).
+    flushes: AtomicU64,
+    /// Appends the last flush covered, and the `started` count when it began: writers that the last flush
+    /// released usually come straight back, so the next leader expects about as many.
+    last_round: AtomicU64,
+    round_mark: AtomicU64,
+    /// Duration of the last flush in µs: the longest worth waiting for stragglers.
+    last_flush_us: AtomicU64,
 }
 
-/// Longest a leader waits for in-flight appends before flushing anyway.
-const GATHER: Duration = Duration::from_micros(200);
+/// Longest a leader waits for more appends before flushing anyway.
+const GATHER_MAX: Duration = Duration::from_micros(500);
 
 /// Marks a sync-mode append in flight until dropped (the append then waits for durability, or failed).
-pub(crate) struct InFlight<'a>(&'a AtomicUsize);
+pub(crate) struct InFlight<'a>(&'a AtomicU64);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -48,19 +58,29 @@ impl GroupCommit {
             state: Mutex::new(State { flushing: false, poisoned: None }),
             done: Condvar::new(),
             flushed: flushed.into(),
-            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            last_round: AtomicU64::new(0),
+            round_mark: AtomicU64::new(0),
+            last_flush_us: AtomicU64::new(0),
         }
     }
 
     /// Call before a sync-mode append; drop the guard once the append returned.
     pub(crate) fn begin_append(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(&self.in_flight)
+        self.started.fetch_add(1, Ordering::AcqRel);
+        InFlight(&self.finished)
     }
 
     /// Everything below this CommitLog offset is durable.
     pub(crate) fn flushed(&self) -> u64 {
         self.flushed.load(Ordering::Acquire)
+    }
+
+    /// CommitLog flushes completed so far.
+    pub(crate) fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// The reason writes are refused, if a flush failed.
@@ -95,11 +115,22 @@ impl GroupCommit {
             st.flushing = true;
             let from = self.flushed();
             drop(st);
-            // Let appends that are already under way land, so this fsync covers them as well.
-            let deadline = Instant::now() + GATHER;
-            while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            // Gather: wait (at most half the last flush's duration) until the writers the last flush released
+            // have appended again and every append under way has landed, so this fsync covers them as well.
+            // With a single writer the expected round is one append, already here: no wait at all.
+            let expected = self.round_mark.load(Ordering::Acquire) + self.last_round.load(Ordering::Acquire);
+            let budget = Duration::from_micros(self.last_flush_us.load(Ordering::Acquire) / 2).min(GATHER_MAX);
+            let deadline = Instant::now() + budget;
+            loop {
+                let started = self.started.load(Ordering::Acquire);
+                let settled = started >= expected && self.finished.load(Ordering::Acquire) >= started;
+                if settled || Instant::now() >= deadline {
+                    break;
+                }
                 std::thread::yield_now();
             }
+            let mark = self.started.load(Ordering::Acquire);
+            let flush_started = Instant::now();
             let to = log.end();
             let result = log.flush(from, to);
             st = self.state.lock();
@@ -107,6 +138,10 @@ impl GroupCommit {
             match result {
                 Ok(()) => {
                     self.flushed.fetch_max(to, Ordering::AcqRel);
+                    self.flushes.fetch_add(1, Ordering::Relaxed);
+                    let previous = self.round_mark.swap(mark, Ordering::AcqRel);
+                    self.last_round.store(mark.saturating_sub(previous), Ordering::Release);
+                    self.last_flush_us.store(flush_started.elapsed().as_micros() as u64, Ordering::Release);
                 }
                 Err(e) => {
                     let reason = format!("flushing CommitLog [{from}, {to}) in {}: {e}", log.dir().display());

@@ -85,6 +85,8 @@ pub struct StoreStats {
     pub disk_full: bool,
     /// Writes are refused because of an earlier I/O failure.
     pub poisoned: bool,
+    /// CommitLog flushes (fsyncs) completed since open.
+    pub flushes: u64,
 }
 
 /// What start-up found and did; logged, and returned for tests and metrics.
@@ -122,6 +124,7 @@ pub(crate) struct Inner {
     pub(crate) arrivals: (Mutex<u64>, Condvar),
     pub(crate) arrival_waiters: AtomicUsize,
     pub(crate) dispatcher: Mutex<Option<std::thread::Thread>>,
+    pub(crate) warmer: Mutex<Option<std::thread::Thread>>,
     /// Serialises retention passes (background thread and explicit calls).
     pub(crate) cleaning: Mutex<()>,
     /// Held for the life of the store: the directory lock.
@@ -239,6 +242,7 @@ impl Store {
             arrivals: (Mutex::new(0), Condvar::new()),
             arrival_waiters: AtomicUsize::new(0),
             dispatcher: Mutex::new(None),
+            warmer: Mutex::new(None),
             cleaning: Mutex::new(()),
             _lock: lock,
             config,
@@ -294,6 +298,14 @@ impl Store {
             FlushMode::Async => inner.log.append(msgs, now_ms()),
         };
         let results = results.map_err(|e| inner.on_write_error(e))?;
+        // Warm pages make async appends cheap, but flushing pages written through the map costs TLB shootdowns
+        // on every fsync; sync mode is bound by fsyncs, so it writes with `pwrite` only.
+        if inner.config.flush_mode == FlushMode::Async
+            && inner.log.needs_warming()
+            && let Some(t) = &*inner.warmer.lock()
+        {
+            t.unpark();
+        }
         match inner.config.flush_mode {
             FlushMode::Sync => {
                 let end = results.last().map_or(0, |r| r.offset.0 + u64::from(r.size));
@@ -420,6 +432,7 @@ impl Store {
             disk_usage: f64::from_bits(inner.disk_usage.load(Ordering::Acquire)),
             disk_full: inner.disk_full.load(Ordering::Acquire),
             poisoned: inner.commit.poisoned().is_some(),
+            flushes: inner.commit.flush_count(),
         }
     }
 

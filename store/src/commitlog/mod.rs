@@ -60,7 +60,14 @@ pub(crate) struct CommitLog {
     writer: Mutex<Writer>,
     end: AtomicU64,
     min: AtomicU64,
+    /// The active segment is faulted in up to here (see `warm`).
+    warmed: AtomicU64,
 }
+
+/// How far ahead of the write position the warmer keeps pages faulted in.
+const WARM_AHEAD: u64 = 16 << 20;
+/// Pages are faulted in this many bytes per call, so the warmer never holds up anyone for long.
+const WARM_CHUNK: u64 = 1 << 20;
 
 /// A record found while walking the log, borrowed from its segment.
 pub(crate) struct Walked<'a> {
@@ -119,11 +126,23 @@ impl CommitLog {
         let seg = w.active.clone();
         let start = seg.rel(w.pos);
         let base = w.pos;
+        // Pages the warmer has already faulted in take the records directly; cold pages are filled with one
+        // `pwrite` from a buffer instead, which costs the kernel no zeroing (see `file.rs`).
+        let warm = base + total as u64 <= self.warmed.load(Ordering::Acquire);
         let Writer { queue_offsets, buf, .. } = &mut *w;
-        if buf.len() < total {
-            buf.resize(total, 0);
-        }
-        let buf = &mut buf[..total];
+        // SAFETY: we hold the writer lock, the only path that writes CommitLog segments, and the region starts at
+        // the published end, so no reader can observe it until `publish` below.
+        let direct = if warm { unsafe { seg.file().unpublished_mut(start, total) } } else { None };
+        let buf = match direct {
+            Some(region) => region,
+            None => {
+                if buf.len() < total {
+                    buf.resize(total, 0);
+                }
+                &mut buf[..total]
+            }
+        };
+        let buffered = !warm;
         let mut results = Vec::with_capacity(msgs.len());
         let mut at = 0usize;
         for (m, &n) in msgs.iter().zip(&sizes) {
@@ -143,7 +162,7 @@ impl CommitLog {
             });
             at += n;
         }
-        if let Err(e) = seg.file().write_at(start, buf) {
+        if let Err(e) = if buffered { seg.file().write_at(start, buf) } else { Ok(()) } {
             // Nothing was published: give the queue offsets back so the next append reuses them.
             for m in msgs {
                 rewind_queue_offset(queue_offsets, &m.topic, m.queue_id);
@@ -155,6 +174,29 @@ impl CommitLog {
         w.pos += total as u64;
         self.end.store(w.pos, Ordering::Release);
         Ok(results)
+    }
+
+    /// True when the warmer should run: the write position is within half a window of the warmed end.
+    pub(crate) fn needs_warming(&self) -> bool {
+        self.end() + WARM_AHEAD / 2 > self.warmed.load(Ordering::Acquire)
+    }
+
+    /// Faults in the active segment ahead of the writer, one chunk at a time. Warmer thread only.
+    pub(crate) fn warm(&self) {
+        loop {
+            let Some(seg) = self.segments.read().last().cloned() else { return };
+            let from = self.warmed.load(Ordering::Acquire).max(self.end()).max(seg.base());
+            let target = (self.end() + WARM_AHEAD).min(seg.limit());
+            if from >= target {
+                return;
+            }
+            let to = target.min(from + WARM_CHUNK);
+            if !seg.file().populate(seg.rel(from), (to - from) as usize) {
+                // Old kernel: stay on the pwrite path for good.
+                return;
+            }
+            self.warmed.fetch_max(to, Ordering::AcqRel);
+        }
     }
 
     /// Closes the active segment with an end marker and starts the next one.

@@ -126,6 +126,7 @@ impl CommitLog {
             }),
             end: AtomicU64::new(pos),
             min: AtomicU64::new(min),
+            warmed: AtomicU64::new(pos),
         };
         Ok(Recovered { log, scanned_from, truncated_bytes, truncation_reason: reason })
     }
