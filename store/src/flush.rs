@@ -38,6 +38,9 @@ pub(crate) struct GroupCommit {
     round_mark: AtomicU64,
     /// Duration of the last flush in µs: the longest worth waiting for stragglers.
     last_flush_us: AtomicU64,
+    /// Tests: make the next flush fail as an fsync error would.
+    #[cfg(test)]
+    pub(crate) fail_next: std::sync::atomic::AtomicBool,
 }
 
 /// Longest a leader waits for more appends before flushing anyway.
@@ -64,6 +67,8 @@ impl GroupCommit {
             last_round: AtomicU64::new(0),
             round_mark: AtomicU64::new(0),
             last_flush_us: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next: Default::default(),
         }
     }
 
@@ -132,6 +137,13 @@ impl GroupCommit {
             let mark = self.started.load(Ordering::Acquire);
             let flush_started = Instant::now();
             let to = log.end();
+            #[cfg(test)]
+            let result = if self.fail_next.swap(false, Ordering::AcqRel) {
+                Err(std::io::Error::other("injected fsync failure"))
+            } else {
+                log.flush(from, to)
+            };
+            #[cfg(not(test))]
             let result = log.flush(from, to);
             st = self.state.lock();
             st.flushing = false;

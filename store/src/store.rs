@@ -568,3 +568,57 @@ fn lock_dir(root: &Path) -> Result<File> {
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FlushMode;
+
+    fn open(dir: &Path, mode: FlushMode) -> Store {
+        let config = StoreConfig {
+            flush_mode: mode,
+            segment_size: 1 << 20,
+            max_message_size: 64 << 10,
+            index_slots: 64,
+            index_entries: 256,
+            ..StoreConfig::new(dir)
+        };
+        Store::open(config).expect("open")
+    }
+
+    #[test]
+    fn failed_fsync_fails_the_writer_and_poisons_the_store_until_reopened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), FlushMode::Sync);
+        let ok = store.append(&NewMessage::new("T", 0, "durable")).expect("first append");
+        store.inner.commit.fail_next.store(true, Ordering::SeqCst);
+        let err = store.append(&NewMessage::new("T", 0, "not durable")).expect_err("fsync failed");
+        assert!(matches!(err, Error::Poisoned { ref reason } if reason.contains("injected")), "{err}");
+        let again = store.append(&NewMessage::new("T", 0, "refused")).expect_err("poisoned");
+        assert!(matches!(again, Error::Poisoned { .. }));
+        assert!(store.stats().poisoned);
+        assert_eq!(store.read(ok.offset).expect("earlier data stays readable").body(), &b"durable"[..]);
+        drop(store); // shutdown cannot flush: the crash marker stays, and the next open recovers
+        let (store, report) = Store::open_with_report(StoreConfig {
+            flush_mode: FlushMode::Sync,
+            segment_size: 1 << 20,
+            max_message_size: 64 << 10,
+            index_slots: 64,
+            index_entries: 256,
+            ..StoreConfig::new(dir.path())
+        })
+        .expect("reopen");
+        assert!(report.after_crash);
+        store.append(&NewMessage::new("T", 0, "after reopen")).expect("writes work again");
+    }
+
+    #[test]
+    fn failed_background_flush_poisons_an_async_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), FlushMode::Async);
+        store.append(&NewMessage::new("T", 0, "x")).expect("append");
+        store.inner.commit.fail_next.store(true, Ordering::SeqCst);
+        assert!(matches!(store.flush(), Err(Error::Poisoned { .. })));
+        assert!(matches!(store.append(&NewMessage::new("T", 0, "y")), Err(Error::Poisoned { .. })));
+    }
+}
