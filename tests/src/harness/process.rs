@@ -18,6 +18,7 @@ impl Process {
     pub fn spawn(name: &str, mut cmd: Command, log: &Path, pipe_stdout: bool) -> anyhow::Result<Self> {
         let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdin(Stdio::null()).stderr(err).stdout(if pipe_stdout { Stdio::piped() } else { Stdio::null() });
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         Ok(Self { child: Some(child), name: name.to_owned(), log: log.to_owned() })
     }
@@ -53,6 +54,26 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// Asks Linux to SIGKILL the child when the test process dies, so a test killed by a timeout (where `Drop` never
+/// runs) leaves no NameServer or etcd behind.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is async-signal-safe;
+    // it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
 
 impl Drop for Process {
     fn drop(&mut self) {
