@@ -574,16 +574,19 @@ mod tests {
     use super::*;
     use crate::config::FlushMode;
 
-    fn open(dir: &Path, mode: FlushMode) -> Store {
-        let config = StoreConfig {
+    fn config(dir: &Path, mode: FlushMode) -> StoreConfig {
+        StoreConfig {
             flush_mode: mode,
             segment_size: 1 << 20,
             max_message_size: 64 << 10,
             index_slots: 64,
             index_entries: 256,
             ..StoreConfig::new(dir)
-        };
-        Store::open(config).expect("open")
+        }
+    }
+
+    fn open(dir: &Path, mode: FlushMode) -> Store {
+        Store::open(config(dir, mode)).expect("open")
     }
 
     #[test]
@@ -599,15 +602,7 @@ mod tests {
         assert!(store.stats().poisoned);
         assert_eq!(store.read(ok.offset).expect("earlier data stays readable").body(), &b"durable"[..]);
         drop(store); // shutdown cannot flush: the crash marker stays, and the next open recovers
-        let (store, report) = Store::open_with_report(StoreConfig {
-            flush_mode: FlushMode::Sync,
-            segment_size: 1 << 20,
-            max_message_size: 64 << 10,
-            index_slots: 64,
-            index_entries: 256,
-            ..StoreConfig::new(dir.path())
-        })
-        .expect("reopen");
+        let (store, report) = Store::open_with_report(config(dir.path(), FlushMode::Sync)).expect("reopen");
         assert!(report.after_crash);
         store.append(&NewMessage::new("T", 0, "after reopen")).expect("writes work again");
     }
