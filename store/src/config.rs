@@ -108,8 +108,8 @@ impl StoreConfig {
         if self.consume_queue_file_entries < 16 {
             return bad("consume-queue-file-entries must be at least 16".into());
         }
-        if self.index_slots < 16 || self.index_entries < 16 {
-            return bad("index-slots and index-entries must be at least 16".into());
+        if self.index_slots < 16 || self.index_entries < 64 {
+            return bad("index-slots must be at least 16 and index-entries at least 64".into());
         }
         if self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 || self.clean_interval_ms == 0 {
             return bad("flush-interval-ms, checkpoint-interval-ms and clean-interval-ms must be positive".into());

@@ -68,6 +68,9 @@ pub const MAX_MSG_ID_LEN: usize = 128;
 pub const MAX_TAGS_LEN: usize = 1024;
 /// Longest keys string in bytes.
 pub const MAX_KEYS_LEN: usize = 4096;
+/// Most keys one message may carry: each is an index entry, and one message's entries must fit in one index
+/// file (`index-entries` is at least 64).
+pub const MAX_KEYS: usize = 32;
 /// Largest encoded property block in bytes (RocketMQ's limit is 32 767).
 pub const MAX_PROPERTIES_LEN: usize = 32 * 1024;
 /// Largest possible record size minus the body.
@@ -217,6 +220,10 @@ pub fn encoded_len(msg: &NewMessage, max_body: u32) -> Result<usize, crate::Erro
     }
     if msg.keys.len() > MAX_KEYS_LEN {
         return invalid(format!("keys are {} bytes; the limit is {MAX_KEYS_LEN}", msg.keys.len()));
+    }
+    let key_count = msg.keys.split(' ').filter(|k| !k.is_empty()).count();
+    if key_count > MAX_KEYS {
+        return invalid(format!("{key_count} keys; the limit is {MAX_KEYS}"));
     }
     let mut props = 0usize;
     for (k, v) in &msg.properties {
