@@ -151,6 +151,19 @@ mod tests {
     }
 
     #[test]
+    fn yaml_uses_kebab_case_keys_and_rejects_unknown_ones() {
+        let c: StoreConfig = serde_yaml::from_str(
+            "dir: /var/lib/comet\nflush-mode: sync\nsegment-size: 268435456\nretention-hours: 24\n",
+        )
+        .expect("parses");
+        assert_eq!(c.flush_mode, FlushMode::Sync);
+        assert_eq!((c.segment_size, c.retention_hours), (256 << 20, 24));
+        assert_eq!(c.flush_interval_ms, 500, "unset keys keep their defaults");
+        let err = serde_yaml::from_str::<StoreConfig>("segment_size: 1\n").expect_err("snake_case is unknown");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
     fn too_small_segments_are_rejected_with_the_key_name() {
         let c = StoreConfig { segment_size: 1024, ..StoreConfig::default() };
         let err = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
