@@ -109,6 +109,9 @@ fn main() {
     }
     println!("\nRatios: async rows compare MB/s with buffered `write` of the same chunk size; sync rows compare");
     println!("appends/s with one `write`+`fdatasync` per message (what a store without group commit could do).\n");
+    if a.filter.as_deref().is_none_or(|f| f == "read") {
+        read(&a.dir);
+    }
     if a.recovery_gib > 0 {
         recovery(&a.dir, a.recovery_gib);
     }
@@ -219,6 +222,53 @@ fn raw_write(root: &Path, chunk: usize, total: u64, seconds: f64, sync: bool) ->
     drop(f);
     let _ = std::fs::remove_file(&path);
     Raw { chunk, per_s: n as f64 / elapsed, mb_s: (n * chunk as u64) as f64 / elapsed / 1e6 }
+}
+
+/// Consumer side: page through one queue with `get_messages` (32 per call, like a pull), from the page cache.
+fn read(root: &Path) {
+    const N: u64 = 500_000;
+    let dir = root.join("read");
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(config(&dir, FlushMode::Async)).unwrap();
+    let msgs: Vec<NewMessage> = (0..BATCH).map(|_| message(0, 1024)).collect();
+    let start = Instant::now();
+    let mut n = 0;
+    while n < N {
+        n += store.append_batch(&msgs).unwrap().len() as u64;
+    }
+    let end = store.stats().max_offset;
+    while store.stats().dispatched_offset < end {
+        std::thread::yield_now();
+    }
+    let dispatch = start.elapsed();
+    let start = Instant::now();
+    let (mut from, mut count, mut bytes) = (comet_model::QueueOffset(0), 0u64, 0u64);
+    loop {
+        let got = store.get_messages("bench", 0, from, 32, 1 << 20, None).unwrap();
+        if got.messages.is_empty() {
+            break;
+        }
+        count += got.messages.len() as u64;
+        bytes += got.messages.iter().map(|m| m.size() as u64).sum::<u64>();
+        from = got.next_offset;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(count, n);
+    println!("## Store read path\n");
+    println!("| case | messages | rate | MB/s |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| append + dispatch 1 KiB (batch {BATCH}, until every entry is in its consume queue and the index) | {n} | {:.0} msg/s | {:.0} |",
+        n as f64 / dispatch.as_secs_f64(),
+        end.0 as f64 / dispatch.as_secs_f64() / 1e6
+    );
+    println!(
+        "| get_messages 1 KiB, 32 per call, one queue, zero-copy records | {count} | {:.0} msg/s | {:.0} |\n",
+        count as f64 / secs,
+        bytes as f64 / secs / 1e6
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn recovery(root: &Path, gib: u64) {
