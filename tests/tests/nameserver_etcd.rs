@@ -37,6 +37,12 @@ async fn registration_through_one_nameserver_is_served_by_another() -> anyhow::R
     assert_eq!(route.queues[0].write_queue_nums, 8);
     assert_eq!(via_b.cluster_info().await?.registry, "etcd");
 
+    // The same broker id from another address is refused by B too: the record A wrote is B's state as well.
+    let impostor = identity("c1", "broker-a", 0, "10.6.6.6:8081");
+    let err = via_b.register_broker(header(impostor, 2), vec![topic("evil", 1)]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    assert!(gone(&via_a, "evil").await);
+
     // A heartbeat through B refreshes the lease A created; same data version through B is no change.
     assert!(!via_b.heartbeat(broker.clone(), version(1)).await?);
     assert!(
