@@ -206,3 +206,28 @@ async fn sigterm_stops_the_nameserver_cleanly() -> anyhow::Result<()> {
     assert!(started.elapsed() < Duration::from_secs(4), "took {:?} to stop", started.elapsed());
     Ok(())
 }
+
+#[tokio::test]
+async fn reflection_v1_lists_the_services_too() -> anyhow::Result<()> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = tempfile::tempdir()?;
+    let ns = NameServer::memory(dir.path(), "").await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", ns.addr()))?.connect().await?;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await?.into_inner();
+    let Some(answer) = answers.message().await? else { anyhow::bail!("no reflection answer") };
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        anyhow::bail!("unexpected reflection answer {answer:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "comet.v1.NameServer"), "{names:?}");
+    Ok(())
+}
