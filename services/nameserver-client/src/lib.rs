@@ -129,7 +129,8 @@ fn is_failover(code: Code) -> bool {
 }
 
 impl NameServerClient {
-    /// Prepares lazy connections to every address (nothing is dialled until the first call).
+    /// Prepares lazy connections to every address (nothing is dialled until the first call). Must be called
+    /// inside a tokio runtime: each connection's driver is spawned on it.
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
         if config.addresses.is_empty() {
             return Err(ClientError::NoAddresses);
@@ -427,4 +428,60 @@ fn stream_of(
 ) -> impl tokio_stream::Stream<Item = pb::RegisterBrokerRequest> + Send + 'static {
     let len = messages.len();
     tokio_stream::iter((0..len).map(move |i| messages[i].clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::register_broker_request::Part;
+
+    fn topics(n: usize) -> Vec<pb::TopicConfig> {
+        (0..n).map(|i| pb::TopicConfig { name: format!("t{i}"), ..Default::default() }).collect()
+    }
+
+    #[tokio::test]
+    async fn registration_is_a_header_then_bounded_batches() {
+        let mut config = ClientConfig::new(vec!["127.0.0.1:9876".into()]);
+        config.topics_per_message = 3;
+        let client = NameServerClient::new(config).unwrap();
+        let messages = client.registration_messages(pb::RegisterBrokerHeader::default(), topics(7));
+        let sizes: Vec<usize> = messages
+            .iter()
+            .skip(1)
+            .map(|m| match &m.part {
+                Some(Part::Topics(b)) => b.topics.len(),
+                other => panic!("expected a batch, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [3, 3, 1]);
+        match &messages[0].part {
+            Some(Part::Header(h)) => assert_eq!(h.topic_count, 7),
+            other => panic!("expected the header first, got {other:?}"),
+        }
+        let empty = client.registration_messages(pb::RegisterBrokerHeader::default(), Vec::new());
+        assert_eq!(empty.len(), 1, "no topics: the header alone");
+    }
+
+    #[tokio::test]
+    async fn bad_address_lists_are_refused_up_front() {
+        assert!(matches!(NameServerClient::new(ClientConfig::new(Vec::new())), Err(ClientError::NoAddresses)));
+        assert!(matches!(NameServerClient::connect(&["not a uri"]), Err(ClientError::InvalidAddress { .. })));
+    }
+
+    #[tokio::test]
+    async fn unreachable_nameservers_fail_over_then_give_up_as_unavailable() {
+        // Port 1 on loopback refuses connections at once: every attempt fails fast.
+        let mut config = ClientConfig::new(vec!["127.0.0.1:1".into(), "127.0.0.2:1".into()]);
+        config.connect_timeout = Duration::from_millis(300);
+        config.retries = 3;
+        let client = NameServerClient::new(config).unwrap();
+        let err = client.query_route("t").await.unwrap_err();
+        match &err {
+            ClientError::Unavailable { attempts, .. } => assert_eq!(*attempts, 4),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert_eq!(err.code(), Code::Unavailable);
+        // Four attempts over two addresses: the cursor went round twice and is back at the first one.
+        assert_eq!(client.current_address(), "127.0.0.1:1");
+    }
 }
