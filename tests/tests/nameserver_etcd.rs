@@ -147,3 +147,21 @@ async fn etcd_outage_serves_cached_routes_reports_degraded_and_catches_up() -> a
     assert!(gone(&via_b, "during").await, "the refused registration left nothing behind");
     Ok(())
 }
+
+#[tokio::test]
+async fn nameserver_started_while_etcd_is_down_serves_degraded_then_catches_up() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut etcd = Etcd::start(dir.path()).await?;
+    etcd.stop();
+    let ns = NameServer::etcd(dir.path(), &etcd.endpoint(), PREFIX, 30_000).await?;
+    assert_eq!(ns.health("comet.v1.NameServer").await?, ServingStatus::NotServing);
+    let client = ns.client()?;
+    assert!(client.cluster_info().await?.degraded);
+    assert!(gone(&client, "anything").await, "no routes known yet, but reads still answer");
+
+    etcd.resume().await?;
+    ns.wait_serving("comet.v1.NameServer").await?;
+    client.register_broker(header(identity("c1", "b1", 0, "10.0.0.1:8081"), 1), vec![topic("late", 2)]).await?;
+    assert!(routed(&client, "late").await);
+    Ok(())
+}
