@@ -60,7 +60,7 @@ async fn broker_with_100k_topics_registers_in_one_stream() -> anyhow::Result<()>
 #[tokio::test]
 async fn heartbeats_unregister_and_expiry_shape_the_routes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let ns = NameServer::memory(dir.path(), "  scan-interval-ms: 100\n  broker-expiry-ms: 1500\n").await?;
+    let ns = NameServer::memory(dir.path(), "  scan-interval-ms: 100\n  broker-expiry-ms: 3000\n").await?;
     let client = ns.client()?;
     let leaving = identity("c1", "leaving", 0, "10.0.0.1:8081");
     let silent = identity("c1", "silent", 0, "10.0.0.2:8081");
@@ -76,7 +76,7 @@ async fn heartbeats_unregister_and_expiry_shape_the_routes() -> anyhow::Result<(
     assert!(matches!(client.query_route("only-leaving").await, Err(ClientError::NotFound { .. })), "gone at once");
     assert_eq!(client.query_route("shared").await?.queues.len(), 1);
 
-    // `silent` never heartbeats: the 100 ms scan drops it 1.5 s after registration, and its topic with it.
+    // `silent` never heartbeats: the 100 ms scan drops it 3 s after registration, and its topic with it.
     wait_until("silent broker to expire", Duration::from_secs(10), || async {
         matches!(client.query_route("shared").await, Err(ClientError::NotFound { .. }))
     })
