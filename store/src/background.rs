@@ -53,7 +53,9 @@ fn dispatch_loop(inner: &Inner) {
 
 fn warm_loop(inner: &Inner) {
     while !stopping(inner) {
-        inner.log.warm();
+        if inner.warm_requested.swap(false, Ordering::AcqRel) {
+            inner.log.warm();
+        }
         std::thread::park_timeout(Duration::from_millis(100));
     }
 }

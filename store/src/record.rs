@@ -267,6 +267,17 @@ pub struct Placement {
 // Hot path: no allocation, no locking; runs under the CommitLog writer lock.
 pub fn encode(buf: &mut [u8], msg: &NewMessage, at: &Placement) {
     let total = buf.len();
+    let head = total - msg.body.len();
+    let (front, body) = buf.split_at_mut(head);
+    encode_head(front, total, msg, at);
+    body.copy_from_slice(&msg.body);
+}
+
+/// Encodes everything of the record but the body bytes into `buf` (`encoded_len(msg) - body.len()` bytes),
+/// CRC included: the body is read for the CRC, not copied. The caller writes the body right after, from
+/// `msg.body`, so a vectored write can take it straight from the producer's buffer.
+// Hot path: no allocation, no locking; runs under the CommitLog writer lock.
+pub fn encode_head(buf: &mut [u8], total: usize, msg: &NewMessage, at: &Placement) {
     let mut w = Writer { buf, pos: 0 };
     w.u32(total as u32);
     w.u32(RECORD_MAGIC);
@@ -293,9 +304,8 @@ pub fn encode(buf: &mut [u8], msg: &NewMessage, at: &Placement) {
         w.str16(v);
     }
     w.u32(msg.body.len() as u32);
-    w.bytes(&msg.body);
-    debug_assert_eq!(w.pos, total);
-    let crc = crc32c::crc32c(&w.buf[CRC_FROM..]);
+    debug_assert_eq!(w.pos + msg.body.len(), total);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&w.buf[CRC_FROM..w.pos]), &msg.body);
     w.buf[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
 

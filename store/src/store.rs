@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     pub(crate) arrival_waiters: AtomicUsize,
     pub(crate) dispatcher: Mutex<Option<std::thread::Thread>>,
     pub(crate) warmer: Mutex<Option<std::thread::Thread>>,
+    /// Set by small appends: the warmer only works when asked.
+    pub(crate) warm_requested: AtomicBool,
     /// Serialises retention passes (background thread and explicit calls).
     pub(crate) cleaning: Mutex<()>,
     /// Held for the life of the store: the directory lock.
@@ -243,6 +245,7 @@ impl Store {
             arrival_waiters: AtomicUsize::new(0),
             dispatcher: Mutex::new(None),
             warmer: Mutex::new(None),
+            warm_requested: AtomicBool::new(false),
             cleaning: Mutex::new(()),
             _lock: lock,
             config,
@@ -298,12 +301,15 @@ impl Store {
             FlushMode::Async => inner.log.append(msgs, now_ms()),
         };
         let results = results.map_err(|e| inner.on_write_error(e))?;
-        // Warm pages make async appends cheap, but flushing pages written through the map costs TLB shootdowns
-        // on every fsync; sync mode is bound by fsyncs, so it writes with `pwrite` only.
+        // Small async appends are cheapest into pre-faulted pages: ask the warmer to stay ahead. Large appends
+        // and sync mode write with `pwrite` only, so they never ask (see `CommitLog::append`).
+        let small = results.iter().map(|r| r.size as usize).sum::<usize>() <= crate::commitlog::DIRECT_MAX;
         if inner.config.flush_mode == FlushMode::Async
+            && small
             && inner.log.needs_warming()
             && let Some(t) = &*inner.warmer.lock()
         {
+            inner.warm_requested.store(true, Ordering::Release);
             t.unpark();
         }
         match inner.config.flush_mode {
