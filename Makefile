@@ -3,12 +3,17 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 JOBS ?= $(shell nproc)
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: run run-nameserver test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver clean
 
-## run: start Comet on embedded defaults (see README)
+## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
+## backend) on 127.0.0.1:9876 until ctrl-c. The broker joins here when it exists.
 run:
-	$(CARGO) run --release -p comet-store --bin comet-store -- demo
+	$(CARGO) build --release -p comet-store -p comet-nameserver -p comet
+	$(TARGET_DIR)/release/comet-store demo data/demo-store
+	@echo "NameServer on 127.0.0.1:9876 (ctrl-c to stop); try: $(TARGET_DIR)/release/comet --namesrv 127.0.0.1:9876 cluster"
+	COMET_NAMESERVER_LISTEN=$${COMET_NAMESERVER_LISTEN:-127.0.0.1:9876} $(TARGET_DIR)/release/comet-nameserver
 
 ## run-nameserver: a memory-mode NameServer on 127.0.0.1:9876 (ctrl-c to stop)
 run-nameserver:
@@ -46,7 +51,6 @@ bench-store:
 	$(CARGO) bench -p comet-store --bench append -- $(BENCH_ARGS)
 
 ## bench-nameserver: start a release NameServer on a free port, run `comet bench nameserver` against it, stop it
-TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 bench-nameserver:
 	$(CARGO) build --release -p comet-nameserver -p comet
 	@set -euo pipefail; dir=$$(mktemp -d); \
