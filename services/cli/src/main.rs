@@ -40,14 +40,22 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let addresses: Vec<String> =
         cli.namesrv.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-    match cli.command {
+    let result = match cli.command {
         Command::Route { topic } => inspect::route(&addresses, &topic).await,
         Command::Cluster => inspect::cluster(&addresses).await,
         Command::Topics { cluster } => inspect::topics(&addresses, cluster.as_deref()).await,
         Command::Bench { target } => bench::run(target, &addresses).await,
+    };
+    // A user-facing message with its causes, not a backtrace (RUST_BACKTRACE may be set in the environment).
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -58,13 +58,21 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Stats { dir } => stats(dir),
         Command::Verify { dir } => verify(dir),
         Command::Dump { dir, topic, queue, from, count } => dump(dir, &topic, queue, from, count),
         Command::Demo { dir, messages } => demo(dir, messages),
+    };
+    // A message with its causes, not a backtrace (RUST_BACKTRACE may be set in the environment).
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
