@@ -1,0 +1,119 @@
+//! The server: accepts connections and dispatches their requests to one [`Router`]. It can call its clients back
+//! over the same connections ([`Server::connections`], or [`Request::connection`](crate::Request) in a handler).
+//!
+//! Graceful shutdown: stop accepting, answer GO_AWAY to new requests, wait (up to a grace period) until every
+//! running handler has produced its response, write what is queued, then close every connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ServerConfig;
+use crate::connection::{Connection, Permits};
+use crate::error::{Error, Result};
+use crate::router::Router;
+
+/// A running remoting server. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    local_addr: SocketAddr,
+    router: Arc<Router>,
+    connections: Mutex<HashMap<u64, Connection>>,
+    stop_accepting: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts accepting; requests go to `router`.
+    pub async fn bind(config: ServerConfig, router: Router) -> Result<Server> {
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| Error::Bind { addr: config.listen.clone(), source })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen.clone(), source })?;
+        let inner = Arc::new(Inner {
+            local_addr,
+            router: Arc::new(router),
+            connections: Mutex::new(HashMap::new()),
+            stop_accepting: watch::Sender::new(false),
+        });
+        let permits = Permits::new(config.async_permits, config.oneway_permits);
+        tokio::spawn(accept_loop(inner.clone(), listener, config, permits));
+        Ok(Server { inner })
+    }
+
+    /// The bound address (the real port when `listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The open connections, to call clients back.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.inner.connections.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Shuts down gracefully: stops accepting, answers GO_AWAY to new requests, waits at most `grace` for running
+    /// handlers, flushes their responses, and closes every connection. Returns whether every handler finished
+    /// within the grace period.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.stop_accepting.send_replace(true);
+        self.inner.router.start_draining();
+        let drained = tokio::time::timeout(grace, self.inner.router.drained()).await.is_ok();
+        if !drained {
+            tracing::warn!(addr = %self.inner.local_addr, "shutdown grace of {grace:?} passed with handlers running");
+        }
+        let conns = std::mem::take(&mut *self.inner.connections.lock().unwrap_or_else(|e| e.into_inner()));
+        let closing = conns.into_values().map(|c| async move { c.close_gracefully().await });
+        let flush = async {
+            for c in closing {
+                c.await;
+            }
+        };
+        if tokio::time::timeout(grace, flush).await.is_err() {
+            for c in self.connections() {
+                c.close("server shut down");
+            }
+        }
+        drained
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, config: ServerConfig, permits: Arc<Permits>) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    let mut stop = inner.stop_accepting.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: keep serving existing connections, try again shortly.
+                tracing::warn!(addr = %inner.local_addr, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn =
+            Connection::spawn(stream, peer.to_string(), config.channel.clone(), permits.clone(), inner.router.clone());
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        inner.connections.lock().unwrap_or_else(|e| e.into_inner()).insert(id, conn.clone());
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let reason = conn.closed().await;
+            tracing::debug!(peer = conn.peer(), "connection closed: {reason}");
+            if let Some(inner) = weak.upgrade() {
+                inner.connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+        });
+    }
+}
