@@ -30,6 +30,8 @@ struct Inner {
     router: Arc<Router>,
     connections: Mutex<HashMap<u64, Connection>>,
     stop_accepting: watch::Sender<bool>,
+    /// The accept loop; shutdown waits for it so the port is released when shutdown returns.
+    acceptor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Server {
@@ -44,9 +46,11 @@ impl Server {
             router: Arc::new(router),
             connections: Mutex::new(HashMap::new()),
             stop_accepting: watch::Sender::new(false),
+            acceptor: Mutex::new(None),
         });
         let permits = Permits::new(config.async_permits, config.oneway_permits);
-        tokio::spawn(accept_loop(inner.clone(), listener, config, permits));
+        let acceptor = tokio::spawn(accept_loop(inner.clone(), listener, config, permits));
+        *inner.acceptor.lock().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
         Ok(Server { inner })
     }
 
@@ -66,6 +70,10 @@ impl Server {
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.stop_accepting.send_replace(true);
         self.inner.router.start_draining();
+        let acceptor = self.inner.acceptor.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(acceptor) = acceptor {
+            let _ = acceptor.await;
+        }
         let drained = tokio::time::timeout(grace, self.inner.router.drained()).await.is_ok();
         if !drained {
             tracing::warn!(addr = %self.inner.local_addr, "shutdown grace of {grace:?} passed with handlers running");

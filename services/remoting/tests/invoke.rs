@@ -1,0 +1,167 @@
+//! Every invocation mode end to end over real TCP on 127.0.0.1.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use comet_remoting::frame::{self, DEFAULT_MAX_FRAME_SIZE, FLAG_ONEWAY};
+use comet_remoting::{Client, Command, FrameDecoder, Request, Router, SerializeType, Server, code};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+#[tokio::test]
+async fn request_gets_its_response_in_both_header_encodings() {
+    logs();
+    for (client_ty, server_ty) in [
+        (SerializeType::Json, SerializeType::RocketMq),
+        (SerializeType::RocketMq, SerializeType::Json),
+        (SerializeType::Json, SerializeType::Json),
+        (SerializeType::RocketMq, SerializeType::RocketMq),
+    ] {
+        let server = Server::bind(server_config(server_ty), echo_router()).await.unwrap();
+        let client = Client::new(client_config(client_ty));
+        let req = Command::request(ECHO, "hello").with_ext("topic-less", "yes");
+        let resp = client.invoke(&addr(&server), req, LONG).await.unwrap();
+        assert_eq!(resp.code, code::SUCCESS);
+        assert!(resp.is_response());
+        assert_eq!(resp.body, Bytes::from_static(b"hello"));
+        assert_eq!(resp.ext_fields.get("topic-less").map(String::as_str), Some("yes"));
+        server.shutdown(LONG).await;
+    }
+}
+
+#[tokio::test]
+async fn async_invocations_pipeline_on_one_connection() {
+    let server = echo_server().await;
+    let client = client();
+    let mut futures = Vec::new();
+    for i in 0..200u32 {
+        futures.push(client.invoke_async(&addr(&server), Command::request(ECHO, i.to_string()), LONG).await.unwrap());
+    }
+    for (i, f) in futures.into_iter().enumerate() {
+        assert_eq!(f.await.unwrap().body, Bytes::from(i.to_string()));
+    }
+    assert_eq!(server.connections().len(), 1, "every request used the one connection");
+}
+
+#[tokio::test]
+async fn callback_receives_the_response() {
+    let server = echo_server().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Bound to a variable: dropping a client closes its connections (and fails what is pending on them).
+    let client = client();
+    client
+        .invoke_with_callback(&addr(&server), Command::request(ECHO, "cb"), LONG, move |r| {
+            let _ = tx.send(r.map(|c| c.body));
+        })
+        .await
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap().unwrap(), Bytes::from_static(b"cb"));
+}
+
+#[tokio::test]
+async fn large_bodies_arrive_intact() {
+    let server = echo_server().await;
+    let body: Bytes = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    let resp = client().invoke(&addr(&server), Command::request(ECHO, body.clone()), LONG).await.unwrap();
+    assert_eq!(resp.body, body);
+}
+
+#[tokio::test]
+async fn oneway_requests_reach_their_handler() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let router = Router::new().route(5, 16, move |req: Request| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(req.command.body.clone());
+            Command::response(code::SUCCESS, None)
+        }
+    });
+    let server = Server::bind(server_config(SerializeType::RocketMq), router).await.unwrap();
+    let client = client();
+    for body in ["a", "b", "c"] {
+        client.invoke_oneway(&addr(&server), Command::request(5, body), LONG).await.unwrap();
+    }
+    let mut got: Vec<Bytes> = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+    got.sort();
+    assert_eq!(got, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+}
+
+#[tokio::test]
+async fn oneway_requests_get_no_response_even_on_errors() {
+    // Raw socket: a oneway request to an unknown code (which would be answered NOT_SUPPORTED if it were not
+    // oneway), then a normal request. The first frame back must answer the normal request.
+    let server = echo_server().await;
+    let mut sock = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut out = BytesMut::new();
+    let oneway = Command { code: 999, opaque: 1, flag: FLAG_ONEWAY, ..Command::default() };
+    frame::encode(&oneway, SerializeType::Json, DEFAULT_MAX_FRAME_SIZE, &mut out).unwrap();
+    let req = Command { code: ECHO, opaque: 2, body: Bytes::from_static(b"x"), ..Command::default() };
+    frame::encode(&req, SerializeType::RocketMq, DEFAULT_MAX_FRAME_SIZE, &mut out).unwrap();
+    sock.write_all(&out).await.unwrap();
+    let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_SIZE);
+    let mut buf = BytesMut::new();
+    let resp = loop {
+        if let Some(c) = decoder.decode(&mut buf).unwrap() {
+            break c;
+        }
+        assert!(sock.read_buf(&mut buf).await.unwrap() > 0);
+    };
+    assert_eq!((resp.opaque, resp.code), (2, code::SUCCESS));
+    assert!(buf.is_empty(), "no other frame came back");
+}
+
+#[tokio::test]
+async fn server_calls_its_client_back_over_the_same_connection() {
+    const PING: i32 = 7;
+    const ASK_CLIENT: i32 = 8;
+    let client_router = Router::new().route(PING, 4, |req: Request| async move {
+        Command::response(code::SUCCESS, None).with_body(format!("pong:{}", String::from_utf8_lossy(&req.command.body)))
+    });
+    let server_router = echo_router().route(ASK_CLIENT, 4, |req: Request| async move {
+        match req.connection.invoke(Command::request(PING, "from-handler"), LONG).await {
+            Ok(r) => Command::response(code::SUCCESS, None).with_body(r.body),
+            Err(e) => Command::response(code::SYSTEM_ERROR, Some(e.to_string())),
+        }
+    });
+    let server = Server::bind(server_config(SerializeType::RocketMq), server_router).await.unwrap();
+    let client = Client::with_router(client_config(SerializeType::RocketMq), client_router);
+    let resp = client.invoke(&addr(&server), Command::request(ASK_CLIENT, ""), LONG).await.unwrap();
+    assert_eq!(resp.body, Bytes::from_static(b"pong:from-handler"));
+    // And unprompted, from the server's connection list.
+    let conn = server.connections().pop().unwrap();
+    let resp = conn.invoke(Command::request(PING, "direct"), LONG).await.unwrap();
+    assert_eq!(resp.body, Bytes::from_static(b"pong:direct"));
+    let oneway = conn.invoke_oneway(Command::request(PING, "oneway"), LONG).await;
+    assert!(oneway.is_ok());
+}
+
+#[tokio::test]
+async fn unknown_codes_go_to_the_default_handler_or_are_not_supported() {
+    let server = echo_server().await;
+    let resp = client().invoke(&addr(&server), Command::request(4242, ""), LONG).await.unwrap();
+    assert_eq!(resp.code, code::REQUEST_CODE_NOT_SUPPORTED);
+    assert!(resp.remark.unwrap().contains("4242"));
+
+    let router = echo_router().default_route(4, |req: Request| async move {
+        Command::response(code::SUCCESS, Some(format!("default got {}", req.command.code)))
+    });
+    let server = Server::bind(server_config(SerializeType::RocketMq), router).await.unwrap();
+    let resp = client().invoke(&addr(&server), Command::request(4242, ""), LONG).await.unwrap();
+    assert_eq!((resp.code, resp.remark.as_deref()), (code::SUCCESS, Some("default got 4242")));
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_system_error_at_once() {
+    let router = Router::new().route(9, 4, |_req: Request| async move {
+        if std::hint::black_box(true) {
+            panic!("handler bug");
+        }
+        Command::response(code::SUCCESS, None)
+    });
+    let server = Server::bind(server_config(SerializeType::RocketMq), router).await.unwrap();
+    let resp = client().invoke(&addr(&server), Command::request(9, ""), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(resp.code, code::SYSTEM_ERROR);
+}
