@@ -5,7 +5,7 @@ use prost::Message;
 
 /// Every proto file the crate exposes, relative to the crate root. Add new files (broker.proto, the apache
 /// rocketmq v2 protos) here; imports between them resolve against the crate root.
-const PROTOS: &[&str] = &["comet/v1/nameserver.proto"];
+const PROTOS: &[&str] = &["comet/v1/nameserver.proto", "comet/v1/broker.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in PROTOS {
@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // `bytes` fields of Comet's own API are `bytes::Bytes`, so message bodies are shared, not copied, between the
+    // store's mapped records and the gRPC encoder.
+    tonic_prost_build::configure().bytes(".comet.v1").build_server(true).build_client(true).compile_fds(fds)?;
     Ok(())
 }

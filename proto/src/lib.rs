@@ -8,7 +8,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 /// Comet's own gRPC API (`package comet.*`).
 pub mod comet {
-    /// Version 1 of Comet's own API: the NameServer service and its messages.
+    /// Version 1 of Comet's own API: the NameServer and Broker services and their messages.
     pub mod v1 {
         #![allow(missing_docs, clippy::all, clippy::pedantic)]
         tonic::include_proto!("comet.v1");

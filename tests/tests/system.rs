@@ -1,5 +1,7 @@
 //! Comet system tests: real processes, real network, one test binary. Each test starts its own processes on
 //! free ports with its own temp dir, so tests run in parallel (nextest runs each in its own process).
 
+mod broker_admin;
+mod broker_messaging;
 mod nameserver_etcd;
 mod nameserver_memory;

@@ -2,6 +2,7 @@
 
 pub mod binary;
 pub mod broker;
+pub mod broker_process;
 pub mod etcd;
 pub mod nameserver;
 pub mod process;

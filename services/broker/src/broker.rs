@@ -1,0 +1,200 @@
+//! The broker's state, shared by every handler and background task: the store, the topic, group, offset and
+//! client tables, the long-poll waiters, and the send limiter.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use comet_model::{MessageType, Permission, TopicConfig};
+use comet_store::Store;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::Config;
+use crate::domain::clients::ClientRegistry;
+use crate::domain::groups::GroupTable;
+use crate::domain::long_poll::PullWaiters;
+use crate::domain::offsets::OffsetStore;
+use crate::domain::topics::TopicTable;
+use crate::error::{BrokerError, Result};
+
+/// Everything a request needs. Cheap to share (`Arc<Broker>`).
+pub struct Broker {
+    /// The effective configuration.
+    pub config: Config,
+    /// The address registered with NameServers and written into records as the store host.
+    pub advertised: String,
+    /// The message store. Synchronous: call it from [`Broker::blocking`].
+    pub store: Store,
+    /// Topics (persisted).
+    pub topics: TopicTable,
+    /// Subscription groups (persisted).
+    pub groups: GroupTable,
+    /// Consumer offsets (persisted every `offset-flush-interval-ms`).
+    pub offsets: OffsetStore,
+    /// Live producers and consumers.
+    pub clients: ClientRegistry,
+    /// Parked long polls; also the store's arrival listener.
+    pub waiters: Arc<PullWaiters>,
+    /// Permits for sends in flight (`max-inflight-sends`).
+    pub sends: Arc<Semaphore>,
+    /// Signalled after every topic change, so the registration task re-registers at once.
+    pub topics_changed: Notify,
+    ids: MessageIds,
+    next_queue: AtomicU64,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("advertised", &self.advertised).field("dir", &self.store.dir()).finish()
+    }
+}
+
+impl std::fmt::Debug for MessageIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageIds({:016X})", self.prefix)
+    }
+}
+
+/// Broker-assigned message ids: 32 hex digits, a per-process prefix (advertised address and start time) and a
+/// counter, so ids are unique across brokers and restarts without coordination.
+struct MessageIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl MessageIds {
+    fn new(advertised: &str, start_ms: u64) -> Self {
+        // FNV-1a of the address, mixed with the start time: distinct brokers and restarts get distinct prefixes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in advertised.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Self { prefix: h ^ start_ms.rotate_left(24), counter: AtomicU64::new(0) }
+    }
+
+    fn next(&self) -> String {
+        format!("{:016X}{:016X}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Broker {
+    /// Opens the store and the metadata files under `<store dir>/config/`. Blocking (store recovery).
+    pub fn open(mut config: Config, advertised: String) -> Result<Arc<Self>> {
+        if let Ok(addr) = advertised.parse::<SocketAddr>() {
+            config.store.store_host = addr;
+        }
+        let (store, report) = Store::open_with_report(config.store.clone())?;
+        tracing::info!(
+            dir = %config.store.dir.display(),
+            after_crash = report.after_crash,
+            redispatched = report.redispatched,
+            elapsed = ?report.elapsed,
+            "store opened"
+        );
+        let meta = config.store.dir.join("config");
+        let topics = TopicTable::open(meta.join("topics.json"))?;
+        let groups = GroupTable::open(meta.join("groups.json"))?;
+        let offsets = OffsetStore::open(meta.join("consumer-offsets.json"))?;
+        let waiters = Arc::new(PullWaiters::new(config.broker.max_parked_pulls));
+        store.set_arrival_listener(Arc::clone(&waiters) as Arc<dyn comet_store::ArrivalListener>);
+        let broker = Broker {
+            advertised: advertised.clone(),
+            store,
+            topics,
+            groups,
+            offsets,
+            clients: ClientRegistry::new(config.broker.client_expiry_ms),
+            waiters,
+            sends: Arc::new(Semaphore::new(config.broker.max_inflight_sends)),
+            topics_changed: Notify::new(),
+            ids: MessageIds::new(&advertised, now_ms()),
+            next_queue: AtomicU64::new(0),
+            config,
+        };
+        Ok(Arc::new(broker))
+    }
+
+    /// Runs `f` on the blocking pool (store calls, file writes), keeping the async workers free.
+    pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        F: FnOnce(&Broker) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let broker = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&broker))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("blocking task failed: {e}")))?
+    }
+
+    /// A new broker-assigned message id.
+    pub fn next_message_id(&self) -> String {
+        self.ids.next()
+    }
+
+    /// Round-robin queue choice among `n` write queues.
+    pub fn next_queue(&self, n: u32) -> u32 {
+        let i = self.next_queue.fetch_add(1, Ordering::Relaxed);
+        u32::try_from(i % u64::from(n.max(1))).unwrap_or(0)
+    }
+
+    /// A new topic with this broker's defaults: `default-queue-count` read and write queues, read+write.
+    pub fn default_topic(&self, name: &str) -> TopicConfig {
+        let n = self.config.broker.default_queue_count;
+        TopicConfig {
+            name: name.to_owned(),
+            read_queue_nums: n,
+            write_queue_nums: n,
+            perm: Permission::READ_WRITE,
+            message_type: MessageType::Normal,
+        }
+    }
+
+    /// The topic's config for a send: auto-created if allowed (and the registration task told).
+    pub fn topic_for_send(&self, name: &str) -> Result<TopicConfig> {
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t);
+        }
+        if !self.config.broker.auto_create_topics {
+            return Err(BrokerError::TopicNotFound { topic: name.to_owned() });
+        }
+        let (topic, created) = self.topics.get_or_create(self.default_topic(name), now_ms())?;
+        if created {
+            tracing::info!(topic = name, queues = topic.write_queue_nums, "topic auto-created");
+            self.topics_changed.notify_one();
+        }
+        Ok(topic)
+    }
+
+    /// An existing topic's config.
+    pub fn topic(&self, name: &str) -> Result<TopicConfig> {
+        self.topics.get(name).ok_or_else(|| BrokerError::TopicNotFound { topic: name.to_owned() })
+    }
+
+    /// Final steps of a clean shutdown: flush offsets and close the store. Blocking.
+    pub fn close(&self) -> Result<()> {
+        let flushed = self.offsets.flush();
+        let closed = self.store.clone().close().map_err(BrokerError::from);
+        flushed.and(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_unique_and_differ_between_brokers() {
+        let a = MessageIds::new("10.0.0.1:8081", 1);
+        let b = MessageIds::new("10.0.0.2:8081", 1);
+        let (a1, a2, b1) = (a.next(), a.next(), b.next());
+        assert_ne!(a1, a2);
+        assert_ne!(a1, b1);
+        assert_eq!(a1.len(), 32);
+    }
+}

@@ -1,0 +1,287 @@
+//! The broker's configuration: YAML file, then `COMET_<SECTION>_<KEY>` environment overrides, then `validate()`.
+//! Every key has a default, so no file at all runs a single-node broker on port 8081 with data under
+//! `data/broker`. Keys are documented in docs/configuration.md ("Broker").
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use comet_store::StoreConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::BrokerError;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Identity, listener, NameServers, limits.
+    pub broker: BrokerSection,
+    /// The storage engine (`comet_store::StoreConfig`); metadata files go to `<dir>/config/`.
+    pub store: StoreConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Section `broker`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BrokerSection {
+    /// gRPC listen address; port 0 picks a free port (printed at start-up).
+    pub listen: String,
+    /// `host:port` clients are told to connect to (registered with the NameServers). Empty = the listen
+    /// address, with an unspecified IP (0.0.0.0, ::) replaced by 127.0.0.1 and port 0 by the bound port.
+    pub advertised_address: String,
+    /// Cluster this broker belongs to.
+    pub cluster_name: String,
+    /// Broker name (a master and its slaves share it).
+    pub broker_name: String,
+    /// 0 = master.
+    pub broker_id: u64,
+    /// NameServers to register with; empty = run without registering.
+    pub nameserver_addresses: Vec<String>,
+    /// How often the broker heartbeats every NameServer (full registration when one asks).
+    pub register_interval_ms: u64,
+    /// Create an unknown topic on its first send (with `default-queue-count` queues).
+    pub auto_create_topics: bool,
+    /// Create an unknown subscription group on its first consumer heartbeat.
+    pub auto_create_groups: bool,
+    /// Read and write queues of auto-created topics, and of created topics that give 0.
+    pub default_queue_count: u32,
+    /// Most SendMessage calls stored at once; beyond it sends are answered "busy" (RESOURCE_EXHAUSTED).
+    pub max_inflight_sends: usize,
+    /// Most long-polling pulls parked at once; beyond it pulls are answered "busy".
+    pub max_parked_pulls: usize,
+    /// Longest a pull may wait for messages, whatever the client asks.
+    pub max_pull_wait_ms: u64,
+    /// Silence after which a client is dropped from its groups (RocketMQ: 120 s).
+    pub client_expiry_ms: u64,
+    /// How often changed consumer offsets are written to disk (also at shutdown).
+    pub offset_flush_interval_ms: u64,
+    /// After SIGTERM, how long in-flight calls and connections may drain.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Section `log`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `comet_broker=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { broker: BrokerSection::default(), store: StoreConfig::new("data/broker"), log: LogConfig::default() }
+    }
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8081".into(),
+            advertised_address: String::new(),
+            cluster_name: "DefaultCluster".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            nameserver_addresses: Vec::new(),
+            register_interval_ms: 30_000,
+            auto_create_topics: true,
+            auto_create_groups: true,
+            default_queue_count: 8,
+            max_inflight_sends: 1024,
+            max_parked_pulls: 10_000,
+            max_pull_wait_ms: 30_000,
+            client_expiry_ms: 120_000,
+            offset_flush_interval_ms: 5_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+/// Environment variables that override config keys start with this.
+pub const ENV_PREFIX: &str = "COMET_";
+
+impl Config {
+    /// Reads the YAML file (if any), applies `COMET_<SECTION>_<KEY>` overrides from `env`, and validates.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, BrokerError> {
+        let mut doc = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| BrokerError::Config(format!("reading {}: {e}", path.display())))?;
+                serde_yaml::from_str::<serde_yaml::Value>(&text)
+                    .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?
+            }
+            None => serde_yaml::Value::Mapping(serde_yaml::Mapping::new()),
+        };
+        if doc.is_null() {
+            doc = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
+        }
+        apply_env(&mut doc, env)?;
+        let config: Config = serde_yaml::from_value(doc).map_err(|e| BrokerError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses values the broker cannot run with, naming the key.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |key: &str, why: String| Err(BrokerError::Config(format!("{key}: {why}")));
+        let b = &self.broker;
+        if let Err(e) = b.listen.parse::<SocketAddr>() {
+            return bad("broker.listen", format!("{:?} is not ip:port ({e})", b.listen));
+        }
+        if !b.advertised_address.is_empty() && !b.advertised_address.contains(':') {
+            return bad("broker.advertised-address", format!("{:?} is not host:port", b.advertised_address));
+        }
+        if let Err(e) = comet_model::validate_cluster_name(&b.cluster_name) {
+            return bad("broker.cluster-name", e.to_string());
+        }
+        if let Err(e) = comet_model::validate_broker_name(&b.broker_name) {
+            return bad("broker.broker-name", e.to_string());
+        }
+        if b.nameserver_addresses.iter().any(|a| a.trim().is_empty()) {
+            return bad("broker.nameserver-addresses", "empty address in the list".into());
+        }
+        if b.default_queue_count == 0 || b.default_queue_count > comet_model::MAX_QUEUE_NUMS {
+            return bad("broker.default-queue-count", format!("must be 1..={}", comet_model::MAX_QUEUE_NUMS));
+        }
+        for (key, value) in [
+            ("broker.register-interval-ms", b.register_interval_ms),
+            ("broker.max-pull-wait-ms", b.max_pull_wait_ms),
+            ("broker.client-expiry-ms", b.client_expiry_ms),
+            ("broker.offset-flush-interval-ms", b.offset_flush_interval_ms),
+        ] {
+            if value == 0 {
+                return bad(key, "must be > 0".into());
+            }
+        }
+        if b.max_inflight_sends == 0 {
+            return bad("broker.max-inflight-sends", "must be > 0".into());
+        }
+        self.store.validate().map_err(|e| BrokerError::Config(format!("store: {e}")))?;
+        Ok(())
+    }
+
+    /// The advertised address given the address actually bound.
+    pub fn advertised_address(&self, bound: SocketAddr) -> String {
+        if !self.broker.advertised_address.is_empty() {
+            return self.broker.advertised_address.clone();
+        }
+        let ip = if bound.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { bound.ip() };
+        SocketAddr::new(ip, bound.port()).to_string()
+    }
+
+    /// Client expiry as a duration.
+    pub fn client_expiry(&self) -> Duration {
+        Duration::from_millis(self.broker.client_expiry_ms)
+    }
+}
+
+/// Applies `COMET_<SECTION>_<KEY>=value` (key in upper snake case, e.g. `COMET_BROKER_LISTEN`,
+/// `COMET_STORE_FLUSH_MODE`) onto the YAML document. Variables of sections this process does not have are
+/// ignored (one environment may configure several Comet processes); an unknown key in a known section fails.
+fn apply_env(doc: &mut serde_yaml::Value, env: impl IntoIterator<Item = (String, String)>) -> Result<(), BrokerError> {
+    let defaults = serde_yaml::to_value(Config::default()).map_err(|e| BrokerError::Config(e.to_string()))?;
+    let serde_yaml::Value::Mapping(sections) = &defaults else {
+        return Err(BrokerError::Config("default config is not a mapping".into()));
+    };
+    let serde_yaml::Value::Mapping(root) = doc else {
+        return Err(BrokerError::Config("the config file must be a YAML mapping".into()));
+    };
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some((section, key)) = rest.split_once('_') else { continue };
+        let section = section.to_ascii_lowercase();
+        let key = key.to_ascii_lowercase().replace('_', "-");
+        let Some(serde_yaml::Value::Mapping(known)) = sections.get(section.as_str()) else { continue };
+        let value = match known.get(key.as_str()) {
+            None => return Err(BrokerError::Config(format!("{name}: {section} has no key {key:?}"))),
+            Some(serde_yaml::Value::Sequence(_)) => serde_yaml::Value::Sequence(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| serde_yaml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
+            Some(serde_yaml::Value::String(_)) => serde_yaml::Value::String(raw),
+            Some(_) => serde_yaml::from_str(&raw).map_err(|e| BrokerError::Config(format!("{name}: {e}")))?,
+        };
+        let entry = root
+            .entry(serde_yaml::Value::String(section.clone()))
+            .or_insert_with(|| serde_yaml::Value::Mapping(serde_yaml::Mapping::new()));
+        let serde_yaml::Value::Mapping(entry) = entry else {
+            return Err(BrokerError::Config(format!("{section} must be a mapping")));
+        };
+        entry.insert(serde_yaml::Value::String(key), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn no_file_gives_a_single_node_broker_with_auto_created_topics() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.broker.listen, "0.0.0.0:8081");
+        assert!(c.broker.auto_create_topics);
+        assert_eq!(c.broker.default_queue_count, 8);
+        assert!(c.broker.nameserver_addresses.is_empty());
+        assert_eq!(c.store.dir, std::path::PathBuf::from("data/broker"));
+    }
+
+    #[test]
+    fn file_then_env_overrides_apply_to_broker_and_store_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.yaml");
+        std::fs::write(&path, "broker:\n  listen: 127.0.0.1:1\n  broker-name: b1\nstore:\n  flush-mode: sync\n")
+            .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("COMET_BROKER_LISTEN", "127.0.0.1:2"),
+                ("COMET_BROKER_NAMESERVER_ADDRESSES", "a:1, b:2"),
+                ("COMET_STORE_DIR", "/tmp/x"),
+                ("COMET_NAMESERVER_LISTEN", "another process's section"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.broker.listen, "127.0.0.1:2");
+        assert_eq!(c.broker.broker_name, "b1");
+        assert_eq!(c.broker.nameserver_addresses, ["a:1", "b:2"]);
+        assert_eq!(c.store.flush_mode, comet_store::FlushMode::Sync);
+        assert_eq!(c.store.dir, std::path::PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_fail_at_start_up() {
+        assert!(Config::load(None, env(&[("COMET_BROKER_NOPE", "1")])).is_err());
+        assert!(Config::load(None, env(&[("COMET_BROKER_LISTEN", "nowhere")])).is_err());
+        assert!(Config::load(None, env(&[("COMET_BROKER_DEFAULT_QUEUE_COUNT", "0")])).is_err());
+        assert!(Config::load(None, env(&[("COMET_BROKER_BROKER_NAME", "bad name")])).is_err());
+        assert!(Config::load(None, env(&[("COMET_STORE_SEGMENT_SIZE", "10")])).is_err());
+    }
+
+    #[test]
+    fn advertised_address_replaces_unspecified_ip_with_loopback() {
+        let mut c = Config::default();
+        assert_eq!(c.advertised_address("0.0.0.0:9000".parse().unwrap()), "127.0.0.1:9000");
+        assert_eq!(c.advertised_address("10.1.2.3:9000".parse().unwrap()), "10.1.2.3:9000");
+        c.broker.advertised_address = "broker-0.svc:8081".into();
+        assert_eq!(c.advertised_address("0.0.0.0:9000".parse().unwrap()), "broker-0.svc:8081");
+    }
+}

@@ -1,0 +1,170 @@
+//! Live producers and consumers, from client heartbeats. A client silent for `expiry` is dropped from its
+//! groups (RocketMQ: 120 s); the consumer list of a group is the input of the clients' re-balance.
+//! Time is passed in (ms since the epoch), so expiry is tested without waiting.
+
+use std::collections::{BTreeMap, HashMap};
+
+use parking_lot::Mutex;
+
+/// How a consumer group consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MessageModel {
+    /// Each message to one member; offsets on the broker.
+    #[default]
+    Clustering,
+    /// Each member reads everything; offsets on the client.
+    Broadcasting,
+}
+
+/// A consumer group member as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerMember {
+    /// Client id.
+    pub client_id: String,
+    /// Consumption model.
+    pub model: MessageModel,
+    /// (topic, tag expression) pairs.
+    pub subscriptions: Vec<(String, String)>,
+    /// Last heartbeat, ms since the epoch.
+    pub last_heartbeat_ms: u64,
+}
+
+/// One consumer group in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerHeartbeat {
+    /// Group.
+    pub group: String,
+    /// Consumption model.
+    pub model: MessageModel,
+    /// (topic, tag expression) pairs.
+    pub subscriptions: Vec<(String, String)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// group → client id → member.
+    consumers: HashMap<String, BTreeMap<String, ConsumerMember>>,
+    /// group → client id → last heartbeat ms.
+    producers: HashMap<String, BTreeMap<String, u64>>,
+}
+
+/// Client registry.
+#[derive(Debug)]
+pub struct ClientRegistry {
+    expiry_ms: u64,
+    state: Mutex<State>,
+}
+
+impl ClientRegistry {
+    /// A registry dropping clients silent for `expiry_ms`.
+    pub fn new(expiry_ms: u64) -> Self {
+        Self { expiry_ms, state: Mutex::new(State::default()) }
+    }
+
+    /// Records a heartbeat of `client_id` for its producer and consumer groups.
+    pub fn heartbeat(&self, client_id: &str, producers: &[String], consumers: Vec<ConsumerHeartbeat>, now_ms: u64) {
+        let mut state = self.state.lock();
+        for group in producers {
+            state.producers.entry(group.clone()).or_default().insert(client_id.to_owned(), now_ms);
+        }
+        for c in consumers {
+            let member = ConsumerMember {
+                client_id: client_id.to_owned(),
+                model: c.model,
+                subscriptions: c.subscriptions,
+                last_heartbeat_ms: now_ms,
+            };
+            state.consumers.entry(c.group).or_default().insert(client_id.to_owned(), member);
+        }
+    }
+
+    /// Removes a client from `groups` (all of its groups when empty).
+    pub fn unregister(&self, client_id: &str, groups: &[String]) {
+        let mut state = self.state.lock();
+        let wanted = |g: &String| groups.is_empty() || groups.contains(g);
+        for (group, members) in state.consumers.iter_mut() {
+            if wanted(group) {
+                members.remove(client_id);
+            }
+        }
+        for (group, members) in state.producers.iter_mut() {
+            if wanted(group) {
+                members.remove(client_id);
+            }
+        }
+        state.consumers.retain(|_, m| !m.is_empty());
+        state.producers.retain(|_, m| !m.is_empty());
+    }
+
+    /// Live members of a consumer group, sorted by client id.
+    pub fn consumers(&self, group: &str, now_ms: u64) -> Vec<ConsumerMember> {
+        let state = self.state.lock();
+        state
+            .consumers
+            .get(group)
+            .map(|m| m.values().filter(|c| !self.expired(c.last_heartbeat_ms, now_ms)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Drops every client silent for longer than the expiry; returns how many memberships were removed.
+    pub fn expire(&self, now_ms: u64) -> usize {
+        let mut state = self.state.lock();
+        let mut removed = 0;
+        for members in state.consumers.values_mut() {
+            let before = members.len();
+            members.retain(|_, c| !self.expired(c.last_heartbeat_ms, now_ms));
+            removed += before - members.len();
+        }
+        for members in state.producers.values_mut() {
+            let before = members.len();
+            members.retain(|_, last| !self.expired(*last, now_ms));
+            removed += before - members.len();
+        }
+        state.consumers.retain(|_, m| !m.is_empty());
+        state.producers.retain(|_, m| !m.is_empty());
+        removed
+    }
+
+    fn expired(&self, last_ms: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(last_ms) > self.expiry_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(group: &str) -> ConsumerHeartbeat {
+        ConsumerHeartbeat {
+            group: group.into(),
+            model: MessageModel::Clustering,
+            subscriptions: vec![("t".into(), "*".into())],
+        }
+    }
+
+    #[test]
+    fn members_are_listed_sorted_and_expire_after_silence() {
+        let clients = ClientRegistry::new(120_000);
+        clients.heartbeat("c-b", &[], vec![consumer("g")], 1_000);
+        clients.heartbeat("c-a", &["p".into()], vec![consumer("g")], 50_000);
+        let ids = |now| clients.consumers("g", now).into_iter().map(|m| m.client_id).collect::<Vec<_>>();
+        assert_eq!(ids(100_000), ["c-a", "c-b"]);
+        assert_eq!(ids(121_001), ["c-a"], "c-b silent for over 120 s");
+        assert_eq!(clients.expire(121_001), 1);
+        clients.heartbeat("c-b", &[], vec![consumer("g")], 121_002);
+        assert_eq!(ids(121_002), ["c-a", "c-b"], "a heartbeat brings it back");
+        assert_eq!(clients.expire(1_000_000), 3, "two consumers and one producer expired");
+        assert!(ids(1_000_000).is_empty());
+    }
+
+    #[test]
+    fn unregister_leaves_the_named_groups_or_all() {
+        let clients = ClientRegistry::new(120_000);
+        clients.heartbeat("c", &[], vec![consumer("g1"), consumer("g2")], 0);
+        clients.unregister("c", &["g1".into()]);
+        assert!(clients.consumers("g1", 0).is_empty());
+        assert_eq!(clients.consumers("g2", 0).len(), 1);
+        clients.unregister("c", &[]);
+        assert!(clients.consumers("g2", 0).is_empty());
+    }
+}

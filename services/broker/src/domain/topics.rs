@@ -1,0 +1,198 @@
+//! The broker's topic table: what it registers with the NameServers, persisted in `config/topics.json`.
+//! Every change bumps the data version (so NameServers re-read the topics) and is written before it is answered.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use comet_model::{DataVersion, MAX_QUEUE_NUMS, TopicConfig};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::persist;
+use crate::error::{BrokerError, Result};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TopicsFile {
+    data_version: DataVersion,
+    topics: BTreeMap<String, TopicConfig>,
+}
+
+/// Topics of this broker. Reads take a short lock; changes also write the file under it, so the file always
+/// matches memory (changes are rare admin operations or first sends to a new topic).
+#[derive(Debug)]
+pub struct TopicTable {
+    path: PathBuf,
+    state: Mutex<TopicsFile>,
+}
+
+/// Rejects a topic config the broker cannot serve, naming the field.
+pub fn validate(config: &TopicConfig) -> Result<()> {
+    comet_model::validate_topic_name(&config.name).map_err(|e| BrokerError::invalid("topic", e.to_string()))?;
+    for (field, n) in [("read_queue_nums", config.read_queue_nums), ("write_queue_nums", config.write_queue_nums)] {
+        if n == 0 || n > MAX_QUEUE_NUMS {
+            return Err(BrokerError::invalid(field, format!("{n} is outside 1..={MAX_QUEUE_NUMS}")));
+        }
+    }
+    Ok(())
+}
+
+impl TopicTable {
+    /// Loads `path` (missing = no topics yet).
+    pub fn open(path: PathBuf) -> Result<Self> {
+        let state: TopicsFile = persist::load(&path)?.unwrap_or_default();
+        Ok(Self { path, state: Mutex::new(state) })
+    }
+
+    /// A topic's config.
+    pub fn get(&self, name: &str) -> Option<TopicConfig> {
+        self.state.lock().topics.get(name).cloned()
+    }
+
+    /// All topics, sorted by name.
+    pub fn list(&self) -> Vec<TopicConfig> {
+        self.state.lock().topics.values().cloned().collect()
+    }
+
+    /// The current data version (what heartbeats carry).
+    pub fn data_version(&self) -> DataVersion {
+        self.state.lock().data_version
+    }
+
+    /// Topics and data version read together, for a consistent registration.
+    pub fn snapshot(&self) -> (DataVersion, Vec<TopicConfig>) {
+        let state = self.state.lock();
+        (state.data_version, state.topics.values().cloned().collect())
+    }
+
+    /// Adds a new topic; [`BrokerError::TopicExists`] if it exists.
+    pub fn create(&self, config: TopicConfig, now_ms: u64) -> Result<TopicConfig> {
+        validate(&config)?;
+        let mut state = self.state.lock();
+        if state.topics.contains_key(&config.name) {
+            return Err(BrokerError::TopicExists { topic: config.name });
+        }
+        self.change(&mut state, now_ms, |t| {
+            t.insert(config.name.clone(), config.clone());
+        })?;
+        Ok(config)
+    }
+
+    /// The topic's config, creating it from `template` if it does not exist; true if it was created.
+    pub fn get_or_create(&self, template: TopicConfig, now_ms: u64) -> Result<(TopicConfig, bool)> {
+        let mut state = self.state.lock();
+        if let Some(existing) = state.topics.get(&template.name) {
+            return Ok((existing.clone(), false));
+        }
+        validate(&template)?;
+        self.change(&mut state, now_ms, |t| {
+            t.insert(template.name.clone(), template.clone());
+        })?;
+        Ok((template, true))
+    }
+
+    /// Replaces an existing topic's config; [`BrokerError::TopicNotFound`] if it does not exist.
+    pub fn update(&self, config: TopicConfig, now_ms: u64) -> Result<TopicConfig> {
+        validate(&config)?;
+        let mut state = self.state.lock();
+        if !state.topics.contains_key(&config.name) {
+            return Err(BrokerError::TopicNotFound { topic: config.name });
+        }
+        self.change(&mut state, now_ms, |t| {
+            t.insert(config.name.clone(), config.clone());
+        })?;
+        Ok(config)
+    }
+
+    /// Removes a topic; [`BrokerError::TopicNotFound`] if it does not exist.
+    pub fn delete(&self, name: &str, now_ms: u64) -> Result<()> {
+        let mut state = self.state.lock();
+        if !state.topics.contains_key(name) {
+            return Err(BrokerError::TopicNotFound { topic: name.to_owned() });
+        }
+        self.change(&mut state, now_ms, |t| {
+            t.remove(name);
+        })
+    }
+
+    /// Applies `edit` to a copy, persists it with a bumped version, and only then makes it live: a failed write
+    /// leaves memory and file unchanged.
+    fn change(
+        &self,
+        state: &mut TopicsFile,
+        now_ms: u64,
+        edit: impl FnOnce(&mut BTreeMap<String, TopicConfig>),
+    ) -> Result<()> {
+        let mut next = TopicsFile { data_version: state.data_version, topics: state.topics.clone() };
+        edit(&mut next.topics);
+        next.data_version.counter += 1;
+        next.data_version.timestamp_millis = now_ms;
+        persist::store(&self.path, &next)?;
+        *state = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use comet_model::{MessageType, Permission};
+
+    use super::*;
+
+    fn topic(name: &str, queues: u32) -> TopicConfig {
+        TopicConfig {
+            name: name.into(),
+            read_queue_nums: queues,
+            write_queue_nums: queues,
+            perm: Permission::READ_WRITE,
+            message_type: MessageType::Normal,
+        }
+    }
+
+    #[test]
+    fn created_updated_and_deleted_topics_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topics.json");
+        let table = TopicTable::open(path.clone()).unwrap();
+        table.create(topic("a", 4), 1).unwrap();
+        table.create(topic("b", 2), 2).unwrap();
+        table.update(topic("a", 16), 3).unwrap();
+        table.delete("b", 4).unwrap();
+        let version = table.data_version();
+        assert_eq!(version.counter, 4);
+        assert_eq!(version.timestamp_millis, 4);
+
+        let reopened = TopicTable::open(path).unwrap();
+        assert_eq!(reopened.list(), vec![topic("a", 16)]);
+        assert_eq!(reopened.data_version(), version);
+    }
+
+    #[test]
+    fn create_of_existing_and_update_or_delete_of_missing_topics_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = TopicTable::open(dir.path().join("topics.json")).unwrap();
+        table.create(topic("a", 4), 1).unwrap();
+        assert!(matches!(table.create(topic("a", 4), 2), Err(BrokerError::TopicExists { .. })));
+        assert!(matches!(table.update(topic("zz", 4), 2), Err(BrokerError::TopicNotFound { .. })));
+        assert!(matches!(table.delete("zz", 2), Err(BrokerError::TopicNotFound { .. })));
+        assert_eq!(table.data_version().counter, 1, "refusals change nothing");
+    }
+
+    #[test]
+    fn invalid_names_and_queue_counts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = TopicTable::open(dir.path().join("topics.json")).unwrap();
+        assert!(matches!(table.create(topic("bad name", 4), 1), Err(BrokerError::Invalid { field: "topic", .. })));
+        assert!(matches!(table.create(topic("a", 0), 1), Err(BrokerError::Invalid { .. })));
+        assert!(matches!(table.create(topic("a", MAX_QUEUE_NUMS + 1), 1), Err(BrokerError::Invalid { .. })));
+    }
+
+    #[test]
+    fn get_or_create_creates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = TopicTable::open(dir.path().join("topics.json")).unwrap();
+        assert!(table.get_or_create(topic("a", 8), 1).unwrap().1);
+        let (existing, created) = table.get_or_create(topic("a", 2), 2).unwrap();
+        assert!(!created);
+        assert_eq!(existing.read_queue_nums, 8);
+    }
+}

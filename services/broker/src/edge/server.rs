@@ -1,0 +1,165 @@
+//! Binds the listener, opens the broker, and serves `comet.v1.Broker` plus gRPC health and reflection (v1 and
+//! v1alpha) until shutdown; then answers parked pulls, drains, unregisters, flushes offsets and closes the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use comet_proto::comet::v1::broker_server::BrokerServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::broker::{Broker, now_ms};
+use crate::config::Config;
+use crate::error::{BrokerError, Result};
+use crate::handler::BrokerHandler;
+
+/// gRPC health service name of the broker: SERVING while it accepts requests, NOT_SERVING once shutting down.
+pub const HEALTH_SERVICE: &str = "comet.v1.Broker";
+
+/// How often silent clients are dropped.
+const CLIENT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A broker whose listener is bound and whose store is open: ready to serve.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    broker: Arc<Broker>,
+}
+
+/// Binds `broker.listen` and opens the store (recovery runs here, before the readiness line).
+pub async fn bind(config: Config) -> Result<Bound> {
+    let address = config.broker.listen.clone();
+    let serve_err = |e: std::io::Error| BrokerError::Serve { address: address.clone(), source: Box::new(e) };
+    let listener = TcpListener::bind(&address).await.map_err(serve_err)?;
+    let local_addr = listener.local_addr().map_err(serve_err)?;
+    let advertised = config.advertised_address(local_addr);
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config, advertised))
+        .await
+        .map_err(|e| BrokerError::Internal(format!("opening the broker: {e}")))??;
+    Ok(Bound { listener, local_addr, broker })
+}
+
+impl Bound {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The broker state (for embedding and tests).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully (see the module doc).
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let Bound { listener, local_addr, broker } = self;
+        let address = local_addr.to_string();
+        let serve_err =
+            |e: Box<dyn std::error::Error + Send + Sync>| BrokerError::Serve { address: address.clone(), source: e };
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_service_status(HEALTH_SERVICE, ServingStatus::Serving).await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(comet_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1().map_err(|e| serve_err(Box::new(e)))?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| serve_err(Box::new(e)))?;
+
+        // Requests carry whole batches: allow well above the largest message, so an oversized body gets the
+        // broker's own INVALID_ARGUMENT instead of tonic's RESOURCE_EXHAUSTED (which means "busy" here).
+        let max_grpc = (broker.config.store.max_message_size as usize).saturating_mul(2).max(64 << 20);
+        let service = BrokerServer::new(BrokerHandler::new(Arc::clone(&broker)))
+            .max_decoding_message_size(max_grpc)
+            .max_encoding_message_size(max_grpc);
+
+        let background = spawn_background(&broker);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let registration = crate::registration::spawn(Arc::clone(&broker), stop_rx)?;
+
+        // On the signal: answer parked pulls and refuse new work first, then let tonic stop accepting and drain.
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal_broker = Arc::clone(&broker);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: answering parked pulls, draining requests");
+            signal_broker.waiters.shut_down();
+            reporter.set_service_status(HEALTH_SERVICE, ServingStatus::NotServing).await;
+            let _ = signalled_tx.send(());
+        };
+        let grace = Duration::from_millis(broker.config.broker.shutdown_grace_ms);
+        let drain_deadline = async move {
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+
+        tracing::info!(%local_addr, advertised = %broker.advertised, "broker serving");
+        let server = Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        let served = tokio::select! {
+            served = server => served.map_err(|e| serve_err(Box::new(e))),
+            () = drain_deadline => {
+                tracing::warn!(?grace, "clients still connected after the shutdown grace period; stopping anyway");
+                Ok(())
+            }
+        };
+
+        let _ = stop_tx.send(true);
+        if let Some(task) = registration {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        for task in background {
+            task.abort();
+        }
+        let closing = Arc::clone(&broker);
+        let closed = tokio::task::spawn_blocking(move || closing.close())
+            .await
+            .map_err(|e| BrokerError::Internal(format!("closing the broker: {e}")))?;
+        tracing::info!(%local_addr, "broker stopped");
+        served.and(closed)
+    }
+}
+
+/// The offset flusher and the client expiry scan.
+fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
+    let flusher = {
+        let broker = Arc::clone(broker);
+        let period = Duration::from_millis(broker.config.broker.offset_flush_interval_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tick.tick().await;
+                if let Err(e) = broker.blocking(|b| b.offsets.flush()).await {
+                    tracing::error!(error = %e, "flushing consumer offsets failed; retrying at the next interval");
+                }
+            }
+        })
+    };
+    let expiry = {
+        let broker = Arc::clone(broker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CLIENT_SCAN_INTERVAL);
+            loop {
+                tick.tick().await;
+                let removed = broker.clients.expire(now_ms());
+                if removed > 0 {
+                    tracing::info!(removed, "silent clients expired");
+                }
+            }
+        })
+    };
+    vec![flusher, expiry]
+}

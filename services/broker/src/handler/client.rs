@@ -1,0 +1,65 @@
+//! Client heartbeats, UnregisterClient and GetConsumerList.
+
+use std::sync::Arc;
+
+use comet_proto::comet::v1 as pb;
+
+use super::{check_group, check_topic};
+use crate::broker::{Broker, now_ms};
+use crate::edge::convert;
+use crate::error::{BrokerError, Result};
+
+/// Records a client's producer and consumer groups (creating unknown subscription groups if configured).
+pub async fn heartbeat(
+    broker: &Arc<Broker>,
+    request: pb::ClientHeartbeatRequest,
+) -> Result<pb::ClientHeartbeatResponse> {
+    if request.client_id.is_empty() || request.client_id.len() > 255 {
+        return Err(BrokerError::invalid("client_id", "must be 1..=255 bytes"));
+    }
+    for group in &request.producer_groups {
+        check_group(group)?;
+    }
+    let mut consumers = Vec::with_capacity(request.consumer_groups.len());
+    for c in request.consumer_groups {
+        check_group(&c.group)?;
+        for s in &c.subscriptions {
+            check_topic(&s.topic)?;
+            s.expression.parse::<crate::domain::filter::TagFilter>()?;
+        }
+        consumers.push(convert::consumer_heartbeat_from_proto(c));
+    }
+    let new_groups: Vec<String> =
+        consumers.iter().filter(|c| broker.groups.get(&c.group).is_none()).map(|c| c.group.clone()).collect();
+    if broker.config.broker.auto_create_groups && !new_groups.is_empty() {
+        broker
+            .blocking(move |b| {
+                for g in &new_groups {
+                    b.groups.ensure(g)?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    broker.clients.heartbeat(&request.client_id, &request.producer_groups, consumers, now_ms());
+    Ok(pb::ClientHeartbeatResponse {})
+}
+
+/// Removes a client from its groups at once (clean consumer shutdown).
+pub fn unregister(broker: &Broker, request: pb::UnregisterClientRequest) -> Result<pb::UnregisterClientResponse> {
+    if request.client_id.is_empty() {
+        return Err(BrokerError::invalid("client_id", "must not be empty"));
+    }
+    broker.clients.unregister(&request.client_id, &request.groups);
+    Ok(pb::UnregisterClientResponse {})
+}
+
+/// Live members of a consumer group, sorted by client id.
+pub fn consumer_list(broker: &Broker, request: pb::GetConsumerListRequest) -> Result<pb::GetConsumerListResponse> {
+    check_group(&request.group)?;
+    let members = broker.clients.consumers(&request.group, now_ms());
+    Ok(pb::GetConsumerListResponse {
+        client_ids: members.iter().map(|m| m.client_id.clone()).collect(),
+        members: members.into_iter().map(convert::member_to_proto).collect(),
+    })
+}

@@ -1,0 +1,142 @@
+//! PullMessage with long polling: read; if nothing matched, park on the queue's notifier until a message is
+//! dispatched, the deadline passes, or the broker shuts down, then read again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use comet_model::QueueOffset;
+use comet_proto::comet::v1 as pb;
+use comet_store::{GetMessages, GetStatus};
+use tokio::time::Instant;
+
+use super::{check_group, check_topic};
+use crate::broker::Broker;
+use crate::domain::filter::TagFilter;
+use crate::edge::convert;
+use crate::error::{BrokerError, Result};
+
+/// Default and largest `max_count`.
+const DEFAULT_MAX_COUNT: u32 = 32;
+const MAX_COUNT: u32 = 1024;
+/// Default and largest `max_bytes`.
+const DEFAULT_MAX_BYTES: u32 = 4 << 20;
+const MAX_BYTES: u32 = 16 << 20;
+
+/// Answers a pull: messages, or a status with the offsets to continue from.
+pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Result<pb::PullMessageResponse> {
+    check_group(&request.group)?;
+    check_topic(&request.topic)?;
+    let topic = broker.topic(&request.topic)?;
+    if !topic.perm.is_readable() {
+        return Err(BrokerError::NotPermitted {
+            what: "read",
+            reason: format!("topic {:?} has permission {}", topic.name, topic.perm),
+        });
+    }
+    if let Some(group) = broker.groups.get(&request.group)
+        && !group.consume_enable
+    {
+        return Err(BrokerError::NotPermitted { what: "read", reason: format!("group {:?} is disabled", group.name) });
+    }
+    if request.queue_id >= topic.read_queue_nums {
+        return Err(BrokerError::invalid(
+            "queue_id",
+            format!("{} is not a read queue of {:?} (0..{})", request.queue_id, topic.name, topic.read_queue_nums),
+        ));
+    }
+    let filter: Arc<TagFilter> = Arc::new(request.tag_expression.parse()?);
+    let max_count = match request.max_count {
+        0 => DEFAULT_MAX_COUNT,
+        n => n.min(MAX_COUNT),
+    } as usize;
+    let max_bytes = match request.max_bytes {
+        0 => DEFAULT_MAX_BYTES,
+        n => n.min(MAX_BYTES),
+    } as usize;
+    let wait = Duration::from_millis(u64::from(request.max_wait_millis).min(broker.config.broker.max_pull_wait_ms));
+    let deadline = Instant::now() + wait;
+
+    let read = |from: QueueOffset| {
+        let (topic, filter) = (request.topic.clone(), Arc::clone(&filter));
+        let queue_id = request.queue_id;
+        broker.blocking(move |b| {
+            Ok(b.store.get_messages(&topic, queue_id, from, max_count, max_bytes, filter.as_store_filter())?)
+        })
+    };
+
+    let mut from = QueueOffset(request.offset);
+    let mut first = read(from).await?;
+    if !wants_wait(&first, from) || wait.is_zero() || broker.waiters.is_stopping() {
+        return Ok(response(first, from));
+    }
+    // Nothing yet: park (bounded), registering interest before each re-read so no arrival is lost.
+    let _slot = broker.waiters.park()?;
+    let watch = broker.waiters.watch(&request.topic, request.queue_id);
+    let mut shutdown = broker.waiters.shutdown_signal();
+    tracing::debug!(topic = %request.topic, queue_id = request.queue_id, offset = request.offset, "pull parked");
+    loop {
+        from = next_from(&first, from);
+        let arrival = watch.enabled();
+        if broker.waiters.is_stopping() {
+            return Ok(response(first, from));
+        }
+        let again = read(from).await?;
+        if !wants_wait(&again, from) {
+            return Ok(response(again, from));
+        }
+        let more_to_scan = again.status == GetStatus::NoMatchedMessage && again.next_offset < again.max_offset;
+        first = again;
+        if more_to_scan && Instant::now() < deadline {
+            // The filter skipped a full scan's worth of entries; keep scanning rather than waiting.
+            continue;
+        }
+        tokio::select! {
+            () = arrival => {}
+            () = &mut shutdown => break,
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let next = next_from(&first, from);
+    Ok(response(first, next))
+}
+
+/// True when the read found nothing to return yet and a parked pull could get more.
+fn wants_wait(got: &GetMessages, from: QueueOffset) -> bool {
+    match got.status {
+        GetStatus::NoNewMessage | GetStatus::NoMatchedMessage => true,
+        // An empty queue's end is 0; a pull from beyond it is answered OFFSET_OVERFLOW at once.
+        GetStatus::NoSuchQueue => from.0 == 0,
+        GetStatus::Found | GetStatus::OffsetMoved | GetStatus::OffsetOverflow => false,
+    }
+}
+
+/// Where to read next after `got` (past entries the filter skipped).
+fn next_from(got: &GetMessages, from: QueueOffset) -> QueueOffset {
+    match got.status {
+        GetStatus::NoMatchedMessage | GetStatus::NoNewMessage => got.next_offset.max(from),
+        _ => from,
+    }
+}
+
+fn response(got: GetMessages, from: QueueOffset) -> pb::PullMessageResponse {
+    let status = match got.status {
+        GetStatus::Found => pb::PullStatus::Found,
+        GetStatus::NoNewMessage | GetStatus::NoMatchedMessage | GetStatus::NoSuchQueue => pb::PullStatus::NoNewMessage,
+        GetStatus::OffsetMoved => pb::PullStatus::OffsetMoved,
+        GetStatus::OffsetOverflow => pb::PullStatus::OffsetOverflow,
+    };
+    // A queue that never received a message is empty: offset 0 is its end, anything above overflows.
+    let (status, next) = match got.status {
+        GetStatus::NoSuchQueue if from.0 > 0 => (pb::PullStatus::OffsetOverflow, QueueOffset(0)),
+        GetStatus::NoSuchQueue => (status, QueueOffset(0)),
+        GetStatus::NoNewMessage | GetStatus::NoMatchedMessage => (status, got.next_offset.max(from)),
+        _ => (status, got.next_offset),
+    };
+    pb::PullMessageResponse {
+        status: status.into(),
+        messages: got.messages.iter().map(convert::message_to_proto).collect(),
+        next_offset: next.0,
+        min_offset: got.min_offset.0,
+        max_offset: got.max_offset.0,
+    }
+}

@@ -1,0 +1,132 @@
+//! SendMessage: validate, pick the queue, store the batch on the blocking pool under a send permit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use comet_proto::comet::v1 as pb;
+use comet_store::NewMessage;
+use comet_store::record::{MAX_KEYS, MAX_MSG_ID_LEN, MAX_TAGS_LEN};
+
+use super::{check_group, check_topic};
+use crate::broker::{Broker, now_ms};
+use crate::error::{BrokerError, Result};
+
+/// Stores the request's messages atomically in one queue and answers where each went.
+// Hot path: no logging; one permit, one blocking-pool hop, one store append per request.
+pub async fn send(
+    broker: &Arc<Broker>,
+    request: pb::SendMessageRequest,
+    born_host: Option<SocketAddr>,
+) -> Result<pb::SendMessageResponse> {
+    check_topic(&request.topic)?;
+    if !request.producer_group.is_empty() {
+        check_group(&request.producer_group)?;
+    }
+    if request.messages.is_empty() {
+        return Err(BrokerError::invalid("messages", "at least one message is required"));
+    }
+    if broker.waiters.is_stopping() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    let topic = broker.topic_for_send(&request.topic)?;
+    if !topic.perm.is_writable() {
+        return Err(BrokerError::NotPermitted {
+            what: "write",
+            reason: format!("topic {:?} has permission {}", topic.name, topic.perm),
+        });
+    }
+    let queue_id = match request.queue_id {
+        Some(q) if q >= topic.write_queue_nums => {
+            return Err(BrokerError::invalid(
+                "queue_id",
+                format!("{q} is not a write queue of {:?} (0..{})", topic.name, topic.write_queue_nums),
+            ));
+        }
+        Some(q) => q,
+        None => broker.next_queue(topic.write_queue_nums),
+    };
+    let max_size = broker.config.store.max_message_size as usize;
+    let born_host = born_host.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let now = now_ms();
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for (i, m) in request.messages.into_iter().enumerate() {
+        messages.push(new_message(broker, &request.topic, queue_id, m, i, max_size, born_host, now)?);
+    }
+    // Back-pressure: a full broker answers at once with the one retryable busy status rather than queueing.
+    let permit = Arc::clone(&broker.sends).try_acquire_owned().map_err(|_| BrokerError::Busy {
+        reason: format!("{} sends in flight", broker.config.broker.max_inflight_sends),
+    })?;
+    let stored = broker
+        .blocking(move |b| {
+            // The permit lives until the store answers, even if the caller gave up meanwhile.
+            let _permit = permit;
+            Ok((b.store.append_batch(&messages)?, messages))
+        })
+        .await;
+    let (results, messages) = stored?;
+    Ok(pb::SendMessageResponse {
+        results: results
+            .iter()
+            .zip(messages)
+            .map(|(r, m)| pb::SendResult {
+                message_id: m.msg_id,
+                queue_id,
+                queue_offset: r.queue_offset.0,
+                commit_log_offset: r.offset.0,
+            })
+            .collect(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_message(
+    broker: &Broker,
+    topic: &str,
+    queue_id: u32,
+    m: pb::OutgoingMessage,
+    index: usize,
+    max_size: usize,
+    born_host: SocketAddr,
+    now: u64,
+) -> Result<NewMessage> {
+    let at = |what: &str| format!("message {index}: {what}");
+    if m.body.is_empty() {
+        return Err(BrokerError::invalid("body", at("the body is empty")));
+    }
+    if m.body.len() > max_size {
+        return Err(BrokerError::invalid(
+            "body",
+            at(&format!("{} bytes exceed the {max_size}-byte max-message-size", m.body.len())),
+        ));
+    }
+    if m.message_id.len() > MAX_MSG_ID_LEN {
+        return Err(BrokerError::invalid("message_id", at(&format!("longer than {MAX_MSG_ID_LEN} bytes"))));
+    }
+    if m.tags.len() > MAX_TAGS_LEN || m.tags.contains("||") {
+        return Err(BrokerError::invalid("tags", at(&format!("one tag, at most {MAX_TAGS_LEN} bytes, no '||'"))));
+    }
+    if m.keys.len() > MAX_KEYS {
+        return Err(BrokerError::invalid("keys", at(&format!("more than {MAX_KEYS} keys"))));
+    }
+    if m.keys.iter().any(|k| k.is_empty() || k.contains(char::is_whitespace)) {
+        return Err(BrokerError::invalid("keys", at("keys must be non-empty and contain no whitespace")));
+    }
+    let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
+    // Map order is random on the wire; store a stable order.
+    properties.sort_unstable();
+    Ok(NewMessage {
+        topic: topic.to_owned(),
+        queue_id,
+        msg_id: if m.message_id.is_empty() { broker.next_message_id() } else { m.message_id },
+        tags: m.tags,
+        keys: m.keys.join(" "),
+        properties,
+        body: m.body,
+        flag: m.flag,
+        sys_flag: 0,
+        born_timestamp: if m.born_timestamp_millis == 0 { now } else { m.born_timestamp_millis },
+        born_host,
+        reconsume_times: 0,
+        prepared_transaction_offset: 0,
+    })
+}

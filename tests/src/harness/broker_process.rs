@@ -1,0 +1,151 @@
+//! A real `comet-broker` process on 127.0.0.1 port 0 with its store in a temp dir (it prints the bound address
+//! on stdout). Small store files (16 MiB segments, small index) keep tests light on disk.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use comet_proto::comet::v1::broker_client::BrokerClient;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::binary::cargo_bin;
+use super::process::Process;
+
+/// How a test broker is configured.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// NameServer addresses to register with (empty = none).
+    pub nameservers: Vec<String>,
+    /// `store.flush-mode: sync`.
+    pub sync_flush: bool,
+    /// `broker.auto-create-topics` (default on).
+    pub no_auto_create: bool,
+    /// Extra YAML lines for the `broker:` section, each indented by two spaces.
+    pub broker_extra: String,
+}
+
+/// A running broker; killed on drop. Its store directory outlives restarts.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    process: Process,
+    addr: SocketAddr,
+    config_path: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts a broker with its store under `dir/store`.
+    pub async fn start(dir: &Path, options: &BrokerOptions) -> anyhow::Result<Self> {
+        let nameservers = options.nameservers.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+        let yaml = format!(
+            "broker:\n  listen: 127.0.0.1:0\n  nameserver-addresses: [{nameservers}]\n  auto-create-topics: {}\n\
+             {}store:\n  dir: {}\n  segment-size: 16777216\n  index-slots: 4096\n  index-entries: 65536\n  \
+             consume-queue-file-entries: 100000\n  flush-mode: {}\n",
+            !options.no_auto_create,
+            options.broker_extra,
+            dir.join("store").display(),
+            if options.sync_flush { "sync" } else { "async" },
+        );
+        let config_path = dir.join("broker.yaml");
+        std::fs::write(&config_path, yaml)?;
+        Self::launch(&config_path).await
+    }
+
+    async fn launch(config_path: &Path) -> anyhow::Result<Self> {
+        let bin = cargo_bin("comet-broker", "comet-broker")?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(config_path).env("RUST_LOG", "info,comet_broker=debug");
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("COMET_")) {
+            cmd.env_remove(k);
+        }
+        let n = std::fs::read_dir(config_path.parent().context("config has no dir")?).map(|d| d.count()).unwrap_or(0);
+        let log = config_path.with_extension(format!("{n}.log"));
+        let mut process = Process::spawn("comet-broker", cmd, &log, true)?;
+        let stdout = process.child_mut().and_then(|c| c.stdout.take()).context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await?;
+        let Ok(line) = line else {
+            bail!("comet-broker printed no readiness line; stderr:\n{}", process.log());
+        };
+        let addr: SocketAddr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("unexpected readiness line {line:?}"))?;
+        let broker = Self { process, addr, config_path: config_path.to_owned() };
+        broker.wait_serving().await?;
+        Ok(broker)
+    }
+
+    /// SIGTERM (asserting a clean exit) and start again on the same store (on a new port).
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        anyhow::ensure!(self.terminate().await?, "unclean exit after SIGTERM; stderr:\n{}", self.log());
+        Self::launch(&self.config_path).await
+    }
+
+    /// SIGKILL, then start again on the same store.
+    pub async fn crash_and_restart(mut self) -> anyhow::Result<Self> {
+        self.process.kill();
+        Self::launch(&self.config_path).await
+    }
+
+    /// `host:port` to dial.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// A gRPC client of this broker.
+    pub async fn client(&self) -> anyhow::Result<BrokerClient<Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(BrokerClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    }
+
+    /// gRPC health of service `comet.v1.Broker`.
+    pub async fn health(&self) -> anyhow::Result<ServingStatus> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await?;
+        let response =
+            HealthClient::new(channel).check(HealthCheckRequest { service: "comet.v1.Broker".into() }).await?;
+        Ok(response.into_inner().status())
+    }
+
+    async fn wait_serving(&self) -> anyhow::Result<()> {
+        super::wait_until(&format!("broker {} serving", self.addr), Duration::from_secs(30), || async {
+            self.health().await.map(|s| s == ServingStatus::Serving).unwrap_or(false)
+        })
+        .await
+        .with_context(|| format!("stderr:\n{}", self.process.log()))
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// SIGTERM; returns whether it exited with success (waits off the async runtime: needs a multi-thread one).
+    pub async fn terminate(&mut self) -> anyhow::Result<bool> {
+        tokio::task::block_in_place(|| self.process.terminate())
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
