@@ -5,20 +5,39 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
-## backend) on 127.0.0.1:9876 until ctrl-c. The broker joins here when it exists.
+## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
+## foreground, registered with it, until ctrl-c (which stops both).
+BROKER_ADDR ?= 127.0.0.1:8081
+NAMESRV_ADDR ?= 127.0.0.1:9876
 run:
-	$(CARGO) build --release -p comet-store -p comet-nameserver -p comet
+	$(CARGO) build --release -p comet-store -p comet-nameserver -p comet-broker -p comet
 	$(TARGET_DIR)/release/comet-store demo data/demo-store
-	@echo "NameServer on 127.0.0.1:9876 (ctrl-c to stop); try: $(TARGET_DIR)/release/comet --namesrv 127.0.0.1:9876 cluster"
-	COMET_NAMESERVER_LISTEN=$${COMET_NAMESERVER_LISTEN:-127.0.0.1:9876} $(TARGET_DIR)/release/comet-nameserver
+	@set -euo pipefail; mkdir -p data; \
+	COMET_NAMESERVER_LISTEN=$(NAMESRV_ADDR) $(TARGET_DIR)/release/comet-nameserver \
+		> data/nameserver.out 2> data/nameserver.log & ns=$$!; \
+	trap 'kill $$ns 2>/dev/null; wait $$ns 2>/dev/null || true' EXIT; \
+	for _ in $$(seq 200); do grep -q listening data/nameserver.out && break; sleep 0.05; done; \
+	grep -q listening data/nameserver.out || { cat data/nameserver.log; exit 1; }; \
+	echo "NameServer on $(NAMESRV_ADDR) (log: data/nameserver.log); broker on $(BROKER_ADDR) (data: data/broker)."; \
+	echo "ctrl-c stops both. In another shell (grpcurl comes with 'make setup'):"; \
+	echo "  .venv/bin/grpcurl -plaintext -d '{\"topic\":\"demo\",\"queueId\":0,\"messages\":[{\"body\":\"aGVsbG8=\",\"tags\":\"t1\"}]}' $(BROKER_ADDR) comet.v1.Broker/SendMessage"; \
+	echo "  .venv/bin/grpcurl -plaintext -d '{\"group\":\"g1\",\"topic\":\"demo\",\"queueId\":0,\"maxWaitMillis\":5000}' $(BROKER_ADDR) comet.v1.Broker/PullMessage"; \
+	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) route demo"; \
+	COMET_BROKER_LISTEN=$(BROKER_ADDR) COMET_BROKER_NAMESERVER_ADDRESSES=$(NAMESRV_ADDR) \
+		$(TARGET_DIR)/release/comet-broker
 
 ## run-nameserver: a memory-mode NameServer on 127.0.0.1:9876 (ctrl-c to stop)
 run-nameserver:
 	COMET_NAMESERVER_LISTEN=$${COMET_NAMESERVER_LISTEN:-127.0.0.1:9876} \
 		$(CARGO) run --release -p comet-nameserver --bin comet-nameserver
+
+## run-broker: a single-node broker on 127.0.0.1:8081 with data in data/broker, no NameServer (ctrl-c to stop)
+run-broker:
+	COMET_BROKER_LISTEN=$${COMET_BROKER_LISTEN:-127.0.0.1:8081} \
+		$(CARGO) run --release -p comet-broker --bin comet-broker
 
 ## setup: install the system packages and tools the tests need (idempotent)
 setup:

@@ -187,3 +187,60 @@ async fn bad_input_gets_clear_statuses_and_the_broker_keeps_serving() -> anyhow:
     assert_eq!(got.messages.len(), 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn long_polls_beyond_the_parking_limit_get_the_retryable_busy_status() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions { broker_extra: "  max-parked-pulls: 1\n".into(), ..Default::default() };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    let mut client = broker.client().await?;
+    client.create_topic(pb::CreateTopicRequest { topic: Some(topic("t", 1)) }).await?;
+
+    let mut first = client.clone();
+    let parked = tokio::spawn(async move {
+        first.pull_message(pb::PullMessageRequest { max_wait_millis: 20_000, ..pull_request("g", "t", 0, 0) }).await
+    });
+    wait_until("the first pull to be parked", Duration::from_secs(10), || async {
+        broker.log().contains("pull parked")
+    })
+    .await?;
+    let status = client
+        .pull_message(pb::PullMessageRequest { max_wait_millis: 20_000, ..pull_request("g", "t", 0, 0) })
+        .await
+        .expect_err("second long poll");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+    assert!(status.message().contains("busy"), "{}", status.message());
+    // A pull that does not wait is still served, and the parked one still gets its message.
+    client.pull_message(pull_request("g", "t", 0, 0)).await?;
+    client.send_message(send_request("t", Some(0), one(b"x".to_vec()))).await?;
+    let got = tokio::time::timeout(Duration::from_secs(10), parked).await???.into_inner();
+    assert_eq!(got.messages.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn grpcurl_lists_the_broker_service_and_sends_a_message() -> anyhow::Result<()> {
+    let grpcurl = comet_tests::harness::binary::grpcurl()?;
+    let dir = tempfile::tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), &BrokerOptions::default()).await?;
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(&grpcurl).args(args).output()?;
+        anyhow::ensure!(out.status.success(), "grpcurl failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let addr = broker.addr();
+    let list = run(&["-plaintext", &addr, "list"])?;
+    for service in ["comet.v1.Broker", "grpc.health.v1.Health"] {
+        assert!(list.contains(service), "{service} missing from:\n{list}");
+    }
+    // "aGVsbG8=" is base64 for "hello": proto3 JSON encodes bytes that way.
+    let sent = run(&[
+        "-plaintext",
+        "-d",
+        r#"{"topic":"demo","messages":[{"body":"aGVsbG8=","tags":"t1","keys":["k1"]}]}"#,
+        &addr,
+        "comet.v1.Broker/SendMessage",
+    ])?;
+    assert!(sent.contains("messageId"), "{sent}");
+    Ok(())
+}
