@@ -48,6 +48,19 @@ fn check_group(name: &str) -> Result<()> {
     comet_model::validate_group_name(name).map_err(|e| BrokerError::invalid("group", e.to_string()))
 }
 
+/// Checks the topic name, that the topic exists, and that `queue_id` is one of its read queues.
+fn check_read_queue(broker: &crate::broker::Broker, topic: &str, queue_id: u32) -> Result<comet_model::TopicConfig> {
+    check_topic(topic)?;
+    let config = broker.topic(topic)?;
+    if queue_id >= config.read_queue_nums {
+        return Err(BrokerError::invalid(
+            "queue_id",
+            format!("{queue_id} is not a read queue of {topic:?} (0..{})", config.read_queue_nums),
+        ));
+    }
+    Ok(config)
+}
+
 #[tonic::async_trait]
 impl BrokerService for BrokerHandler {
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Answer<pb::SendMessageResponse> {

@@ -4,33 +4,21 @@ use std::sync::Arc;
 
 use comet_proto::comet::v1 as pb;
 
-use super::check_topic;
+use super::{check_read_queue, check_topic};
 use crate::broker::{Broker, now_ms};
 use crate::edge::convert;
 use crate::error::{BrokerError, Result};
 
-fn check_queue(broker: &Broker, topic: &str, queue_id: u32) -> Result<()> {
-    check_topic(topic)?;
-    let config = broker.topic(topic)?;
-    if queue_id >= config.read_queue_nums {
-        return Err(BrokerError::invalid(
-            "queue_id",
-            format!("{queue_id} is not a read queue of {topic:?} (0..{})", config.read_queue_nums),
-        ));
-    }
-    Ok(())
-}
-
 /// First and end offsets of a queue (0, 0 for a queue that never received a message).
 pub fn queue_offsets(broker: &Broker, request: pb::GetQueueOffsetsRequest) -> Result<pb::GetQueueOffsetsResponse> {
-    check_queue(broker, &request.topic, request.queue_id)?;
+    check_read_queue(broker, &request.topic, request.queue_id)?;
     let (min, max) = broker.store.queue_range(&request.topic, request.queue_id).map_or((0, 0), |(a, b)| (a.0, b.0));
     Ok(pb::GetQueueOffsetsResponse { min_offset: min, max_offset: max })
 }
 
 /// The first offset stored at or after a time (the end if none).
 pub async fn search_offset(broker: &Arc<Broker>, request: pb::SearchOffsetRequest) -> Result<pb::SearchOffsetResponse> {
-    check_queue(broker, &request.topic, request.queue_id)?;
+    check_read_queue(broker, &request.topic, request.queue_id)?;
     let offset = broker
         .blocking(move |b| {
             Ok(b.store.offset_by_time(&request.topic, request.queue_id, request.timestamp_millis).map_or(0, |o| o.0))

@@ -45,12 +45,16 @@ pub async fn send(
         Some(q) => q,
         None => broker.next_queue(topic.write_queue_nums),
     };
-    let max_size = broker.config.store.max_message_size as usize;
-    let born_host = born_host.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let now = now_ms();
+    let target = Target {
+        topic: &request.topic,
+        queue_id,
+        max_size: broker.config.store.max_message_size as usize,
+        born_host: born_host.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        now: now_ms(),
+    };
     let mut messages = Vec::with_capacity(request.messages.len());
     for (i, m) in request.messages.into_iter().enumerate() {
-        messages.push(new_message(broker, &request.topic, queue_id, m, i, max_size, born_host, now)?);
+        messages.push(target.message(broker, m, i)?);
     }
     // Back-pressure: a full broker answers at once with the one retryable busy status rather than queueing.
     let permit = Arc::clone(&broker.sends).try_acquire_owned().map_err(|_| BrokerError::Busy {
@@ -78,55 +82,59 @@ pub async fn send(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn new_message(
-    broker: &Broker,
-    topic: &str,
+/// What every message of one request shares.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    topic: &'a str,
     queue_id: u32,
-    m: pb::OutgoingMessage,
-    index: usize,
     max_size: usize,
     born_host: SocketAddr,
     now: u64,
-) -> Result<NewMessage> {
-    let at = |what: &str| format!("message {index}: {what}");
-    if m.body.is_empty() {
-        return Err(BrokerError::invalid("body", at("the body is empty")));
+}
+
+impl Target<'_> {
+    /// Validates message `index` of the request and turns it into a store message.
+    fn message(&self, broker: &Broker, m: pb::OutgoingMessage, index: usize) -> Result<NewMessage> {
+        let Target { topic, queue_id, max_size, born_host, now } = *self;
+        let at = |what: &str| format!("message {index}: {what}");
+        if m.body.is_empty() {
+            return Err(BrokerError::invalid("body", at("the body is empty")));
+        }
+        if m.body.len() > max_size {
+            return Err(BrokerError::invalid(
+                "body",
+                at(&format!("{} bytes exceed the {max_size}-byte max-message-size", m.body.len())),
+            ));
+        }
+        if m.message_id.len() > MAX_MSG_ID_LEN {
+            return Err(BrokerError::invalid("message_id", at(&format!("longer than {MAX_MSG_ID_LEN} bytes"))));
+        }
+        if m.tags.len() > MAX_TAGS_LEN || m.tags.contains("||") {
+            return Err(BrokerError::invalid("tags", at(&format!("one tag, at most {MAX_TAGS_LEN} bytes, no '||'"))));
+        }
+        if m.keys.len() > MAX_KEYS {
+            return Err(BrokerError::invalid("keys", at(&format!("more than {MAX_KEYS} keys"))));
+        }
+        if m.keys.iter().any(|k| k.is_empty() || k.contains(char::is_whitespace)) {
+            return Err(BrokerError::invalid("keys", at("keys must be non-empty and contain no whitespace")));
+        }
+        let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
+        // Map order is random on the wire; store a stable order.
+        properties.sort_unstable();
+        Ok(NewMessage {
+            topic: topic.to_owned(),
+            queue_id,
+            msg_id: if m.message_id.is_empty() { broker.next_message_id() } else { m.message_id },
+            tags: m.tags,
+            keys: m.keys.join(" "),
+            properties,
+            body: m.body,
+            flag: m.flag,
+            sys_flag: 0,
+            born_timestamp: if m.born_timestamp_millis == 0 { now } else { m.born_timestamp_millis },
+            born_host,
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+        })
     }
-    if m.body.len() > max_size {
-        return Err(BrokerError::invalid(
-            "body",
-            at(&format!("{} bytes exceed the {max_size}-byte max-message-size", m.body.len())),
-        ));
-    }
-    if m.message_id.len() > MAX_MSG_ID_LEN {
-        return Err(BrokerError::invalid("message_id", at(&format!("longer than {MAX_MSG_ID_LEN} bytes"))));
-    }
-    if m.tags.len() > MAX_TAGS_LEN || m.tags.contains("||") {
-        return Err(BrokerError::invalid("tags", at(&format!("one tag, at most {MAX_TAGS_LEN} bytes, no '||'"))));
-    }
-    if m.keys.len() > MAX_KEYS {
-        return Err(BrokerError::invalid("keys", at(&format!("more than {MAX_KEYS} keys"))));
-    }
-    if m.keys.iter().any(|k| k.is_empty() || k.contains(char::is_whitespace)) {
-        return Err(BrokerError::invalid("keys", at("keys must be non-empty and contain no whitespace")));
-    }
-    let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
-    // Map order is random on the wire; store a stable order.
-    properties.sort_unstable();
-    Ok(NewMessage {
-        topic: topic.to_owned(),
-        queue_id,
-        msg_id: if m.message_id.is_empty() { broker.next_message_id() } else { m.message_id },
-        tags: m.tags,
-        keys: m.keys.join(" "),
-        properties,
-        body: m.body,
-        flag: m.flag,
-        sys_flag: 0,
-        born_timestamp: if m.born_timestamp_millis == 0 { now } else { m.born_timestamp_millis },
-        born_host,
-        reconsume_times: 0,
-        prepared_transaction_offset: 0,
-    })
 }
