@@ -244,3 +244,38 @@ async fn grpcurl_lists_the_broker_service_and_sends_a_message() -> anyhow::Resul
     assert!(sent.contains("messageId"), "{sent}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_restarted_nameserver_gets_a_full_registration_at_the_next_heartbeat() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ns_dir = dir.path().join("ns");
+    std::fs::create_dir_all(&ns_dir)?;
+    // A fixed port, so the restarted NameServer is at the address the broker was configured with.
+    let port = comet_tests::harness::free_port()?;
+    let ns_yaml =
+        format!("nameserver:\n  listen: 127.0.0.1:{port}\n  kv-config-path: {}\n", ns_dir.join("kv.json").display());
+    let mut ns = NameServer::with_config(&ns_dir, &ns_yaml).await?;
+    let options = BrokerOptions {
+        nameservers: vec![ns.addr()],
+        broker_extra: "  register-interval-ms: 300\n".into(),
+        ..Default::default()
+    };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    let mut client = broker.client().await?;
+    client.create_topic(pb::CreateTopicRequest { topic: Some(topic("survivor", 2)) }).await?;
+    let ns_client = ns.client()?;
+    wait_until("route before the restart", Duration::from_secs(10), || async {
+        ns_client.query_route("survivor").await.is_ok()
+    })
+    .await?;
+
+    // A memory NameServer forgets everything when it restarts; the broker's heartbeat learns that and re-registers.
+    ns.kill();
+    let ns = NameServer::with_config(&ns_dir, &ns_yaml).await?;
+    let ns_client = ns.client()?;
+    wait_until("route after the restart", Duration::from_secs(10), || async {
+        ns_client.query_route("survivor").await.is_ok()
+    })
+    .await?;
+    Ok(())
+}

@@ -328,3 +328,31 @@ async fn sigterm_answers_parked_pulls_unregisters_and_exits_cleanly() -> anyhow:
     assert!(ns_client.query_route("stopping").await.is_err(), "the broker unregistered");
     Ok(())
 }
+
+#[tokio::test]
+async fn committed_offsets_are_flushed_periodically_and_survive_kill_9() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions { broker_extra: "  offset-flush-interval-ms: 200\n".into(), ..Default::default() };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    let mut client = broker.client().await?;
+    create_topic(&mut client, "flushed", 1).await?;
+    send(&mut client, "flushed", Some(0), (0..3).map(|i| message(&format!("m{i}"), "", &[])).collect()).await?;
+    dispatched(&client, "flushed", 0, 3).await?;
+    let commit =
+        pb::CommitConsumerOffsetRequest { group: "g1".into(), topic: "flushed".into(), queue_id: 0, offset: 2 };
+    client.commit_consumer_offset(commit).await?;
+
+    let file = dir.path().join("store").join("config").join("consumer-offsets.json");
+    wait_until("the offset flush", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&file).is_ok_and(|text| text.contains("flushed@g1"))
+    })
+    .await?;
+    drop(client);
+    let broker = broker.crash_and_restart().await?;
+    let mut client = broker.client().await?;
+    let request = pb::QueryConsumerOffsetRequest { group: "g1".into(), topic: "flushed".into(), queue_id: 0 };
+    let offset = client.query_consumer_offset(request).await?.into_inner();
+    assert!(offset.found);
+    assert_eq!(offset.offset, 2);
+    Ok(())
+}
