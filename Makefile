@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver bench-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -64,10 +64,15 @@ nextest:
 	fi
 
 ## bench: every benchmark; results go to docs/benchmarks.md by hand
-bench: bench-store bench-nameserver
+bench: bench-store bench-nameserver bench-remoting
 
 bench-store:
 	$(CARGO) bench -p comet-store --bench append -- $(BENCH_ARGS)
+
+## bench-remoting: comet-remoting beside a tonic unary echo and raw TCP on loopback, same run (release build;
+## env BENCH_SECS, BENCH_ROUNDS, BENCH_FILTER)
+bench-remoting:
+	$(CARGO) bench -p comet-remoting --bench echo
 
 ## bench-nameserver: start a release NameServer on a free port, run `comet bench nameserver` against it, stop it
 bench-nameserver:

@@ -7,7 +7,8 @@
 //!   connection for tonic; one TCP stream for raw TCP, where "in flight" is a window of pipelined messages).
 //! - Bulk: 1 MiB request bodies, empty responses (raw TCP: a one-way stream of 1 MiB writes).
 //!
-//! Environment: `BENCH_SECS` (measured seconds per case, default 2), `BENCH_FILTER` (substring of case names).
+//! Environment: `BENCH_SECS` (measured seconds per round, default 1), `BENCH_ROUNDS` (interleaved rounds per
+//! case, default 5), `BENCH_FILTER` (substring of case names).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -210,7 +211,7 @@ async fn start_servers() -> Result<Addrs> {
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = raw_sink.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 256 * 1024];
+                let mut buf = vec![0u8; MIB];
                 let mut total: u64 = 0;
                 while let Ok(n) = sock.read(&mut buf).await {
                     if n == 0 {
@@ -222,7 +223,12 @@ async fn start_servers() -> Result<Addrs> {
             });
         }
     });
-    Ok(Addrs { remoting: remoting.local_addr().to_string(), tonic: tonic_addr, raw_echo: raw_echo_addr, raw_sink: raw_sink_addr })
+    Ok(Addrs {
+        remoting: remoting.local_addr().to_string(),
+        tonic: tonic_addr,
+        raw_echo: raw_echo_addr,
+        raw_sink: raw_sink_addr,
+    })
 }
 
 // ---------------------------------------------------------------- clients
@@ -243,7 +249,8 @@ async fn remoting_case(addr: &str, code: i32, size: usize, inflight: usize, secs
 }
 
 async fn tonic_case(addr: &str, path: &'static str, size: usize, inflight: usize, secs: f64) -> Result<Stats> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
     let grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(16 * MIB);
     let body = Bytes::from(vec![0xabu8; size]);
     drive(inflight, secs, size, move || {
@@ -331,26 +338,62 @@ async fn raw_bulk_case(addr: &str, secs: f64) -> Result<Stats> {
 
 // ---------------------------------------------------------------- report
 
-fn row(case: &str, system: &str, s: &Stats) {
-    println!(
-        "| {case} | {system} | {:.0} | {:.1} | {:.1} | {:.1} |",
-        s.rate(),
-        s.mib_s(),
-        s.pct(0.50),
-        s.pct(0.99)
-    );
+/// Several rounds of one system on one case: the median rate is reported (the machine is shared, so single
+/// runs swing), latencies are pooled over the rounds.
+#[derive(Default)]
+struct Rounds {
+    rates: Vec<f64>,
+    mib_s: Vec<f64>,
+    pooled: Stats,
+}
+
+impl Rounds {
+    fn add(&mut self, s: Stats) {
+        self.rates.push(s.rate());
+        self.mib_s.push(s.mib_s());
+        self.pooled.latencies_ns.extend(s.latencies_ns);
+    }
+    fn median(v: &[f64]) -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+    fn rate(&self) -> f64 {
+        Self::median(&self.rates)
+    }
+    fn mib(&self) -> f64 {
+        Self::median(&self.mib_s)
+    }
+    fn row(&mut self, case: &str, system: &str) {
+        self.pooled.latencies_ns.sort_unstable();
+        let (lo, hi) = self.rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let lat =
+            |q| if self.pooled.latencies_ns.is_empty() { "-".to_owned() } else { format!("{:.0}", self.pooled.pct(q)) };
+        println!(
+            "| {case} | {system} | {:.0} ({:.0}–{:.0}) | {:.0} | {} | {} |",
+            self.rate(),
+            lo,
+            hi,
+            self.mib(),
+            lat(0.50),
+            lat(0.99)
+        );
+    }
 }
 
 fn main() -> Result<()> {
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
-    // Cargo passes `--bench`; nothing else is accepted.
     let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let addrs = server_rt.block_on(start_servers())?;
-    println!("remoting bench: {secs} s per case after {WARMUP:?} warm-up; servers on 1 worker thread, client on 1");
+    println!(
+        "remoting bench: {rounds} interleaved rounds of {secs} s per system and case (after {WARMUP:?} warm-up each); \
+         servers on 1 worker thread, load generator on 1; rates are medians (min–max), latencies pooled"
+    );
     println!();
-    println!("| case | system | req/s | MiB/s | p50 µs | p99 µs |");
+    println!("| case | system | req/s median (min–max) | MiB/s | p50 µs | p99 µs |");
     println!("|---|---|---|---|---|---|");
     client_rt.block_on(async {
         let mut ratios = Vec::new();
@@ -360,13 +403,20 @@ fn main() -> Result<()> {
                 if !case.contains(&filter) {
                     continue;
                 }
-                let r = remoting_case(&addrs.remoting, ECHO, size, inflight, secs).await?;
-                row(&case, "comet-remoting", &r);
-                let t = tonic_case(&addrs.tonic, "/bench.Echo/Echo", size, inflight, secs).await?;
-                row(&case, "tonic unary", &t);
-                let raw = raw_rpc_case(&addrs.raw_echo, size, inflight, secs).await?;
-                row(&case, "raw TCP", &raw);
-                ratios.push(format!("{case}: remoting/tonic = {:.2}x", r.rate() / t.rate()));
+                let (mut r, mut t, mut raw) = (Rounds::default(), Rounds::default(), Rounds::default());
+                for _ in 0..rounds {
+                    r.add(remoting_case(&addrs.remoting, ECHO, size, inflight, secs).await?);
+                    t.add(tonic_case(&addrs.tonic, "/bench.Echo/Echo", size, inflight, secs).await?);
+                    raw.add(raw_rpc_case(&addrs.raw_echo, size, inflight, secs).await?);
+                }
+                r.row(&case, "comet-remoting");
+                t.row(&case, "tonic unary");
+                raw.row(&case, "raw TCP");
+                ratios.push(format!(
+                    "{case}: remoting/tonic = {:.2}x, remoting/raw TCP = {:.2}x",
+                    r.rate() / t.rate(),
+                    r.rate() / raw.rate()
+                ));
             }
         }
         for inflight in [1usize, 4] {
@@ -374,16 +424,19 @@ fn main() -> Result<()> {
             if !case.contains(&filter) {
                 continue;
             }
-            let r = remoting_case(&addrs.remoting, SINK, MIB, inflight, secs).await?;
-            row(&case, "comet-remoting", &r);
-            let t = tonic_case(&addrs.tonic, "/bench.Echo/Sink", MIB, inflight, secs).await?;
-            row(&case, "tonic unary", &t);
-            let raw = raw_bulk_case(&addrs.raw_sink, secs).await?;
-            row("bulk 1 MiB, stream", "raw TCP", &raw);
+            let (mut r, mut t, mut raw) = (Rounds::default(), Rounds::default(), Rounds::default());
+            for _ in 0..rounds {
+                r.add(remoting_case(&addrs.remoting, SINK, MIB, inflight, secs).await?);
+                t.add(tonic_case(&addrs.tonic, "/bench.Echo/Sink", MIB, inflight, secs).await?);
+                raw.add(raw_bulk_case(&addrs.raw_sink, secs).await?);
+            }
+            r.row(&case, "comet-remoting");
+            t.row(&case, "tonic unary");
+            raw.row("bulk 1 MiB, one stream", "raw TCP");
             ratios.push(format!(
-                "{case}: remoting/raw TCP = {:.0} %, remoting/tonic = {:.2}x",
-                100.0 * r.mib_s() / raw.mib_s(),
-                r.mib_s() / t.mib_s()
+                "{case}: remoting/raw TCP = {:.0} % of bandwidth, remoting/tonic = {:.2}x",
+                100.0 * r.mib() / raw.mib(),
+                r.mib() / t.mib()
             ));
         }
         println!();

@@ -155,13 +155,28 @@ async fn unknown_codes_go_to_the_default_handler_or_are_not_supported() {
 
 #[tokio::test]
 async fn a_panicking_handler_answers_system_error_at_once() {
-    let router = Router::new().route(9, 4, |_req: Request| async move {
-        if std::hint::black_box(true) {
-            panic!("handler bug");
-        }
-        Command::response(code::SUCCESS, None)
-    });
+    // Code 9 panics on its first poll (run inline on the read task), code 10 after waiting (on its own task).
+    let router = Router::new()
+        .route(9, 4, |_req: Request| async move {
+            if std::hint::black_box(true) {
+                panic!("handler bug");
+            }
+            Command::response(code::SUCCESS, None)
+        })
+        .route(10, 4, |_req: Request| async move {
+            tokio::task::yield_now().await;
+            if std::hint::black_box(true) {
+                panic!("handler bug after a wait");
+            }
+            Command::response(code::SUCCESS, None)
+        });
     let server = Server::bind(server_config(SerializeType::RocketMq), router).await.unwrap();
-    let resp = client().invoke(&addr(&server), Command::request(9, ""), Duration::from_secs(30)).await.unwrap();
-    assert_eq!(resp.code, code::SYSTEM_ERROR);
+    let client = client();
+    for c in [9, 10, 9] {
+        let resp = client.invoke(&addr(&server), Command::request(c, ""), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(resp.code, code::SYSTEM_ERROR);
+    }
+    // The connection survived both.
+    assert_eq!(client.invoke(&addr(&server), Command::request(9, ""), LONG).await.unwrap().code, code::SYSTEM_ERROR);
+    assert_eq!(server.connections().len(), 1);
 }
