@@ -28,7 +28,14 @@ pub async fn send(
     if broker.waiters.is_stopping() {
         return Err(BrokerError::ShuttingDown);
     }
-    let topic = broker.topic_for_send(&request.topic)?;
+    let topic = match broker.topics.get(&request.topic) {
+        Some(t) => t,
+        // Auto-creation writes topics.json (with an fsync): off the async workers.
+        None => {
+            let name = request.topic.clone();
+            broker.blocking(move |b| b.topic_for_send(&name)).await?
+        }
+    };
     if !topic.perm.is_writable() {
         return Err(BrokerError::NotPermitted {
             what: "write",
