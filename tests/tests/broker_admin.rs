@@ -99,6 +99,11 @@ async fn heartbeats_list_live_consumers_and_unregistering_removes_them() -> anyh
     let groups = client.list_groups(pb::ListGroupsRequest {}).await?.into_inner().groups;
     assert!(groups.iter().any(|g| g.name == "cg" && g.consume_enable), "auto-created on heartbeat");
 
+    let described = client.describe_group(pb::DescribeGroupRequest { group: "cg".into() }).await?.into_inner();
+    assert_eq!(described.members.len(), 2);
+    let status = client.describe_group(pb::DescribeGroupRequest { group: "nobody".into() }).await.expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+
     client.unregister_client(pb::UnregisterClientRequest { client_id: "client-a".into(), groups: vec![] }).await?;
     let list = client.get_consumer_list(pb::GetConsumerListRequest { group: "cg".into() }).await?.into_inner();
     assert_eq!(list.client_ids, ["client-b"]);

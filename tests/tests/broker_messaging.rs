@@ -229,6 +229,14 @@ async fn offsets_topics_and_groups_survive_a_sigterm_restart() -> anyhow::Result
         .into_inner();
     assert!(offset.found);
     assert_eq!(offset.offset, 3);
+    let described = client.describe_group(pb::DescribeGroupRequest { group: "kept-group".into() }).await?.into_inner();
+    assert!(described.group.is_some());
+    let progress: Vec<_> = described
+        .offsets
+        .iter()
+        .map(|o| (o.topic.as_str(), o.queue_id, o.committed_offset, o.max_offset, o.lag))
+        .collect();
+    assert_eq!(progress, [("kept", 1, 3, 5, 2)]);
     let rest = client.pull_message(pull_request("kept", 1, offset.offset, 0, "*")).await?.into_inner();
     assert_eq!(rest.messages.iter().map(|m| m.body.to_vec()).collect::<Vec<_>>(), [b"m3".to_vec(), b"m4".to_vec()]);
     Ok(())

@@ -1,11 +1,11 @@
-//! Subscription-group admin: CreateGroup, DeleteGroup, ListGroups.
+//! Subscription-group admin: CreateGroup, DeleteGroup, ListGroups, DescribeGroup.
 
 use std::sync::Arc;
 
 use comet_proto::comet::v1 as pb;
 
 use super::check_group;
-use crate::broker::Broker;
+use crate::broker::{Broker, now_ms};
 use crate::edge::convert;
 use crate::error::{BrokerError, Result};
 
@@ -34,4 +34,36 @@ pub async fn delete(broker: &Arc<Broker>, request: pb::DeleteGroupRequest) -> Re
 /// Every group, sorted by name.
 pub fn list(broker: &Broker) -> pb::ListGroupsResponse {
     pb::ListGroupsResponse { groups: broker.groups.list().iter().map(convert::group_to_proto).collect() }
+}
+
+/// A group's config, live members and per-queue progress; NOT_FOUND when the broker knows nothing of it.
+pub fn describe(broker: &Broker, request: pb::DescribeGroupRequest) -> Result<pb::DescribeGroupResponse> {
+    check_group(&request.group)?;
+    let config = broker.groups.get(&request.group);
+    let members = broker.clients.consumers(&request.group, now_ms());
+    let offsets: Vec<pb::GroupQueueOffset> = broker
+        .offsets
+        .group_offsets(&request.group)
+        .into_iter()
+        .map(|(topic, queue_id, committed)| {
+            let (min, max) = broker.store.queue_range(&topic, queue_id).map_or((0, 0), |(a, b)| (a.0, b.0));
+            let lag = max.saturating_sub(committed.0.max(min));
+            pb::GroupQueueOffset {
+                topic,
+                queue_id,
+                committed_offset: committed.0,
+                min_offset: min,
+                max_offset: max,
+                lag,
+            }
+        })
+        .collect();
+    if config.is_none() && members.is_empty() && offsets.is_empty() {
+        return Err(BrokerError::GroupNotFound { group: request.group });
+    }
+    Ok(pb::DescribeGroupResponse {
+        group: config.as_ref().map(convert::group_to_proto),
+        members: members.into_iter().map(convert::member_to_proto).collect(),
+        offsets,
+    })
 }

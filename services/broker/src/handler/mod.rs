@@ -139,6 +139,10 @@ impl BrokerService for BrokerHandler {
         answer(Ok(group::list(&self.broker)))
     }
 
+    async fn describe_group(&self, request: Request<pb::DescribeGroupRequest>) -> Answer<pb::DescribeGroupResponse> {
+        answer(group::describe(&self.broker, request.into_inner()))
+    }
+
     async fn get_queue_offsets(
         &self,
         request: Request<pb::GetQueueOffsetsRequest>,
