@@ -7,13 +7,13 @@
 //!   connection for tonic; one TCP stream for raw TCP, where "in flight" is a window of pipelined messages).
 //! - Bulk: 1 MiB request bodies, empty responses (raw TCP: a one-way stream of 1 MiB writes).
 //!
-//! Environment: `BENCH_SECS` (measured seconds per round, default 1), `BENCH_ROUNDS` (interleaved rounds per
-//! case, default 5), `BENCH_FILTER` (substring of case names).
+//! Environment: `BENCH_SECS` (measured seconds per round, default 0.5), `BENCH_ROUNDS` (interleaved rounds per
+//! case, default 9), `BENCH_FILTER` (substring of case names). The machine's load average is printed before and
+//! after: on a shared machine, read the numbers with it.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use tonic::server::{NamedService, UnaryService};
 const ECHO: i32 = 1;
 const SINK: i32 = 2;
 const MIB: usize = 1024 * 1024;
-const WARMUP: Duration = Duration::from_millis(300);
+const WARMUP: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- tonic: raw-bytes codec and echo service
@@ -272,17 +272,18 @@ async fn raw_rpc_case(addr: &str, size: usize, inflight: usize, secs: f64) -> Re
     sock.set_nodelay(true)?;
     let (mut r, mut w) = sock.into_split();
     let window = Arc::new(Semaphore::new(inflight));
-    let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+    // Send times, in order; the channel holds at most `inflight` of them (the window bounds it).
+    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let start = Instant::now();
     let measure_from = start + WARMUP;
     let end = measure_from + Duration::from_secs_f64(secs);
     let writer = {
-        let (window, sent) = (window.clone(), sent.clone());
+        let window = window.clone();
         let msg = vec![0xabu8; size];
         tokio::spawn(async move {
             while Instant::now() < end {
                 window.acquire().await?.forget();
-                sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push_back(Instant::now());
+                sent_tx.send(Instant::now())?;
                 w.write_all(&msg).await?;
             }
             Ok::<_, anyhow::Error>(w)
@@ -290,17 +291,10 @@ async fn raw_rpc_case(addr: &str, size: usize, inflight: usize, secs: f64) -> Re
     };
     let mut buf = vec![0u8; size];
     let mut stats = Stats::default();
-    loop {
-        let Some(t) = sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop_front() else {
-            if writer.is_finished() {
-                break;
-            }
-            tokio::task::yield_now().await;
-            continue;
-        };
+    while let Some(t) = sent.recv().await {
         r.read_exact(&mut buf).await?;
         window.add_permits(1);
-        if t >= measure_from && t < end {
+        if t >= measure_from {
             stats.latencies_ns.push(t.elapsed().as_nanos() as u64);
         }
     }
@@ -381,9 +375,15 @@ impl Rounds {
     }
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn main() -> Result<()> {
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0.5);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(9);
     let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
     let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -392,6 +392,7 @@ fn main() -> Result<()> {
         "remoting bench: {rounds} interleaved rounds of {secs} s per system and case (after {WARMUP:?} warm-up each); \
          servers on 1 worker thread, load generator on 1; rates are medians (min–max), latencies pooled"
     );
+    println!("load average before: {}", loadavg());
     println!();
     println!("| case | system | req/s median (min–max) | MiB/s | p50 µs | p99 µs |");
     println!("|---|---|---|---|---|---|");
@@ -443,6 +444,7 @@ fn main() -> Result<()> {
         for r in ratios {
             println!("{r}");
         }
+        println!("load average after: {}", loadavg());
         Ok::<_, anyhow::Error>(())
     })?;
     drop(server_rt);

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::frame::Command;
 use crate::router::Router;
 
-/// A remoting client. Cheap to clone; clones share connections and permits.
+/// A remoting client. Cheap to clone; clones share connections and permits. Dropping the last clone closes its
+/// connections (requests still pending on them fail with [`Error::ConnectionClosed`]).
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
