@@ -6,6 +6,13 @@
 //! Closing is one step under the pending-table lock: mark closed, take every pending request, fail them all at
 //! once with the reason. Whatever closed it (EOF, I/O error, an invalid frame, local shutdown), nobody waits for
 //! a timeout to learn that their peer is gone.
+//!
+//! Memory is bounded per connection by `write-queue-bytes` (senders wait for room, up to their timeout) and by
+//! `max-frame-size` on the read side (the read buffer grows to one frame at most). Known limits, on purpose for
+//! now: responses and BUSY answers wait for write-queue room without a deadline, so a peer that stops reading
+//! stalls this connection's reader (TCP back-pressure) and keeps its handlers' in-flight slots until it is
+//! closed; there is no idle-connection timeout yet. Two peers that both flood each other with requests while
+//! neither reads could stall each other; the channel's users (request/response, replication streams) do not.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -128,3 +128,32 @@ async fn exhausted_oneway_permits_fail_clearly() {
     let err = client.invoke_oneway(&peer, Command::request(3, ""), Duration::from_millis(50)).await;
     assert!(matches!(err, Err(Error::TooManyRequests { kind: "oneway", limit: 1, .. })), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_pushes_back_instead_of_growing_the_write_queue() {
+    // The peer accepts and never reads. Once its socket buffers and our 1 MiB write queue are full, sends wait for
+    // room and fail at their timeout: memory stays bounded by the write queue, whatever the caller does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = listener.local_addr().unwrap().to_string();
+    let _held = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        std::future::pending::<()>().await;
+        drop(sock);
+    });
+    let mut config = client_config(SerializeType::RocketMq);
+    config.channel.write_queue_bytes = 1024 * 1024;
+    let client = Client::new(config);
+    let body = Bytes::from(vec![0u8; 1024 * 1024]);
+    let mut sent = 0usize;
+    let err = loop {
+        match client.invoke_oneway(&peer, Command::request(3, body.clone()), Duration::from_millis(200)).await {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 256, "256 MiB accepted without back-pressure");
+    };
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    // Requests with a response get the same treatment.
+    let err = client.invoke(&peer, Command::request(3, body), Duration::from_millis(100)).await;
+    assert!(matches!(err, Err(Error::Timeout { .. })), "{err:?}");
+}
