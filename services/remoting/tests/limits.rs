@@ -113,8 +113,8 @@ async fn an_abandoned_async_request_returns_its_permit() {
 
 #[tokio::test]
 async fn exhausted_oneway_permits_fail_clearly() {
-    // A peer that accepts and never reads: the first 15 MiB oneway frame fills the socket buffers and keeps its
-    // permit (released only once written), so the second cannot get one.
+    // A peer that accepts and never reads: once the socket buffers are full, the 15 MiB oneway frame being written
+    // keeps its permit (released only once written), so the next send cannot get one.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer = listener.local_addr().unwrap().to_string();
     let _held = tokio::spawn(async move {
@@ -124,9 +124,17 @@ async fn exhausted_oneway_permits_fail_clearly() {
     });
     let client = Client::new(ClientConfig { oneway_permits: 1, ..client_config(SerializeType::RocketMq) });
     let big = Bytes::from(vec![0u8; 15 * 1024 * 1024]);
-    client.invoke_oneway(&peer, Command::request(3, big), LONG).await.unwrap();
-    let err = client.invoke_oneway(&peer, Command::request(3, ""), Duration::from_millis(50)).await;
-    assert!(matches!(err, Err(Error::TooManyRequests { kind: "oneway", limit: 1, .. })), "{err:?}");
+    // Each send waits for the one permit, i.e. for the previous frame to be written; the socket buffers take a
+    // few frames at most (however large the machine's TCP buffers are), then a send cannot get the permit.
+    let mut sent = 0;
+    let err = loop {
+        match client.invoke_oneway(&peer, Command::request(3, big.clone()), Duration::from_millis(50)).await {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 32, "480 MiB written to a peer that never reads");
+    };
+    assert!(matches!(err, Error::TooManyRequests { kind: "oneway", limit: 1, .. }), "{err:?}");
 }
 
 #[tokio::test]
