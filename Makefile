@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver bench-remoting clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver bench-remoting fuzz-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -73,6 +73,11 @@ bench-store:
 ## env BENCH_SECS, BENCH_ROUNDS, BENCH_FILTER)
 bench-remoting:
 	$(CARGO) bench -p comet-remoting --bench echo
+
+## fuzz-remoting: the frame decoder's arbitrary-bytes property tests with 200 000 cases each (bounded, stable
+## toolchain; a cargo-fuzz target would need nightly)
+fuzz-remoting:
+	PROPTEST_CASES=$${PROPTEST_CASES:-200000} $(CARGO) test --release -p comet-remoting --lib -- garbage truncat
 
 ## bench-nameserver: start a release NameServer on a free port, run `comet bench nameserver` against it, stop it
 bench-nameserver:
