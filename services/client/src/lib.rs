@@ -1,0 +1,25 @@
+//! Comet's Rust SDK.
+//!
+//! - [`Producer`]: sends to a topic through the NameServer's route: a route cache per topic (refreshed every 30 s
+//!   and after a failure, kept when the NameServers are down), round robin over the writable queues, brokers that
+//!   just failed avoided for a while, retryable failures retried on another broker. Sync, async (a spawned task)
+//!   and oneway sends, and batches.
+//! - [`PullConsumer`]: reads explicit queues from explicit offsets, commits and queries a group's offsets.
+//!
+//! Push consumers (re-balance, broadcasting, flow control) are not here yet: see docs/client.md.
+//!
+//! The SDK depends on comet-proto and comet-nameserver-client only (never on the broker or the store); its API
+//! speaks its own types ([`Message`], [`SendResult`], [`ReceivedMessage`]) and comet-model's [`MessageQueue`].
+
+mod channels;
+mod consumer;
+mod error;
+mod message;
+mod producer;
+mod route;
+
+pub use comet_model::MessageQueue;
+pub use consumer::{PullConsumer, PullConsumerConfig, PullResult, PullStatus};
+pub use error::{ClientError, ErrorKind};
+pub use message::{Message, ReceivedMessage, SendResult};
+pub use producer::{Producer, ProducerConfig};

@@ -1,0 +1,325 @@
+//! The producer: picks a queue from the topic's route, sends, and on a retryable failure tries another broker.
+//!
+//! Queue selection is RocketMQ's: a per-producer counter walks the route's writable queues round robin, skipping
+//! queues of brokers that failed within `fault_isolation` (latency fault tolerance) and of the broker the
+//! previous attempt of the same send failed on. When every broker is isolated the walk takes any queue not on
+//! the broker that just failed, so sends never stop only because every broker had a hiccup.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use comet_nameserver_client::{ClientConfig, NameServerClient};
+use comet_proto::comet::v1 as pb;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::channels::Channels;
+use crate::error::ClientError;
+use crate::message::{Message, SendResult};
+use crate::route::{Routes, TopicRoute};
+use comet_model::MessageQueue;
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// NameServer addresses (`host:port`).
+    pub nameservers: Vec<String>,
+    /// The producer group (sent with every request; validated by the broker).
+    pub group: String,
+    /// Extra attempts, each on another broker when there is one, after a retryable failure (RocketMQ: 2).
+    pub retries: usize,
+    /// Timeout of one send call.
+    pub send_timeout: Duration,
+    /// Timeout to open a connection to a broker.
+    pub connect_timeout: Duration,
+    /// How old a cached route may get before it is refreshed (RocketMQ: 30 s).
+    pub route_refresh: Duration,
+    /// How long a broker that failed is avoided.
+    pub fault_isolation: Duration,
+    /// Settings of the NameServer client (addresses are taken from `nameservers`).
+    pub nameserver_client: Option<ClientConfig>,
+}
+
+impl ProducerConfig {
+    /// Defaults: 2 retries, 3 s sends, 3 s connects, routes refreshed every 30 s, failed brokers avoided 30 s.
+    pub fn new(nameservers: Vec<String>, group: impl Into<String>) -> Self {
+        Self {
+            nameservers,
+            group: group.into(),
+            retries: 2,
+            send_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(3),
+            route_refresh: Duration::from_secs(30),
+            fault_isolation: Duration::from_secs(30),
+            nameserver_client: None,
+        }
+    }
+}
+
+/// Sends messages to the brokers of a topic's route. Cheap to clone; clones share routes, channels and faults.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ProducerConfig,
+    routes: Arc<Routes>,
+    channels: Channels,
+    next_queue: AtomicUsize,
+    /// Broker name -> until when it is avoided.
+    faults: Mutex<HashMap<String, Instant>>,
+}
+
+/// What one attempt sends: a topic and its messages, already in wire form.
+struct Outgoing<'a> {
+    topic: &'a str,
+    messages: Vec<pb::OutgoingMessage>,
+}
+
+impl Producer {
+    /// A producer over `config.nameservers`. Connects lazily; must be called inside a tokio runtime.
+    pub fn new(config: ProducerConfig) -> Result<Self, ClientError> {
+        let nameserver = nameserver_client(&config.nameservers, config.nameserver_client.clone())?;
+        let routes = Routes::new(nameserver, config.route_refresh);
+        let channels = Channels::new(config.connect_timeout);
+        let inner =
+            Inner { config, routes, channels, next_queue: AtomicUsize::new(0), faults: Mutex::new(HashMap::new()) };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Sends one message and waits for the broker's acknowledgement, retrying retryable failures on another
+    /// broker up to `retries` times.
+    pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
+        let wire = vec![message.to_wire(now_millis())];
+        let mut results = self.send_with_retries("send", &message.topic, wire).await?;
+        results.pop().ok_or_else(|| empty_answer("send"))
+    }
+
+    /// Sends one message on a spawned task; await the handle for the result. Must be called inside a tokio
+    /// runtime.
+    pub fn send_async(&self, message: Message) -> JoinHandle<Result<SendResult, ClientError>> {
+        let producer = self.clone();
+        tokio::spawn(async move { producer.send(message).await })
+    }
+
+    /// Sends one message without waiting for or reporting the outcome (one attempt; failures are logged).
+    pub fn send_oneway(&self, message: Message) {
+        let producer = self.clone();
+        tokio::spawn(async move {
+            let wire = vec![message.to_wire(now_millis())];
+            let outgoing = Outgoing { topic: &message.topic, messages: wire };
+            if let Err((e, _)) = producer.attempt("send_oneway", &outgoing, None).await {
+                tracing::warn!(topic = %message.topic, error = %e, "oneway send failed");
+            }
+        });
+    }
+
+    /// Sends messages of ONE topic as one request, stored atomically in order in one queue. Results are in
+    /// message order.
+    pub async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>, ClientError> {
+        let Some(first) = messages.first() else {
+            return Err(ClientError::Invalid { op: "send_batch", message: "no messages".into() });
+        };
+        let topic = first.topic.clone();
+        if let Some(other) = messages.iter().find(|m| m.topic != topic) {
+            return Err(ClientError::Invalid {
+                op: "send_batch",
+                message: format!("a batch is for one topic: {topic:?} and {:?}", other.topic),
+            });
+        }
+        let born = now_millis();
+        let wire = messages.iter().map(|m| m.to_wire(born)).collect();
+        self.send_with_retries("send_batch", &topic, wire).await
+    }
+
+    /// The writable queues of a topic, as the producer currently sees them.
+    pub async fn writable_queues(&self, topic: &str) -> Result<Vec<MessageQueue>, ClientError> {
+        Ok(self.inner.routes.get("writable_queues", topic).await?.writable.clone())
+    }
+
+    async fn send_with_retries(
+        &self,
+        op: &'static str,
+        topic: &str,
+        messages: Vec<pb::OutgoingMessage>,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        let outgoing = Outgoing { topic, messages };
+        let attempts = self.inner.config.retries + 1;
+        let mut failed_broker: Option<String> = None;
+        let mut last = None;
+        for attempt in 0..attempts {
+            match self.attempt(op, &outgoing, failed_broker.as_deref()).await {
+                Ok(results) => return Ok(results),
+                Err((error, broker_name)) if error.is_retryable() => {
+                    tracing::debug!(op, topic, attempt, error = %error, "send failed; retrying on another broker");
+                    self.inner.routes.invalidate(topic);
+                    if let Some(name) = &broker_name {
+                        self.isolate(name);
+                    }
+                    failed_broker = broker_name;
+                    last = Some(error);
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| empty_answer(op)))
+    }
+
+    /// One send to one queue. The error comes with the broker name it happened on (for isolation).
+    async fn attempt(
+        &self,
+        op: &'static str,
+        outgoing: &Outgoing<'_>,
+        avoid: Option<&str>,
+    ) -> Result<Vec<SendResult>, (ClientError, Option<String>)> {
+        let route = self.inner.routes.get(op, outgoing.topic).await.map_err(|e| (e, None))?;
+        let queue = self.pick(op, outgoing.topic, &route, avoid).map_err(|e| (e, None))?;
+        let fail = |e| (e, Some(queue.broker_name.clone()));
+        let address = route.masters.get(&queue.broker_name).cloned().unwrap_or_default();
+        let mut client = self.inner.channels.broker(&address).map_err(fail)?;
+        let request = pb::SendMessageRequest {
+            topic: outgoing.topic.to_owned(),
+            queue_id: Some(queue.queue_id),
+            producer_group: self.inner.config.group.clone(),
+            messages: outgoing.messages.clone(),
+        };
+        let timeout = self.inner.config.send_timeout;
+        let response = match tokio::time::timeout(timeout, client.send_message(request)).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return Err(fail(ClientError::broker_status(op, &address, &status))),
+            Err(_) => return Err(fail(ClientError::Timeout { op, broker: address, after: timeout })),
+        };
+        let results: Vec<SendResult> = response
+            .results
+            .into_iter()
+            .map(|r| SendResult {
+                message_id: r.message_id,
+                queue: MessageQueue {
+                    topic: outgoing.topic.to_owned(),
+                    broker_name: queue.broker_name.clone(),
+                    queue_id: r.queue_id,
+                },
+                queue_offset: r.queue_offset,
+                broker_address: address.clone(),
+            })
+            .collect();
+        if results.len() != outgoing.messages.len() {
+            let message = format!("{} results for {} messages", results.len(), outgoing.messages.len());
+            return Err(fail(ClientError::Broker { op, broker: address, code: tonic::Code::Internal, message }));
+        }
+        Ok(results)
+    }
+
+    /// The next queue round robin: first one whose broker is neither isolated nor `avoid`, else one not on
+    /// `avoid`, else the next one.
+    fn pick(
+        &self,
+        op: &'static str,
+        topic: &str,
+        route: &TopicRoute,
+        avoid: Option<&str>,
+    ) -> Result<MessageQueue, ClientError> {
+        let queues = &route.writable;
+        if queues.is_empty() {
+            return Err(ClientError::NoQueue { op, topic: topic.to_owned(), what: "writable" });
+        }
+        let start = self.inner.next_queue.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let isolated: Vec<String> = {
+            let mut faults = self.inner.faults.lock();
+            faults.retain(|_, until| *until > now);
+            faults.keys().cloned().collect()
+        };
+        let candidates = (0..queues.len()).map(|i| &queues[(start + i) % queues.len()]);
+        let not_avoided = |q: &&MessageQueue| avoid != Some(q.broker_name.as_str());
+        let chosen = candidates
+            .clone()
+            .filter(not_avoided)
+            .find(|q| !isolated.contains(&q.broker_name))
+            .or_else(|| candidates.clone().find(not_avoided))
+            .unwrap_or(&queues[start % queues.len()]);
+        Ok(chosen.clone())
+    }
+
+    fn isolate(&self, broker_name: &str) {
+        let until = Instant::now() + self.inner.config.fault_isolation;
+        self.inner.faults.lock().insert(broker_name.to_owned(), until);
+    }
+}
+
+pub(crate) fn nameserver_client(
+    addresses: &[String],
+    config: Option<ClientConfig>,
+) -> Result<NameServerClient, ClientError> {
+    let mut config = config.unwrap_or_else(|| ClientConfig::new(addresses.to_vec()));
+    config.addresses = addresses.to_vec();
+    NameServerClient::new(config).map_err(|e| ClientError::Invalid { op: "connect", message: e.to_string() })
+}
+
+fn empty_answer(op: &'static str) -> ClientError {
+    ClientError::Invalid { op, message: "the broker returned no result".into() }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn producer() -> Producer {
+        Producer::new(ProducerConfig::new(vec!["127.0.0.1:1".into()], "pg")).unwrap()
+    }
+
+    fn route(brokers: &[(&str, u32)]) -> TopicRoute {
+        let mut route = TopicRoute::default();
+        for (name, n) in brokers {
+            route.masters.insert((*name).into(), format!("{name}:1"));
+            route.writable.extend((0..*n).map(|id| MessageQueue {
+                topic: "t".into(),
+                broker_name: (*name).into(),
+                queue_id: id,
+            }));
+        }
+        route
+    }
+
+    #[tokio::test]
+    async fn queues_are_picked_round_robin() {
+        let p = producer();
+        let r = route(&[("a", 2), ("b", 2)]);
+        let picked: Vec<String> = (0..5)
+            .map(|_| p.pick("send", "t", &r, None).unwrap())
+            .map(|q| format!("{}{}", q.broker_name, q.queue_id))
+            .collect();
+        assert_eq!(picked, ["a0", "a1", "b0", "b1", "a0"]);
+    }
+
+    #[tokio::test]
+    async fn an_isolated_or_just_failed_broker_is_skipped_while_another_exists() {
+        let p = producer();
+        let r = route(&[("a", 2), ("b", 2)]);
+        p.isolate("a");
+        assert!((0..8).all(|_| p.pick("send", "t", &r, None).unwrap().broker_name == "b"));
+        assert!(
+            (0..8).all(|_| p.pick("send", "t", &r, Some("b")).unwrap().broker_name == "a"),
+            "avoid wins over isolation"
+        );
+        let only_a = route(&[("a", 2)]);
+        assert_eq!(p.pick("send", "t", &only_a, Some("a")).unwrap().broker_name, "a", "no other broker: still sends");
+    }
+
+    #[tokio::test]
+    async fn an_empty_route_or_batch_is_refused_without_a_call() {
+        let p = producer();
+        assert!(matches!(p.pick("send", "t", &TopicRoute::default(), None), Err(ClientError::NoQueue { .. })));
+        assert!(matches!(p.send_batch(Vec::new()).await, Err(ClientError::Invalid { .. })));
+        let mixed = vec![Message::new("a", "x"), Message::new("b", "y")];
+        assert!(matches!(p.send_batch(mixed).await, Err(ClientError::Invalid { .. })));
+    }
+}

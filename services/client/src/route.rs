@@ -1,0 +1,174 @@
+//! Topic routes from the NameServers, cached per topic.
+//!
+//! A cached route is used as long as it is younger than the refresh interval; an older one is still returned at
+//! once while a background task fetches a new one, so a slow or dead NameServer never delays a send that has a
+//! route. Only a topic seen for the first time waits for the NameServer. After a failure the caller marks the
+//! route stale ([`Routes::invalidate`]) so the next use refreshes it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use comet_model::{MASTER_ID, MessageQueue, Permission};
+use comet_nameserver_client::NameServerClient;
+use comet_proto::comet::v1 as pb;
+use parking_lot::Mutex;
+
+use crate::error::ClientError;
+
+/// A topic's queues and the master address of every broker name hosting them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TopicRoute {
+    /// Queues producers may write: WRITE permission and a master address.
+    pub(crate) writable: Vec<MessageQueue>,
+    /// Queues consumers may read: READ permission and a master address.
+    pub(crate) readable: Vec<MessageQueue>,
+    /// Broker name -> master address.
+    pub(crate) masters: HashMap<String, String>,
+}
+
+impl TopicRoute {
+    /// The usable parts of a NameServer answer, queues sorted by broker name then id.
+    pub(crate) fn from_wire(topic: &str, route: &pb::QueryRouteResponse) -> Self {
+        let masters: HashMap<String, String> = route
+            .brokers
+            .iter()
+            .filter_map(|b| b.addresses.get(&MASTER_ID).map(|a| (b.broker_name.clone(), a.clone())))
+            .filter(|(_, address)| !address.is_empty())
+            .collect();
+        let mut writable = Vec::new();
+        let mut readable = Vec::new();
+        let mut queues: Vec<&pb::QueueData> = route.queues.iter().collect();
+        queues.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
+        for q in queues {
+            if !masters.contains_key(&q.broker_name) {
+                continue;
+            }
+            // Unknown permission bits: treat as no permission rather than guess.
+            let perm = Permission::try_from(q.perm).ok();
+            let queue =
+                |queue_id| MessageQueue { topic: topic.to_owned(), broker_name: q.broker_name.clone(), queue_id };
+            if perm.is_some_and(Permission::is_writable) {
+                writable.extend((0..q.write_queue_nums).map(queue));
+            }
+            if perm.is_some_and(Permission::is_readable) {
+                readable.extend((0..q.read_queue_nums).map(queue));
+            }
+        }
+        Self { writable, readable, masters }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    route: Arc<TopicRoute>,
+    fetched: Instant,
+    stale: bool,
+    refreshing: bool,
+}
+
+/// The route cache, shared by a client's producer or consumer.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    nameserver: NameServerClient,
+    refresh_interval: Duration,
+    cache: Mutex<HashMap<String, Entry>>,
+}
+
+impl Routes {
+    pub(crate) fn new(nameserver: NameServerClient, refresh_interval: Duration) -> Arc<Self> {
+        Arc::new(Self { nameserver, refresh_interval, cache: Mutex::new(HashMap::new()) })
+    }
+
+    /// The route of `topic`: cached if there is one (refreshed in the background when old or stale), else
+    /// fetched now.
+    pub(crate) async fn get(self: &Arc<Self>, op: &'static str, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        {
+            let mut cache = self.cache.lock();
+            if let Some(entry) = cache.get_mut(topic) {
+                let due = entry.stale || entry.fetched.elapsed() >= self.refresh_interval;
+                if due && !entry.refreshing {
+                    entry.refreshing = true;
+                    let routes = Arc::clone(self);
+                    let topic = topic.to_owned();
+                    tokio::spawn(async move {
+                        let _ = routes.fetch(op, &topic).await;
+                    });
+                }
+                return Ok(Arc::clone(&entry.route));
+            }
+        }
+        self.fetch(op, topic).await
+    }
+
+    /// Asks the NameServers; on success replaces the cached route. On failure the old route (if any) stays and
+    /// the next refresh is due one interval later, so a dead NameServer is not asked on every send.
+    async fn fetch(&self, op: &'static str, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        let result = self.nameserver.query_route(topic).await;
+        let mut cache = self.cache.lock();
+        match result {
+            Ok(wire) => {
+                let route = Arc::new(TopicRoute::from_wire(topic, &wire));
+                let entry =
+                    Entry { route: Arc::clone(&route), fetched: Instant::now(), stale: false, refreshing: false };
+                cache.insert(topic.to_owned(), entry);
+                Ok(route)
+            }
+            Err(source) => {
+                if let Some(entry) = cache.get_mut(topic) {
+                    tracing::warn!(topic, error = %source, "route refresh failed; keeping the cached route");
+                    entry.refreshing = false;
+                    entry.stale = false;
+                    entry.fetched = Instant::now();
+                }
+                Err(ClientError::Route { op, topic: topic.to_owned(), source })
+            }
+        }
+    }
+
+    /// Marks a topic's route for refresh at its next use (after a send or pull failed).
+    pub(crate) fn invalidate(&self, topic: &str) {
+        if let Some(entry) = self.cache.lock().get_mut(topic) {
+            entry.stale = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_data(broker: &str, read: u32, write: u32, perm: u32) -> pb::QueueData {
+        pb::QueueData {
+            broker_name: broker.into(),
+            read_queue_nums: read,
+            write_queue_nums: write,
+            perm,
+            message_type: 0,
+        }
+    }
+
+    fn broker(name: &str, addresses: &[(u64, &str)]) -> pb::BrokerData {
+        pb::BrokerData {
+            cluster_name: "c".into(),
+            broker_name: name.into(),
+            addresses: addresses.iter().map(|(id, a)| (*id, (*a).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn only_queues_with_the_permission_and_a_master_are_usable() {
+        let wire = pb::QueryRouteResponse {
+            topic: "t".into(),
+            queues: vec![queue_data("b", 2, 3, 6), queue_data("a", 1, 1, 4), queue_data("slave-only", 4, 4, 6)],
+            brokers: vec![broker("a", &[(0, "a:1")]), broker("b", &[(0, "b:1")]), broker("slave-only", &[(1, "s:1")])],
+        };
+        let route = TopicRoute::from_wire("t", &wire);
+        let names =
+            |qs: &[MessageQueue]| qs.iter().map(|q| format!("{}:{}", q.broker_name, q.queue_id)).collect::<Vec<_>>();
+        assert_eq!(names(&route.writable), ["b:0", "b:1", "b:2"], "a is read-only, slave-only has no master");
+        assert_eq!(names(&route.readable), ["a:0", "b:0", "b:1"]);
+        assert_eq!(route.masters.get("a").map(String::as_str), Some("a:1"));
+        assert!(!route.masters.contains_key("slave-only"));
+    }
+}
