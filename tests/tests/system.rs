@@ -3,5 +3,6 @@
 
 mod broker_admin;
 mod broker_messaging;
+mod client;
 mod nameserver_etcd;
 mod nameserver_memory;

@@ -1,0 +1,207 @@
+//! The Rust SDK (comet-client) against real processes: producer → NameServer route → broker → pull consumer,
+//! sends on cached routes while the NameServer is down, fail-over away from a killed broker, and the `comet send`
+//! / `comet consume` commands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use comet_client::{Message, MessageQueue, Producer, ProducerConfig, PullConsumer, PullConsumerConfig, PullStatus};
+use comet_proto::comet::v1 as pb;
+use comet_tests::harness::broker_process::{BrokerOptions, BrokerProcess};
+use comet_tests::harness::nameserver::{NameServer, fast_client_config};
+use comet_tests::harness::wait_until;
+
+/// A NameServer and one broker registered with it, each in its own directory under `dir`.
+async fn cluster(dir: &Path) -> anyhow::Result<(NameServer, BrokerProcess)> {
+    let ns_dir = dir.join("ns");
+    std::fs::create_dir_all(&ns_dir)?;
+    let ns = NameServer::memory(&ns_dir, "").await?;
+    let broker_dir = dir.join("broker-a");
+    std::fs::create_dir_all(&broker_dir)?;
+    let broker =
+        BrokerProcess::start(&broker_dir, &BrokerOptions { nameservers: vec![ns.addr()], ..Default::default() })
+            .await?;
+    Ok((ns, broker))
+}
+
+/// Creates `topic` with `queues` queues on `broker` and waits until the NameServer routes it to `brokers` broker
+/// names.
+async fn create_topic(
+    ns: &NameServer,
+    broker: &BrokerProcess,
+    topic: &str,
+    queues: u32,
+    brokers: usize,
+) -> anyhow::Result<()> {
+    let config =
+        pb::TopicConfig { name: topic.into(), read_queue_nums: queues, write_queue_nums: queues, ..Default::default() };
+    broker.client().await?.create_topic(pb::CreateTopicRequest { topic: Some(config) }).await?;
+    let ns_client = ns.client()?;
+    wait_until(&format!("route of {topic} on {brokers} broker(s)"), Duration::from_secs(10), || async {
+        ns_client.query_route(topic).await.is_ok_and(|r| r.queues.len() == brokers)
+    })
+    .await
+}
+
+fn producer(ns: &NameServer) -> anyhow::Result<Producer> {
+    producer_refreshing_every(ns, Duration::from_secs(30))
+}
+
+fn producer_refreshing_every(ns: &NameServer, route_refresh: Duration) -> anyhow::Result<Producer> {
+    let mut config = ProducerConfig::new(vec![ns.addr()], "test-producer");
+    config.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
+    config.route_refresh = route_refresh;
+    Ok(Producer::new(config)?)
+}
+
+fn consumer(ns: &NameServer, group: &str) -> anyhow::Result<PullConsumer> {
+    let mut config = PullConsumerConfig::new(vec![ns.addr()], group);
+    config.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
+    config.route_refresh = Duration::from_millis(20);
+    Ok(PullConsumer::new(config)?)
+}
+
+/// Reads `queue` from offset 0 until `expected` messages came back (long polling, so messages acknowledged but
+/// not yet dispatched arrive as soon as they are); returns (offset, body) in the order received.
+async fn drain(consumer: &PullConsumer, queue: &MessageQueue, expected: usize) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < expected {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{queue}: only {} of {expected} pulled", out.len());
+        let result = consumer.pull(queue, offset, 100, Duration::from_millis(500)).await?;
+        for m in result.messages {
+            out.push((m.queue_offset, String::from_utf8(m.body.to_vec())?));
+        }
+        offset = result.next_offset;
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_message_sent_through_the_route_is_pulled_in_order_per_queue_none_lost_none_invented()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path()).await?;
+    create_topic(&ns, &broker, "sdk-orders", 8, 1).await?;
+    let producer = producer(&ns)?;
+
+    // 1 000 awaited sends, 960 sent as async futures, and 4 batches of 10: 2 000 messages.
+    let mut sent: HashMap<u32, BTreeMap<u64, String>> = HashMap::new();
+    let mut record = |r: &comet_client::SendResult, body: String| {
+        let previous = sent.entry(r.queue.queue_id).or_default().insert(r.queue_offset, body);
+        assert!(previous.is_none(), "two acknowledgements for {}:{}", r.queue, r.queue_offset);
+    };
+    for i in 0..1000 {
+        let body = format!("sync-{i}");
+        let message = Message::new("sdk-orders", body.clone()).with_tags("T").with_key(format!("k{i}"));
+        let result = producer.send(message).await?;
+        assert_eq!(result.queue.broker_name, "broker-a");
+        record(&result, body);
+    }
+    let handles: Vec<_> = (0..960)
+        .map(|i| {
+            let body = format!("async-{i}");
+            (body.clone(), producer.send_async(Message::new("sdk-orders", body).with_property("n", i.to_string())))
+        })
+        .collect();
+    for (body, handle) in handles {
+        record(&handle.await??, body);
+    }
+    for b in 0..4 {
+        let batch: Vec<Message> = (0..10).map(|i| Message::new("sdk-orders", format!("batch-{b}-{i}"))).collect();
+        let results = producer.send_batch(batch).await?;
+        assert_eq!(results.len(), 10);
+        assert!(results.iter().all(|r| r.queue == results[0].queue), "a batch goes to one queue");
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.queue_offset, results[0].queue_offset + i as u64, "a batch is stored contiguously");
+            record(r, format!("batch-{b}-{i}"));
+        }
+    }
+    assert_eq!(sent.values().map(BTreeMap::len).sum::<usize>(), 2000);
+    assert_eq!(sent.len(), 8, "round robin used every queue");
+    assert!(
+        sent.values().all(|q| q.len() >= 200),
+        "round robin spreads evenly: {:?}",
+        sent.values().map(BTreeMap::len).collect::<Vec<_>>()
+    );
+
+    let consumer = consumer(&ns, "sdk-readers")?;
+    let queues = consumer.queues("sdk-orders").await?;
+    assert_eq!(queues.len(), 8);
+    for queue in &queues {
+        let expected = sent.get(&queue.queue_id).cloned().unwrap_or_default();
+        let pulled = drain(&consumer, queue, expected.len()).await?;
+        let expected: Vec<(u64, String)> = expected.into_iter().collect();
+        assert_eq!(pulled, expected, "{queue}: exactly the acknowledged messages, in offset order from 0");
+        // Nothing more than what was acknowledged.
+        let rest = consumer.pull(queue, pulled.len() as u64, 100, Duration::ZERO).await?;
+        assert_eq!(rest.status, PullStatus::NoNewMessage, "{queue}: no invented message");
+        consumer.commit_offset(queue, pulled.len() as u64).await?;
+        assert_eq!(consumer.query_offset(queue).await?, Some(pulled.len() as u64));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn producer_and_pull_consumer_keep_working_on_cached_routes_while_the_nameserver_is_down() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut ns, broker) = cluster(dir.path()).await?;
+    create_topic(&ns, &broker, "sdk-cached", 4, 1).await?;
+    // Routes are due for refresh every 20 ms, so the 200 sends below keep asking the dead NameServer (in the
+    // background) and must go on with the cached route.
+    let producer = producer_refreshing_every(&ns, Duration::from_millis(20))?;
+    let consumer = consumer(&ns, "sdk-cached-readers")?;
+    producer.send(Message::new("sdk-cached", "before")).await?;
+    let queues = consumer.queues("sdk-cached").await?;
+
+    ns.kill();
+    let mut total = 1;
+    for i in 0..200 {
+        producer.send(Message::new("sdk-cached", format!("during-{i}"))).await?;
+        total += 1;
+    }
+    assert_eq!(consumer.queues("sdk-cached").await?, queues, "the cached route still lists the queues");
+    let mut pulled = 0;
+    for queue in &queues {
+        let (_, max) = consumer.queue_offsets(queue).await?;
+        pulled += drain(&consumer, queue, usize::try_from(max)?).await?.len();
+    }
+    assert_eq!(pulled, total, "every message sent with the NameServer down is readable");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_broker_is_avoided_and_sends_are_retried_on_the_other_broker() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, mut broker_a) = cluster(dir.path()).await?;
+    let b_dir = dir.path().join("broker-b");
+    std::fs::create_dir_all(&b_dir)?;
+    let options = BrokerOptions {
+        nameservers: vec![ns.addr()],
+        broker_extra: "  broker-name: broker-b\n".into(),
+        ..Default::default()
+    };
+    let broker_b = BrokerProcess::start(&b_dir, &options).await?;
+    create_topic(&ns, &broker_a, "sdk-failover", 4, 1).await?;
+    create_topic(&ns, &broker_b, "sdk-failover", 4, 2).await?;
+    let producer = producer(&ns)?;
+
+    let mut before: HashMap<String, usize> = HashMap::new();
+    for i in 0..16 {
+        let result = producer.send(Message::new("sdk-failover", format!("before-{i}"))).await?;
+        *before.entry(result.queue.broker_name).or_default() += 1;
+    }
+    assert_eq!(before.len(), 2, "both brokers take sends: {before:?}");
+
+    // The NameServer still routes to broker-a (it expires silent brokers after 120 s): the producer must notice.
+    broker_a.kill();
+    for i in 0..100 {
+        let result = producer.send(Message::new("sdk-failover", format!("after-{i}"))).await?;
+        assert_eq!(result.queue.broker_name, "broker-b", "send {i} went to the killed broker");
+    }
+    let route = ns.client()?.query_route("sdk-failover").await?;
+    assert_eq!(route.queues.len(), 2, "the route still names the dead broker, so the producer avoided it itself");
+    Ok(())
+}
