@@ -10,7 +10,9 @@ import sys
 
 # crate -> crates (workspace or external) it must never depend on, directly, in normal or build deps.
 FORBIDDEN = {
-    "comet-model": {"comet-proto", "comet-store", "comet-remoting", "comet-nameserver", "comet-nameserver-client",
+    "comet-config": {"comet-model", "comet-proto", "comet-store", "comet-remoting", "comet-nameserver",
+                     "comet-nameserver-client", "comet-broker", "comet-client", "comet", "tokio", "tonic", "hyper"},
+    "comet-model": {"comet-config", "comet-proto", "comet-store", "comet-remoting", "comet-nameserver", "comet-nameserver-client",
                     "comet-broker", "comet-client", "comet", "tokio", "tonic", "hyper"},
     "comet-proto": {"comet-model", "comet-store", "comet-remoting", "comet-nameserver", "comet-nameserver-client",
                     "comet-broker", "comet-client", "comet"},

@@ -126,7 +126,7 @@ impl Default for LogConfig {
 }
 
 /// Environment variables that override config keys start with this.
-pub const ENV_PREFIX: &str = "COMET_";
+pub const ENV_PREFIX: &str = comet_config::ENV_PREFIX;
 
 impl Config {
     /// Reads the YAML file (if any), applies `COMET_<SECTION>_<KEY>` overrides from `env`, and validates.
@@ -134,20 +134,7 @@ impl Config {
         file: Option<&std::path::Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, NameServerError> {
-        let mut doc = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| NameServerError::Config(format!("reading {}: {e}", path.display())))?;
-                serde_yaml::from_str::<serde_yaml::Value>(&text)
-                    .map_err(|e| NameServerError::Config(format!("{}: {e}", path.display())))?
-            }
-            None => serde_yaml::Value::Mapping(serde_yaml::Mapping::new()),
-        };
-        if doc.is_null() {
-            doc = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
-        }
-        apply_env(&mut doc, env)?;
-        let config: Config = serde_yaml::from_value(doc).map_err(|e| NameServerError::Config(e.to_string()))?;
+        let config: Config = comet_config::load(file, env).map_err(|e| NameServerError::Config(e.0))?;
         config.validate()?;
         Ok(config)
     }
@@ -204,45 +191,6 @@ impl Config {
     pub fn broker_expiry(&self) -> Duration {
         Duration::from_millis(self.nameserver.broker_expiry_ms)
     }
-}
-
-/// Applies `COMET_<SECTION>_<KEY>=value` (key in upper snake case, e.g. `COMET_NAMESERVER_SCAN_INTERVAL_MS`)
-/// onto the YAML document. Variables for sections this process does not have are ignored (one environment may
-/// configure several Comet processes); an unknown key in a known section fails like an unknown YAML key.
-fn apply_env(
-    doc: &mut serde_yaml::Value,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), NameServerError> {
-    let defaults = serde_yaml::to_value(Config::default()).map_err(|e| NameServerError::Config(e.to_string()))?;
-    let serde_yaml::Value::Mapping(sections) = &defaults else {
-        return Err(NameServerError::Config("default config is not a mapping".into()));
-    };
-    let serde_yaml::Value::Mapping(root) = doc else {
-        return Err(NameServerError::Config("the config file must be a YAML mapping".into()));
-    };
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        let Some((section, key)) = rest.split_once('_') else { continue };
-        let section = section.to_ascii_lowercase();
-        let key = key.to_ascii_lowercase().replace('_', "-");
-        let Some(serde_yaml::Value::Mapping(known)) = sections.get(section.as_str()) else { continue };
-        let value = match known.get(key.as_str()) {
-            None => return Err(NameServerError::Config(format!("{name}: {section} has no key {key:?}"))),
-            Some(serde_yaml::Value::Sequence(_)) => serde_yaml::Value::Sequence(
-                raw.split(',').map(|s| serde_yaml::Value::String(s.trim().to_owned())).collect(),
-            ),
-            Some(serde_yaml::Value::String(_)) => serde_yaml::Value::String(raw),
-            Some(_) => serde_yaml::from_str(&raw).map_err(|e| NameServerError::Config(format!("{name}: {e}")))?,
-        };
-        let entry = root
-            .entry(serde_yaml::Value::String(section.clone()))
-            .or_insert_with(|| serde_yaml::Value::Mapping(serde_yaml::Mapping::new()));
-        let serde_yaml::Value::Mapping(entry) = entry else {
-            return Err(NameServerError::Config(format!("{section} must be a mapping")));
-        };
-        entry.insert(serde_yaml::Value::String(key), value);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,136 @@
+//! One way to configure every Comet process: the documented defaults, then the YAML file given with `--config`,
+//! then `COMET_<SECTION>_<KEY>` environment overrides (what containers and Helm set).
+//!
+//! The file and the environment only name keys the defaults know: an unknown section key, in either, fails at
+//! start-up with its name, instead of being silently ignored. Each service keeps its own config struct and its
+//! own `validate()`; this crate only assembles the document.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+/// Environment variables that override config keys start with this.
+pub const ENV_PREFIX: &str = "COMET_";
+
+/// Why a configuration could not be loaded; the message names the file, variable or key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Loads `T` from its defaults, the YAML `file` (if any) and the `COMET_*` variables of `env`.
+///
+/// `COMET_STORE_FLUSH_MODE=sync` sets key `flush-mode` of section `store`: section and key are lower-cased
+/// and the key's `_` become `-`. A list-valued key takes a comma-separated value; string keys take the value
+/// verbatim; other keys parse it as YAML (numbers, booleans). Variables of sections `T` does not have are
+/// ignored (they belong to other processes); unknown keys of known sections are errors.
+pub fn load<T>(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let mut doc = match file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
+            serde_yaml::from_str::<Value>(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+        }
+        None => Value::Mapping(Mapping::new()),
+    };
+    if doc.is_null() {
+        doc = Value::Mapping(Mapping::new());
+    }
+    let defaults = serde_yaml::to_value(T::default()).map_err(|e| ConfigError(e.to_string()))?;
+    apply_env(&mut doc, &defaults, env)?;
+    serde_yaml::from_value(doc).map_err(|e| ConfigError(e.to_string()))
+}
+
+fn apply_env(
+    doc: &mut Value,
+    defaults: &Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let Value::Mapping(sections) = defaults else {
+        return Err(ConfigError("default config is not a mapping".into()));
+    };
+    let Value::Mapping(root) = doc else {
+        return Err(ConfigError("the config file must be a YAML mapping".into()));
+    };
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some((section, key)) = rest.split_once('_') else { continue };
+        let section = section.to_ascii_lowercase();
+        let key = key.to_ascii_lowercase().replace('_', "-");
+        let Some(Value::Mapping(known)) = sections.get(section.as_str()) else { continue };
+        let value = match known.get(key.as_str()) {
+            None => return Err(ConfigError(format!("{name}: {section} has no key {key:?}"))),
+            Some(Value::Sequence(_)) => Value::Sequence(
+                raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
+            ),
+            Some(Value::String(_)) => Value::String(raw),
+            Some(_) => serde_yaml::from_str(&raw).map_err(|e| ConfigError(format!("{name}: {e}")))?,
+        };
+        let entry = root.entry(Value::String(section.clone())).or_insert_with(|| Value::Mapping(Mapping::new()));
+        let Value::Mapping(entry) = entry else {
+            return Err(ConfigError(format!("{section} must be a mapping")));
+        };
+        entry.insert(Value::String(key), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+    struct Demo {
+        server: Server,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+    struct Server {
+        listen: String,
+        max_conns: u32,
+        peers: Vec<String>,
+        verbose: bool,
+    }
+
+    impl Default for Server {
+        fn default() -> Self {
+            Self { listen: "0.0.0.0:1".into(), max_conns: 10, peers: vec![], verbose: false }
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("comet-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(&file, "server:\n  listen: 127.0.0.1:5\n  max-conns: 20\n").unwrap();
+        let c: Demo = load(
+            Some(&file),
+            env(&[("COMET_SERVER_MAX_CONNS", "30"), ("COMET_SERVER_PEERS", "a:1, b:2"), ("COMET_OTHER_X", "1")]),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:5", "file over default");
+        assert_eq!(c.server.max_conns, 30, "environment over file");
+        assert_eq!(c.server.peers, vec!["a:1".to_owned(), "b:2".to_owned()]);
+        assert!(!c.server.verbose);
+    }
+
+    #[test]
+    fn unknown_keys_fail_with_their_name() {
+        let err = load::<Demo>(None, env(&[("COMET_SERVER_NOPE", "1")])).unwrap_err();
+        assert!(err.0.contains("COMET_SERVER_NOPE"), "{err}");
+        let err = load::<Demo>(None, env(&[("COMET_SERVER_MAX_CONNS", "many")])).unwrap_err();
+        assert!(err.0.contains("max-conns") || err.0.contains("invalid"), "{err}");
+    }
+}
