@@ -205,3 +205,59 @@ async fn a_killed_broker_is_avoided_and_sends_are_retried_on_the_other_broker() 
     assert_eq!(route.queues.len(), 2, "the route still names the dead broker, so the producer avoided it itself");
     Ok(())
 }
+
+/// Runs the `comet` binary with `args` against the NameServer, with `stdin` as input; fails on a non-zero exit
+/// or after 30 s.
+async fn comet(ns: &NameServer, args: &[&str], stdin: &[u8]) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let bin = tokio::task::spawn_blocking(|| comet_tests::harness::binary::cargo_bin("comet", "comet")).await??;
+    let mut child = tokio::process::Command::new(bin)
+        .arg("--namesrv")
+        .arg(ns.addr())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin).await?;
+    }
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+    let stdout = String::from_utf8(output.stdout)?;
+    anyhow::ensure!(
+        output.status.success(),
+        "comet {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn comet_send_and_comet_consume_round_trip_through_the_real_binaries() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path()).await?;
+    create_topic(&ns, &broker, "cli-topic", 4, 1).await?;
+
+    let sent =
+        comet(&ns, &["send", "cli-topic", "hello", "--count", "3", "--tags", "T", "--keys", "k1,k2"], b"").await?;
+    assert_eq!(sent.lines().filter(|l| l.starts_with("sent ")).count(), 3, "{sent}");
+    let piped = comet(&ns, &["send", "cli-topic", "-", "--json"], b"from stdin").await?;
+    assert!(piped.contains("\"queue_offset\""), "{piped}");
+
+    let consumed =
+        comet(&ns, &["consume", "cli-topic", "--group", "cli-readers", "--from", "begin", "--count", "4"], b"").await?;
+    let mut bodies: Vec<&str> = consumed.lines().collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, ["from stdin", "hello", "hello", "hello"]);
+
+    // The consumer committed what it printed: the group's offsets add up to the four messages.
+    let reader = consumer(&ns, "cli-readers")?;
+    let mut committed = 0;
+    for queue in reader.queues("cli-topic").await? {
+        committed += reader.query_offset(&queue).await?.unwrap_or(0);
+    }
+    assert_eq!(committed, 4);
+    Ok(())
+}

@@ -1,8 +1,9 @@
-//! `comet`: the command-line tool. For now: route and cluster inspection against NameServers, and the
-//! NameServer benchmark (`comet bench nameserver`).
+//! `comet`: the command-line tool. For now: route and cluster inspection against NameServers, `comet send` and
+//! `comet consume` through the Rust SDK, and the NameServer benchmark (`comet bench nameserver`).
 
 mod bench;
 mod inspect;
+mod messaging;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,10 @@ enum Command {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Send a message (body from the argument or stdin).
+    Send(messaging::SendArgs),
+    /// Follow a topic as a consumer group: print every message, commit offsets.
+    Consume(messaging::ConsumeArgs),
     /// Benchmarks against running servers.
     Bench {
         #[command(subcommand)]
@@ -48,6 +53,8 @@ async fn main() -> std::process::ExitCode {
         Command::Route { topic } => inspect::route(&addresses, &topic).await,
         Command::Cluster => inspect::cluster(&addresses).await,
         Command::Topics { cluster } => inspect::topics(&addresses, cluster.as_deref()).await,
+        Command::Send(args) => messaging::send(args, &addresses).await,
+        Command::Consume(args) => messaging::consume(args, &addresses).await,
         Command::Bench { target } => bench::run(target, &addresses).await,
     };
     // A user-facing message with its causes, not a backtrace (RUST_BACKTRACE may be set in the environment).

@@ -1,0 +1,227 @@
+//! `comet send` and `comet consume`: messages through the Rust SDK (comet-client), like an application would.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use comet_client::{
+    Message, MessageQueue, Producer, ProducerConfig, PullConsumer, PullConsumerConfig, ReceivedMessage,
+};
+use tokio::sync::{mpsc, watch};
+
+/// Arguments of `comet send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Topic to send to (it must exist: create it on a broker, or send to it once through the broker).
+    topic: String,
+    /// Message body; `-` or absent = read the body from stdin.
+    body: Option<String>,
+    /// Tag of the message.
+    #[arg(long, default_value = "")]
+    tags: String,
+    /// Keys of the message, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<String>,
+    /// Send the message this many times.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Producer group.
+    #[arg(long, default_value = "comet-cli-producer")]
+    group: String,
+    /// One JSON object per sent message instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where `comet consume` starts in a queue.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StartAt {
+    /// The group's committed offset; the queue's end where the group never committed.
+    Committed,
+    /// The oldest stored message, ignoring committed offsets.
+    Begin,
+    /// Only messages sent from now on, ignoring committed offsets.
+    End,
+}
+
+/// Arguments of `comet consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Topic to follow.
+    topic: String,
+    /// Consumer group whose offsets are read and committed.
+    #[arg(long)]
+    group: String,
+    /// Where to start in each queue.
+    #[arg(long, value_enum, default_value = "committed")]
+    from: StartAt,
+    /// Stop after this many messages (default: run until ctrl-c).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Broker-side tag filter: `*` = every message, `a||b` = tag a or b.
+    #[arg(long, default_value = "*")]
+    tags: String,
+    /// How often consumed offsets are committed, in ms (and once more at exit).
+    #[arg(long, default_value_t = 5000)]
+    commit_interval_ms: u64,
+    /// One JSON object per message (with queue, offset, id, tags, keys) instead of the bare body.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Sends the body `count` times and prints where each message was stored.
+pub async fn send(args: SendArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    let body = match args.body.as_deref() {
+        None | Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading the body from stdin")?;
+            buf
+        }
+        Some(text) => text.as_bytes().to_vec(),
+    };
+    let producer = Producer::new(ProducerConfig::new(namesrv.to_vec(), args.group))?;
+    let mut message = Message::new(args.topic, body).with_tags(args.tags);
+    message.keys = args.keys;
+    for _ in 0..args.count {
+        let result = producer.send(message.clone()).await?;
+        if args.json {
+            let line = serde_json::json!({
+                "message_id": result.message_id,
+                "topic": result.queue.topic,
+                "broker": result.queue.broker_name,
+                "queue_id": result.queue.queue_id,
+                "queue_offset": result.queue_offset,
+            });
+            println!("{line}");
+        } else {
+            println!("sent {} to {} offset {}", result.message_id, result.queue, result.queue_offset);
+        }
+    }
+    Ok(())
+}
+
+/// Follows every readable queue of the topic with long polling and prints what arrives, committing offsets
+/// every `commit_interval_ms` and at exit; stops on ctrl-c or after `count` messages.
+pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    let mut config = PullConsumerConfig::new(namesrv.to_vec(), args.group);
+    config.tag_expression = args.tags;
+    let consumer = PullConsumer::new(config)?;
+    let queues = consumer.queues(&args.topic).await?;
+    anyhow::ensure!(!queues.is_empty(), "topic {} has no readable queue", args.topic);
+
+    // Queue followers hand messages to this loop in queue order; a bounded channel keeps them from reading far
+    // ahead of what is printed.
+    let (tx, mut rx) = mpsc::channel::<ReceivedMessage>(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for queue in queues {
+        let start = start_offset(&consumer, &queue, args.from).await?;
+        tokio::spawn(follow(consumer.clone(), queue, start, tx.clone(), stop_rx.clone()));
+    }
+    drop(tx);
+
+    let mut done: HashMap<MessageQueue, u64> = HashMap::new();
+    let mut committed: HashMap<MessageQueue, u64> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(args.commit_interval_ms.max(1)));
+    let mut consumed = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    while args.count.is_none_or(|n| consumed < n) {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tick.tick() => commit(&consumer, &done, &mut committed).await,
+            message = rx.recv() => {
+                let Some(message) = message else { break };
+                print_message(&message, args.json);
+                done.insert(message.queue.clone(), message.queue_offset + 1);
+                consumed += 1;
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    commit(&consumer, &done, &mut committed).await;
+    eprintln!("consumed {consumed} message(s); offsets committed");
+    Ok(())
+}
+
+async fn start_offset(consumer: &PullConsumer, queue: &MessageQueue, from: StartAt) -> anyhow::Result<u64> {
+    let (min, max) = consumer.queue_offsets(queue).await?;
+    Ok(match from {
+        StartAt::Begin => min,
+        StartAt::End => max,
+        StartAt::Committed => consumer.query_offset(queue).await?.unwrap_or(max),
+    })
+}
+
+/// Long-polls one queue until stopped or the printer goes away.
+async fn follow(
+    consumer: PullConsumer,
+    queue: MessageQueue,
+    mut offset: u64,
+    tx: mpsc::Sender<ReceivedMessage>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let pulled = tokio::select! {
+            _ = stop.changed() => return,
+            pulled = consumer.pull(&queue, offset, 32, Duration::from_secs(5)) => pulled,
+        };
+        match pulled {
+            Ok(result) => {
+                offset = result.next_offset;
+                for message in result.messages {
+                    if tx.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("warning: pull from {queue} failed: {e}");
+                // Back off instead of hammering a broker that is down; the route is refreshed meanwhile.
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn commit(
+    consumer: &PullConsumer,
+    done: &HashMap<MessageQueue, u64>,
+    committed: &mut HashMap<MessageQueue, u64>,
+) {
+    for (queue, offset) in done {
+        if committed.get(queue) == Some(offset) {
+            continue;
+        }
+        match consumer.commit_offset(queue, *offset).await {
+            Ok(()) => {
+                committed.insert(queue.clone(), *offset);
+            }
+            Err(e) => eprintln!("warning: committing {queue} at {offset} failed: {e}"),
+        }
+    }
+}
+
+fn print_message(message: &ReceivedMessage, json: bool) {
+    let body = String::from_utf8_lossy(&message.body);
+    if json {
+        let line = serde_json::json!({
+            "message_id": message.message_id,
+            "topic": message.queue.topic,
+            "broker": message.queue.broker_name,
+            "queue_id": message.queue.queue_id,
+            "queue_offset": message.queue_offset,
+            "tags": message.tags,
+            "keys": message.keys,
+            "properties": message.properties,
+            "body": body,
+        });
+        println!("{line}");
+    } else {
+        println!("{body}");
+    }
+}
