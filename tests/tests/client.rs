@@ -206,6 +206,44 @@ async fn a_killed_broker_is_avoided_and_sends_are_retried_on_the_other_broker() 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_no_broker_hosts_yet_is_auto_created_by_the_first_send_and_then_routed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster(dir.path()).await?;
+    let producer = producer(&ns)?;
+    let first = producer.send(Message::new("sdk-fresh", "first")).await?;
+    assert_eq!(first.queue.broker_name, "broker-a");
+    let ns_client = ns.client()?;
+    wait_until("route of the auto-created topic", Duration::from_secs(10), || async {
+        ns_client.query_route("sdk-fresh").await.is_ok()
+    })
+    .await?;
+    let mut queues = std::collections::BTreeSet::new();
+    for i in 0..16 {
+        queues.insert(producer.send(Message::new("sdk-fresh", format!("m{i}"))).await?.queue.queue_id);
+    }
+    assert_eq!(queues.len(), 8, "round robin over the default 8 queues once routed: {queues:?}");
+
+    // With auto-creation off the broker's refusal is a permanent error naming the broker.
+    let off_dir = dir.path().join("off");
+    std::fs::create_dir_all(&off_dir)?;
+    let ns_off = NameServer::memory(&off_dir, "").await?;
+    let options = BrokerOptions { nameservers: vec![ns_off.addr()], no_auto_create: true, ..Default::default() };
+    let _strict = BrokerProcess::start(&off_dir, &options).await?;
+    let ns_off_client = ns_off.client()?;
+    wait_until("strict broker registered", Duration::from_secs(10), || async {
+        ns_off_client.cluster_info().await.is_ok_and(|c| !c.clusters.is_empty())
+    })
+    .await?;
+    let err = producer_refreshing_every(&ns_off, Duration::from_secs(30))?
+        .send(Message::new("sdk-unknown", "x"))
+        .await
+        .expect_err("unknown topic with auto-create off");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.broker().is_some(), "{err}");
+    Ok(())
+}
+
 /// Runs the `comet` binary with `args` against the NameServer, with `stdin` as input; fails on a non-zero exit
 /// or after 30 s.
 async fn comet(ns: &NameServer, args: &[&str], stdin: &[u8]) -> anyhow::Result<String> {

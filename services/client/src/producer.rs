@@ -19,7 +19,7 @@ use crate::channels::Channels;
 use crate::error::ClientError;
 use crate::message::{Message, SendResult};
 use crate::route::{Routes, TopicRoute};
-use comet_model::MessageQueue;
+use comet_model::{MASTER_ID, MessageQueue};
 
 /// Producer settings.
 #[derive(Debug, Clone)]
@@ -179,22 +179,69 @@ impl Producer {
         outgoing: &Outgoing<'_>,
         avoid: Option<&str>,
     ) -> Result<Vec<SendResult>, (ClientError, Option<String>)> {
-        let route = self.inner.routes.get(op, outgoing.topic).await.map_err(|e| (e, None))?;
+        let route = match self.inner.routes.get(op, outgoing.topic).await {
+            Ok(route) => route,
+            Err(e) if e.code() == tonic::Code::NotFound => return self.attempt_unrouted(op, outgoing, avoid).await,
+            Err(e) => return Err((e, None)),
+        };
         let queue = self.pick(op, outgoing.topic, &route, avoid).map_err(|e| (e, None))?;
-        let fail = |e| (e, Some(queue.broker_name.clone()));
         let address = route.masters.get(&queue.broker_name).cloned().unwrap_or_default();
-        let mut client = self.inner.channels.broker(&address).map_err(fail)?;
+        self.send_to(op, outgoing, &queue.broker_name, &address, Some(queue.queue_id)).await
+    }
+
+    /// A topic no broker hosts yet: send to a master of the NameServers' clusters (round robin) without a queue
+    /// id, so a broker with topic auto-creation on creates it (RocketMQ's TBW102 default route does the same);
+    /// it registers the new topic at once, and the next send finds a route.
+    async fn attempt_unrouted(
+        &self,
+        op: &'static str,
+        outgoing: &Outgoing<'_>,
+        avoid: Option<&str>,
+    ) -> Result<Vec<SendResult>, (ClientError, Option<String>)> {
+        let info = self
+            .inner
+            .routes
+            .nameserver()
+            .cluster_info()
+            .await
+            .map_err(|source| (ClientError::Route { op, topic: outgoing.topic.to_owned(), source }, None))?;
+        let mut masters: Vec<(String, String)> = info
+            .clusters
+            .iter()
+            .flat_map(|c| &c.brokers)
+            .filter_map(|b| b.addresses.get(&MASTER_ID).map(|a| (b.broker_name.clone(), a.clone())))
+            .filter(|(name, address)| !address.is_empty() && avoid != Some(name.as_str()))
+            .collect();
+        masters.sort();
+        if masters.is_empty() {
+            return Err((ClientError::NoQueue { op, topic: outgoing.topic.to_owned(), what: "writable" }, None));
+        }
+        let (name, address) = &masters[self.inner.next_queue.fetch_add(1, Ordering::Relaxed) % masters.len()];
+        self.send_to(op, outgoing, name, address, None).await
+    }
+
+    /// Sends to the broker `broker_name` at `address`, to `queue_id` or (unset) the queue the broker picks.
+    async fn send_to(
+        &self,
+        op: &'static str,
+        outgoing: &Outgoing<'_>,
+        broker_name: &str,
+        address: &str,
+        queue_id: Option<u32>,
+    ) -> Result<Vec<SendResult>, (ClientError, Option<String>)> {
+        let fail = |e| (e, Some(broker_name.to_owned()));
+        let mut client = self.inner.channels.broker(address).map_err(fail)?;
         let request = pb::SendMessageRequest {
             topic: outgoing.topic.to_owned(),
-            queue_id: Some(queue.queue_id),
+            queue_id,
             producer_group: self.inner.config.group.clone(),
             messages: outgoing.messages.clone(),
         };
         let timeout = self.inner.config.send_timeout;
         let response = match tokio::time::timeout(timeout, client.send_message(request)).await {
             Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(fail(ClientError::broker_status(op, &address, &status))),
-            Err(_) => return Err(fail(ClientError::Timeout { op, broker: address, after: timeout })),
+            Ok(Err(status)) => return Err(fail(ClientError::broker_status(op, address, &status))),
+            Err(_) => return Err(fail(ClientError::Timeout { op, broker: address.to_owned(), after: timeout })),
         };
         let results: Vec<SendResult> = response
             .results
@@ -203,16 +250,17 @@ impl Producer {
                 message_id: r.message_id,
                 queue: MessageQueue {
                     topic: outgoing.topic.to_owned(),
-                    broker_name: queue.broker_name.clone(),
+                    broker_name: broker_name.to_owned(),
                     queue_id: r.queue_id,
                 },
                 queue_offset: r.queue_offset,
-                broker_address: address.clone(),
+                broker_address: address.to_owned(),
             })
             .collect();
         if results.len() != outgoing.messages.len() {
             let message = format!("{} results for {} messages", results.len(), outgoing.messages.len());
-            return Err(fail(ClientError::Broker { op, broker: address, code: tonic::Code::Internal, message }));
+            let broker = address.to_owned();
+            return Err(fail(ClientError::Broker { op, broker, code: tonic::Code::Internal, message }));
         }
         Ok(results)
     }

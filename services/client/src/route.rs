@@ -126,6 +126,11 @@ impl Routes {
         }
     }
 
+    /// The NameServer client the routes come from.
+    pub(crate) fn nameserver(&self) -> &NameServerClient {
+        &self.nameserver
+    }
+
     /// Marks a topic's route for refresh at its next use (after a send or pull failed).
     pub(crate) fn invalidate(&self, topic: &str) {
         if let Some(entry) = self.cache.lock().get_mut(topic) {
