@@ -25,15 +25,15 @@ pub enum ClientError {
         message: String,
     },
     /// The topic's route could not be obtained from the NameServers (and none was cached).
-    #[error("{op}: route of topic {topic:?}: {source}")]
+    // The cause is in the message, not returned by `source()`, so `{:#}` chains do not print it twice.
+    #[error("{op}: route of topic {topic:?}: {cause}")]
     Route {
         /// The operation.
         op: &'static str,
         /// The topic.
         topic: String,
         /// The NameServer client's error.
-        #[source]
-        source: comet_nameserver_client::ClientError,
+        cause: comet_nameserver_client::ClientError,
     },
     /// The route has no queue usable for the operation (no writable/readable queue with a master address).
     #[error("{op}: topic {topic:?} has no {what} queue with a reachable master")]
@@ -74,7 +74,7 @@ impl ClientError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ClientError::Invalid { .. } | ClientError::NoQueue { .. } => ErrorKind::Permanent,
-            ClientError::Route { source, .. } => match source.code() {
+            ClientError::Route { cause, .. } => match cause.code() {
                 Code::Unavailable | Code::DeadlineExceeded => ErrorKind::Retryable,
                 _ => ErrorKind::Permanent,
             },
@@ -106,7 +106,7 @@ impl ClientError {
     pub fn code(&self) -> Code {
         match self {
             ClientError::Invalid { .. } => Code::InvalidArgument,
-            ClientError::Route { source, .. } => source.code(),
+            ClientError::Route { cause, .. } => cause.code(),
             ClientError::NoQueue { .. } => Code::FailedPrecondition,
             ClientError::Broker { code, .. } => *code,
             ClientError::Timeout { .. } => Code::DeadlineExceeded,

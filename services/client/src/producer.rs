@@ -204,7 +204,7 @@ impl Producer {
             .nameserver()
             .cluster_info()
             .await
-            .map_err(|source| (ClientError::Route { op, topic: outgoing.topic.to_owned(), source }, None))?;
+            .map_err(|cause| (ClientError::Route { op, topic: outgoing.topic.to_owned(), cause }, None))?;
         let mut masters: Vec<(String, String)> = info
             .clusters
             .iter()

@@ -114,14 +114,14 @@ impl Routes {
                 cache.insert(topic.to_owned(), entry);
                 Ok(route)
             }
-            Err(source) => {
+            Err(cause) => {
                 if let Some(entry) = cache.get_mut(topic) {
-                    tracing::warn!(topic, error = %source, "route refresh failed; keeping the cached route");
+                    tracing::warn!(topic, error = %cause, "route refresh failed; keeping the cached route");
                     entry.refreshing = false;
                     entry.stale = false;
                     entry.fetched = Instant::now();
                 }
-                Err(ClientError::Route { op, topic: topic.to_owned(), source })
+                Err(ClientError::Route { op, topic: topic.to_owned(), cause })
             }
         }
     }
