@@ -26,6 +26,8 @@ run:
 	echo "  .venv/bin/grpcurl -plaintext -d '{\"topic\":\"demo\",\"queueId\":0,\"messages\":[{\"body\":\"aGVsbG8=\",\"tags\":\"t1\"}]}' $(BROKER_ADDR) comet.v1.Broker/SendMessage"; \
 	echo "  .venv/bin/grpcurl -plaintext -d '{\"group\":\"g1\",\"topic\":\"demo\",\"queueId\":0,\"maxWaitMillis\":5000}' $(BROKER_ADDR) comet.v1.Broker/PullMessage"; \
 	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) route demo"; \
+	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) send demo hello --count 3"; \
+	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) consume demo --group tour --from begin"; \
 	COMET_BROKER_LISTEN=$(BROKER_ADDR) COMET_BROKER_NAMESERVER_ADDRESSES=$(NAMESRV_ADDR) \
 		$(TARGET_DIR)/release/comet-broker
 
