@@ -22,6 +22,12 @@ async fn cluster(dir: &Path) -> anyhow::Result<(NameServer, BrokerProcess)> {
     let broker =
         BrokerProcess::start(&broker_dir, &BrokerOptions { nameservers: vec![ns.addr()], ..Default::default() })
             .await?;
+    // The broker serves before its first registration lands; producers of new topics need it in the cluster info.
+    let ns_client = ns.client()?;
+    wait_until("broker registered", Duration::from_secs(10), || async {
+        ns_client.cluster_info().await.is_ok_and(|c| c.clusters.iter().any(|c| !c.brokers.is_empty()))
+    })
+    .await?;
     Ok((ns, broker))
 }
 

@@ -80,6 +80,9 @@ impl ClientError {
             },
             ClientError::Broker { code, message, .. } => match code {
                 Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Retryable,
+                // tonic reports a connection that broke under a call (a killed broker) as UNKNOWN "transport
+                // error"; the broker's own codes (docs/response-codes.md) never include UNKNOWN.
+                Code::Unknown => ErrorKind::Retryable,
                 // RESOURCE_EXHAUSTED is the broker's one "busy" answer; tonic also uses it for "message length
                 // too large", which would fail again unchanged.
                 Code::ResourceExhausted if message.contains("busy") => ErrorKind::Retryable,
@@ -129,6 +132,7 @@ mod tests {
     #[test]
     fn busy_unavailable_and_timeouts_are_retryable_answers_are_not() {
         assert!(broker(Code::Unavailable, "connection refused").is_retryable());
+        assert!(broker(Code::Unknown, "transport error").is_retryable());
         assert!(broker(Code::ResourceExhausted, "broker busy: 64 sends in flight; retry later").is_retryable());
         assert!(!broker(Code::ResourceExhausted, "message length too large").is_retryable());
         assert!(!broker(Code::InvalidArgument, "empty body").is_retryable());
