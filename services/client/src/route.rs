@@ -161,6 +161,24 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_due_route_is_served_from_the_cache_while_the_nameserver_is_unreachable() {
+        // Port 1 refuses connections: every NameServer call fails fast.
+        let nameserver = NameServerClient::connect(&["127.0.0.1:1"]).unwrap();
+        let routes = Routes::new(nameserver, Duration::ZERO);
+        let mut cached = TopicRoute::default();
+        cached.masters.insert("a".into(), "a:1".into());
+        cached.writable.push(MessageQueue { topic: "t".into(), broker_name: "a".into(), queue_id: 0 });
+        let entry = Entry { route: Arc::new(cached.clone()), fetched: Instant::now(), stale: true, refreshing: false };
+        routes.cache.lock().insert("t".into(), entry);
+
+        for _ in 0..3 {
+            assert_eq!(*routes.get("send", "t").await.unwrap(), cached, "always due, always served");
+        }
+        let err = routes.get("send", "never-seen").await.unwrap_err();
+        assert!(matches!(err, ClientError::Route { .. }) && err.is_retryable(), "{err}");
+    }
+
     #[test]
     fn only_queues_with_the_permission_and_a_master_are_usable() {
         let wire = pb::QueryRouteResponse {
