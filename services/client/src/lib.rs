@@ -16,6 +16,7 @@ mod consumer;
 mod error;
 mod message;
 mod producer;
+mod rebalance;
 mod route;
 
 pub use comet_model::MessageQueue;
@@ -23,3 +24,4 @@ pub use consumer::{PullConsumer, PullConsumerConfig, PullResult, PullStatus};
 pub use error::{ClientError, ErrorKind};
 pub use message::{Message, ReceivedMessage, SendResult};
 pub use producer::{Producer, ProducerConfig};
+pub use rebalance::{OffsetWindow, allocate_averagely};
