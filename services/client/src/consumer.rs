@@ -192,6 +192,24 @@ impl PullConsumer {
         Ok((answer.min_offset, answer.max_offset))
     }
 
+    /// The master addresses of the brokers hosting `topic`'s readable queues, sorted (push consumer heartbeats).
+    pub(crate) async fn broker_addresses(&self, topic: &str) -> Result<Vec<String>, ClientError> {
+        let route = self.inner.routes.get("brokers", topic).await?;
+        let mut addresses: Vec<String> =
+            route.readable.iter().filter_map(|q| route.masters.get(&q.broker_name).cloned()).collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+
+    /// A client of the broker at `address` on the shared channel.
+    pub(crate) fn broker_client(
+        &self,
+        address: &str,
+    ) -> Result<pb::broker_client::BrokerClient<tonic::transport::Channel>, ClientError> {
+        self.inner.channels.broker(address)
+    }
+
     /// One call to the master of `queue`'s broker; a failure marks the route for refresh (the broker may have
     /// moved).
     async fn call<T, F, Fut>(

@@ -6,7 +6,9 @@
 //!   and oneway sends, and batches.
 //! - [`PullConsumer`]: reads explicit queues from explicit offsets, commits and queries a group's offsets.
 //!
-//! Push consumers (re-balance, broadcasting, flow control) are not here yet: see docs/client.md.
+//! - [`PushConsumer`]: the SDK picks the queues (clustering: an average share among the group's live members,
+//!   re-balanced on membership changes; broadcasting: every queue), long-polls each, calls a listener on worker
+//!   threads and commits the lowest unacknowledged offset per queue (at-least-once; failures are retried).
 //!
 //! The SDK depends on comet-proto and comet-nameserver-client only (never on the broker or the store); its API
 //! speaks its own types ([`Message`], [`SendResult`], [`ReceivedMessage`]) and comet-model's [`MessageQueue`].
@@ -16,6 +18,7 @@ mod consumer;
 mod error;
 mod message;
 mod producer;
+mod push;
 mod rebalance;
 mod route;
 
@@ -24,4 +27,7 @@ pub use consumer::{PullConsumer, PullConsumerConfig, PullResult, PullStatus};
 pub use error::{ClientError, ErrorKind};
 pub use message::{Message, ReceivedMessage, SendResult};
 pub use producer::{Producer, ProducerConfig};
+pub use push::{
+    ConsumeFrom, Listener, ListenerResult, MessageModel, PushConsumer, PushConsumerBuilder, PushConsumerConfig,
+};
 pub use rebalance::{OffsetWindow, allocate_averagely};

@@ -1,0 +1,701 @@
+//! The push consumer: the SDK decides which queues this member reads (clustering: an average share of the
+//! group's live members; broadcasting: every queue), runs one long-poll loop per queue, hands messages to a
+//! listener on worker threads, and commits per queue the lowest offset not yet acknowledged.
+//!
+//! At-least-once: a message counts as consumed only after the listener returned `Ok`; a failed or panicking call
+//! is handed to the listener again after a back-off (the retry/DLQ topics come with a later issue), and commits
+//! never pass a message in flight or failed. Duplicates happen around re-balances and restarts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use comet_model::MessageQueue;
+use comet_nameserver_client::ClientConfig;
+use comet_proto::comet::v1 as pb;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::consumer::{PullConsumer, PullConsumerConfig, PullStatus};
+use crate::error::ClientError;
+use crate::message::ReceivedMessage;
+use crate::rebalance::{OffsetWindow, allocate_averagely};
+
+/// What a listener returns: `Ok` acknowledges the message; an error has it delivered again after a back-off.
+pub type ListenerResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// The application's message handler, called concurrently from the worker threads.
+pub type Listener = Arc<dyn Fn(&ReceivedMessage) -> ListenerResult + Send + Sync>;
+
+/// How a group's members share the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageModel {
+    /// Each message goes to one member; queues are shared among the live members; offsets on the broker.
+    Clustering,
+    /// Every member reads every queue; offsets in a local file.
+    Broadcasting,
+}
+
+/// Where a queue with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeFrom {
+    /// At the queue's end: only messages stored from now on.
+    LastOffset,
+    /// At the queue's smallest stored offset.
+    FirstOffset,
+}
+
+/// Push consumer settings; see [`PushConsumer::builder`].
+#[derive(Debug, Clone)]
+pub struct PushConsumerConfig {
+    /// NameServer addresses (`host:port`).
+    pub nameservers: Vec<String>,
+    /// The consumer group.
+    pub group: String,
+    /// Topic → tag expression (`*` = every message, `a||b` = tag a or b).
+    pub subscriptions: BTreeMap<String, String>,
+    /// Clustering or broadcasting.
+    pub model: MessageModel,
+    /// Where a queue without a committed offset starts.
+    pub consume_from: ConsumeFrom,
+    /// Listener worker threads.
+    pub threads: usize,
+    /// Broadcasting: the offsets file (default `./comet-offsets-<group>.txt`).
+    pub offset_file: Option<PathBuf>,
+    /// Heartbeats to every broker of the subscribed topics (default 30 s; also at start).
+    pub heartbeat_interval: Duration,
+    /// How often the route and the group's member list are read and the allocation re-computed (default 1 s;
+    /// RocketMQ re-balances every 20 s plus on a broker notification, which Comet's broker does not send, so
+    /// this short poll is what makes re-balancing prompt). Queues move only when the allocation changed.
+    pub rebalance_interval: Duration,
+    /// Offset commits (default 5 s; also when a queue is released and at shutdown).
+    pub commit_interval: Duration,
+    /// Messages per pull (default 32).
+    pub pull_batch: u32,
+    /// Long-poll wait per pull (default 5 s).
+    pub pull_wait: Duration,
+    /// A queue's pulls pause above this many unacknowledged messages (default 1 000).
+    pub max_cached_messages: usize,
+    /// A queue's pulls pause above this many unacknowledged body bytes (default 100 MiB).
+    pub max_cached_bytes: usize,
+    /// Delay before a failed message goes to the listener again (default 1 s).
+    pub retry_backoff: Duration,
+    /// How long `shutdown` waits for listener calls in progress (default 10 s).
+    pub shutdown_timeout: Duration,
+    /// How old a cached route may get (default 30 s).
+    pub route_refresh: Duration,
+    /// Settings of the NameServer client (addresses are taken from `nameservers`).
+    pub nameserver_client: Option<ClientConfig>,
+}
+
+impl PushConsumerConfig {
+    /// Defaults for `group` over `nameservers`: clustering, from the last offset, 20 threads.
+    pub fn new(nameservers: Vec<String>, group: impl Into<String>) -> Self {
+        Self {
+            nameservers,
+            group: group.into(),
+            subscriptions: BTreeMap::new(),
+            model: MessageModel::Clustering,
+            consume_from: ConsumeFrom::LastOffset,
+            threads: 20,
+            offset_file: None,
+            heartbeat_interval: Duration::from_secs(30),
+            rebalance_interval: Duration::from_secs(1),
+            commit_interval: Duration::from_secs(5),
+            pull_batch: 32,
+            pull_wait: Duration::from_secs(5),
+            max_cached_messages: 1000,
+            max_cached_bytes: 100 << 20,
+            retry_backoff: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(10),
+            route_refresh: Duration::from_secs(30),
+            nameserver_client: None,
+        }
+    }
+}
+
+/// Builds a [`PushConsumer`].
+pub struct PushConsumerBuilder {
+    config: PushConsumerConfig,
+    listener: Option<Listener>,
+}
+
+impl PushConsumerBuilder {
+    /// Subscribes to `topic` with a tag expression (`*` = all).
+    pub fn subscribe(mut self, topic: impl Into<String>, expression: impl Into<String>) -> Self {
+        self.config.subscriptions.insert(topic.into(), expression.into());
+        self
+    }
+
+    /// Clustering (default) or broadcasting.
+    pub fn model(mut self, model: MessageModel) -> Self {
+        self.config.model = model;
+        self
+    }
+
+    /// Where queues without a committed offset start (default: their end).
+    pub fn consume_from(mut self, from: ConsumeFrom) -> Self {
+        self.config.consume_from = from;
+        self
+    }
+
+    /// Listener worker threads (at least 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.config.threads = threads.max(1);
+        self
+    }
+
+    /// Broadcasting: where offsets are kept.
+    pub fn offset_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.offset_file = Some(path.into());
+        self
+    }
+
+    /// The message handler.
+    pub fn listener(mut self, listener: impl Fn(&ReceivedMessage) -> ListenerResult + Send + Sync + 'static) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Changes any other setting.
+    pub fn configure(mut self, change: impl FnOnce(&mut PushConsumerConfig)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Starts the consumer: first heartbeat, first re-balance, pull loops, workers. Must be called inside a tokio
+    /// runtime.
+    pub async fn start(self) -> Result<PushConsumer, ClientError> {
+        let invalid = |message: &str| ClientError::Invalid { op: "push_consumer", message: message.to_owned() };
+        let listener = self.listener.ok_or_else(|| invalid("no listener"))?;
+        if self.config.subscriptions.is_empty() {
+            return Err(invalid("no subscription"));
+        }
+        PushConsumer::start(self.config, listener).await
+    }
+}
+
+/// One work item for the listener threads.
+struct Task {
+    message: ReceivedMessage,
+    queue: Arc<QueueState>,
+}
+
+/// An assigned queue: its offset window and whether it was taken away.
+struct QueueState {
+    window: Mutex<OffsetWindow>,
+    dropped: AtomicBool,
+    acked: tokio::sync::Notify,
+}
+
+struct Assigned {
+    state: Arc<QueueState>,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    config: PushConsumerConfig,
+    client_id: String,
+    listener: Listener,
+    pullers: HashMap<String, PullConsumer>,
+    assigned: Mutex<HashMap<MessageQueue, Assigned>>,
+    /// Broadcasting: the last known offset of every queue ever read (also those not assigned now).
+    file_offsets: Mutex<HashMap<MessageQueue, u64>>,
+    tasks: Mutex<Option<mpsc::Sender<Task>>>,
+    in_flight: AtomicUsize,
+    stopping: AtomicBool,
+    runtime: tokio::runtime::Handle,
+    rebalance_lock: tokio::sync::Mutex<()>,
+}
+
+/// A running push consumer. Stop it with [`PushConsumer::shutdown`].
+pub struct PushConsumer {
+    shared: Arc<Shared>,
+    background: Vec<JoinHandle<()>>,
+}
+
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
+
+fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl PushConsumer {
+    /// A builder for `group` over `nameservers`.
+    pub fn builder(nameservers: Vec<String>, group: impl Into<String>) -> PushConsumerBuilder {
+        PushConsumerBuilder { config: PushConsumerConfig::new(nameservers, group), listener: None }
+    }
+
+    async fn start(config: PushConsumerConfig, listener: Listener) -> Result<Self, ClientError> {
+        let mut pullers = HashMap::new();
+        for (topic, expression) in &config.subscriptions {
+            // One pull consumer per topic because the tag expression is a pull consumer setting.
+            let mut pull = PullConsumerConfig::new(config.nameservers.clone(), config.group.clone());
+            pull.tag_expression = expression.clone();
+            pull.route_refresh = config.route_refresh;
+            pull.nameserver_client = config.nameserver_client.clone();
+            pullers.insert(topic.clone(), PullConsumer::new(pull)?);
+        }
+        // Unique per consumer, also among several in one process (the system tests run three).
+        let client_id =
+            format!("{}@{}@{}", std::process::id(), unix_millis(), NEXT_CLIENT.fetch_add(1, Ordering::Relaxed));
+        let file_offsets = match (config.model, config.offset_file.as_deref()) {
+            (MessageModel::Broadcasting, path) => load_offsets(&offset_path(&config.group, path))?,
+            (MessageModel::Clustering, _) => HashMap::new(),
+        };
+        let (sender, receiver) = mpsc::channel::<Task>();
+        let shared = Arc::new(Shared {
+            client_id,
+            listener,
+            pullers,
+            assigned: Mutex::new(HashMap::new()),
+            file_offsets: Mutex::new(file_offsets),
+            tasks: Mutex::new(Some(sender)),
+            in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
+            rebalance_lock: tokio::sync::Mutex::new(()),
+            config,
+        });
+        let receiver = Arc::new(Mutex::new(receiver));
+        for i in 0..shared.config.threads {
+            let (shared, receiver) = (Arc::clone(&shared), Arc::clone(&receiver));
+            std::thread::Builder::new()
+                .name(format!("comet-listener-{i}"))
+                .spawn(move || worker(&shared, &receiver))
+                .map_err(|e| ClientError::Invalid { op: "push_consumer", message: format!("spawn worker: {e}") })?;
+        }
+        shared.heartbeat().await;
+        shared.rebalance().await;
+        let background = vec![
+            tokio::spawn(Arc::clone(&shared).heartbeat_loop()),
+            tokio::spawn(Arc::clone(&shared).rebalance_loop()),
+            tokio::spawn(Arc::clone(&shared).commit_loop()),
+        ];
+        Ok(Self { shared, background })
+    }
+
+    /// This consumer's client id (as the brokers list it).
+    pub fn client_id(&self) -> &str {
+        &self.shared.client_id
+    }
+
+    /// The queues this member reads now, sorted.
+    pub fn assigned_queues(&self) -> Vec<MessageQueue> {
+        let mut queues: Vec<MessageQueue> = self.shared.assigned.lock().keys().cloned().collect();
+        queues.sort();
+        queues
+    }
+
+    /// Graceful stop: no more pulls, listener calls in progress waited for (up to the shutdown timeout),
+    /// offsets committed, the client unregistered from its brokers so the group re-balances at once.
+    pub async fn shutdown(mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        let _guard = self.shared.rebalance_lock.lock().await;
+        let queues: Vec<(MessageQueue, Assigned)> = self.shared.assigned.lock().drain().collect();
+        for (_, assigned) in &queues {
+            assigned.state.dropped.store(true, Ordering::SeqCst);
+            assigned.task.abort();
+        }
+        let deadline = Instant::now() + self.shared.config.shutdown_timeout;
+        while self.shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for (queue, assigned) in &queues {
+            let offset = assigned.state.window.lock().committable();
+            self.shared.commit(queue, offset).await;
+        }
+        self.shared.save_file();
+        // Closing the channel ends the workers once they are idle.
+        self.shared.tasks.lock().take();
+        self.shared.unregister().await;
+    }
+}
+
+impl Drop for PushConsumer {
+    fn drop(&mut self) {
+        // Dropped without shutdown: stop everything (no commit; the next owner re-reads from the last commit).
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for task in &self.background {
+            task.abort();
+        }
+        for assigned in self.shared.assigned.lock().values() {
+            assigned.state.dropped.store(true, Ordering::SeqCst);
+            assigned.task.abort();
+        }
+        self.shared.tasks.lock().take();
+    }
+}
+
+/// A listener thread: takes messages, calls the listener, acknowledges successes, schedules failures again.
+fn worker(shared: &Arc<Shared>, receiver: &Mutex<mpsc::Receiver<Task>>) {
+    loop {
+        // Held only while waiting: whichever thread holds the lock gets the next message.
+        let task = match receiver.lock().recv_timeout(Duration::from_millis(200)) {
+            Ok(task) => task,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        // Counted before the check so shutdown, which drops queues and then waits for zero, never misses a call.
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        // A queue taken away: its new owner reads these again from the committed offset.
+        if task.queue.dropped.load(Ordering::SeqCst) {
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let listener = &shared.listener;
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| listener(&task.message)));
+        match outcome {
+            Ok(Ok(())) => {
+                task.queue.window.lock().ack(task.message.queue_offset);
+                task.queue.acked.notify_one();
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(queue = %task.message.queue, offset = task.message.queue_offset, %error,
+                    "listener failed; delivering the message again after a back-off");
+                shared.retry_later(task);
+            }
+            Err(_) => {
+                tracing::warn!(queue = %task.message.queue, offset = task.message.queue_offset,
+                    "listener panicked; delivering the message again after a back-off");
+                shared.retry_later(task);
+            }
+        }
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    fn retry_later(self: &Arc<Self>, mut task: Task) {
+        task.message.reconsume_times += 1;
+        let shared = Arc::clone(self);
+        self.runtime.spawn(async move {
+            tokio::time::sleep(shared.config.retry_backoff).await;
+            if !task.queue.dropped.load(Ordering::SeqCst)
+                && let Some(sender) = shared.tasks.lock().as_ref()
+            {
+                let _ = sender.send(task);
+            }
+        });
+    }
+
+    fn heartbeat_request(&self) -> pb::ClientHeartbeatRequest {
+        let model = match self.config.model {
+            MessageModel::Clustering => pb::MessageModel::Clustering,
+            MessageModel::Broadcasting => pb::MessageModel::Broadcasting,
+        };
+        let subscriptions = self
+            .config
+            .subscriptions
+            .iter()
+            .map(|(topic, expression)| pb::Subscription { topic: topic.clone(), expression: expression.clone() })
+            .collect();
+        pb::ClientHeartbeatRequest {
+            client_id: self.client_id.clone(),
+            producer_groups: Vec::new(),
+            consumer_groups: vec![pb::ConsumerGroupHeartbeat {
+                group: self.config.group.clone(),
+                message_model: model as i32,
+                subscriptions,
+            }],
+        }
+    }
+
+    /// Every master address hosting a subscribed topic (with the pull consumer of one topic it hosts).
+    async fn brokers(&self) -> Vec<(String, PullConsumer)> {
+        let mut out: Vec<(String, PullConsumer)> = Vec::new();
+        for (topic, puller) in &self.pullers {
+            match puller.broker_addresses(topic).await {
+                Ok(addresses) => {
+                    for a in addresses {
+                        if !out.iter().any(|(b, _)| *b == a) {
+                            out.push((a, puller.clone()));
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(topic, %error, "no route for the heartbeat"),
+            }
+        }
+        out
+    }
+
+    async fn heartbeat(&self) {
+        let request = self.heartbeat_request();
+        for (address, puller) in self.brokers().await {
+            let Ok(mut client) = puller.broker_client(&address) else { continue };
+            let call = tokio::time::timeout(Duration::from_secs(3), client.heartbeat(request.clone()));
+            if !matches!(call.await, Ok(Ok(_))) {
+                tracing::warn!(broker = address, "heartbeat failed");
+            }
+        }
+    }
+
+    async fn unregister(&self) {
+        let request =
+            pb::UnregisterClientRequest { client_id: self.client_id.clone(), groups: vec![self.config.group.clone()] };
+        for (address, puller) in self.brokers().await {
+            let Ok(mut client) = puller.broker_client(&address) else { continue };
+            let _ = tokio::time::timeout(Duration::from_secs(3), client.unregister_client(request.clone())).await;
+        }
+    }
+
+    /// The group's live members as the first answering broker of `topic` sees them.
+    async fn members(&self, topic: &str, puller: &PullConsumer) -> Option<Vec<String>> {
+        let request = pb::GetConsumerListRequest { group: self.config.group.clone() };
+        for address in puller.broker_addresses(topic).await.ok()? {
+            let Ok(mut client) = puller.broker_client(&address) else { continue };
+            if let Ok(Ok(answer)) =
+                tokio::time::timeout(Duration::from_secs(3), client.get_consumer_list(request.clone())).await
+            {
+                return Some(answer.into_inner().client_ids);
+            }
+        }
+        None
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.heartbeat().await;
+        }
+    }
+
+    async fn rebalance_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.config.rebalance_interval).await;
+            self.rebalance().await;
+        }
+    }
+
+    async fn commit_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.commit_interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let queues: Vec<(MessageQueue, u64)> =
+                self.assigned.lock().iter().map(|(q, a)| (q.clone(), a.state.window.lock().committable())).collect();
+            for (queue, offset) in queues {
+                self.commit(&queue, offset).await;
+            }
+            self.save_file();
+        }
+    }
+
+    /// Records `offset` as `queue`'s committed offset: on the broker (clustering) or for the file (broadcasting).
+    async fn commit(&self, queue: &MessageQueue, offset: u64) {
+        match self.config.model {
+            MessageModel::Clustering => {
+                let Some(puller) = self.pullers.get(&queue.topic) else { return };
+                if let Err(error) = puller.commit_offset(queue, offset).await {
+                    tracing::warn!(%queue, offset, %error, "offset commit failed");
+                }
+            }
+            MessageModel::Broadcasting => {
+                self.file_offsets.lock().insert(queue.clone(), offset);
+            }
+        }
+    }
+
+    fn save_file(&self) {
+        if self.config.model != MessageModel::Broadcasting {
+            return;
+        }
+        let path = offset_path(&self.config.group, self.config.offset_file.as_deref());
+        let offsets = self.file_offsets.lock().clone();
+        if let Err(error) = save_offsets(&path, &offsets) {
+            tracing::warn!(path = %path.display(), %error, "writing the offsets file failed");
+        }
+    }
+
+    /// Computes the wanted queues per topic and starts/stops pull loops to match (nothing moves when the
+    /// allocation is unchanged). A released queue's offset is committed before another member may take it.
+    async fn rebalance(self: &Arc<Self>) {
+        let _guard = self.rebalance_lock.lock().await;
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        for (topic, puller) in &self.pullers {
+            let queues = match puller.queues(topic).await {
+                Ok(queues) => queues,
+                Err(error) => {
+                    tracing::warn!(topic, %error, "re-balance: no route");
+                    continue;
+                }
+            };
+            let wanted = match self.config.model {
+                MessageModel::Broadcasting => queues,
+                MessageModel::Clustering => {
+                    let Some(members) = self.members(topic, puller).await else { continue };
+                    if !members.contains(&self.client_id) {
+                        // Our heartbeat has not landed (or expired): say hello again before taking queues.
+                        self.heartbeat().await;
+                    }
+                    allocate_averagely(&queues, &members, &self.client_id)
+                }
+            };
+            let current: Vec<MessageQueue> =
+                self.assigned.lock().keys().filter(|q| q.topic == *topic).cloned().collect();
+            for queue in current.iter().filter(|q| !wanted.contains(q)) {
+                let removed = self.assigned.lock().remove(queue);
+                if let Some(assigned) = removed {
+                    assigned.state.dropped.store(true, Ordering::SeqCst);
+                    assigned.task.abort();
+                    let offset = assigned.state.window.lock().committable();
+                    self.commit(queue, offset).await;
+                    tracing::info!(%queue, offset, "queue released");
+                }
+            }
+            for queue in wanted.iter().filter(|q| !current.contains(q)) {
+                match self.start_offset(puller, queue).await {
+                    Ok(offset) => {
+                        let state = Arc::new(QueueState {
+                            window: Mutex::new(OffsetWindow::new(offset)),
+                            dropped: AtomicBool::new(false),
+                            acked: tokio::sync::Notify::new(),
+                        });
+                        let task =
+                            tokio::spawn(Arc::clone(self).pull_loop(puller.clone(), queue.clone(), Arc::clone(&state)));
+                        self.assigned.lock().insert(queue.clone(), Assigned { state, task });
+                        tracing::info!(%queue, offset, "queue assigned");
+                    }
+                    Err(error) => tracing::warn!(%queue, %error, "no start offset; retried at the next re-balance"),
+                }
+            }
+        }
+    }
+
+    async fn start_offset(&self, puller: &PullConsumer, queue: &MessageQueue) -> Result<u64, ClientError> {
+        let committed = match self.config.model {
+            MessageModel::Clustering => puller.query_offset(queue).await?,
+            MessageModel::Broadcasting => self.file_offsets.lock().get(queue).copied(),
+        };
+        if let Some(offset) = committed {
+            return Ok(offset);
+        }
+        let (min, max) = puller.queue_offsets(queue).await?;
+        Ok(match self.config.consume_from {
+            ConsumeFrom::FirstOffset => min,
+            ConsumeFrom::LastOffset => max,
+        })
+    }
+
+    /// Long-polls one queue until it is taken away, handing messages to the workers.
+    async fn pull_loop(self: Arc<Self>, puller: PullConsumer, queue: MessageQueue, state: Arc<QueueState>) {
+        while !state.dropped.load(Ordering::SeqCst) {
+            let (count, bytes, next) = {
+                let w = state.window.lock();
+                (w.cached_count(), w.cached_bytes(), w.next_pull())
+            };
+            if count >= self.config.max_cached_messages || bytes >= self.config.max_cached_bytes {
+                // Flow control: wait for acknowledgements (the timeout re-checks after a missed wake-up).
+                let _ = tokio::time::timeout(Duration::from_millis(100), state.acked.notified()).await;
+                continue;
+            }
+            let result = match puller.pull(&queue, next, self.config.pull_batch, self.config.pull_wait).await {
+                Ok(result) => result,
+                Err(error) => {
+                    tracing::warn!(%queue, %error, "pull failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let mut window = state.window.lock();
+            match result.status {
+                PullStatus::Found | PullStatus::NoNewMessage => {
+                    window.pulled(result.messages.iter().map(|m| (m.queue_offset, m.body.len())), result.next_offset);
+                }
+                PullStatus::OffsetMoved | PullStatus::OffsetOverflow => {
+                    tracing::warn!(%queue, from = next, to = result.next_offset, "pull offset corrected");
+                    window.reset_next(result.next_offset);
+                }
+            }
+            drop(window);
+            let sender = self.tasks.lock().clone();
+            let Some(sender) = sender else { return };
+            for message in result.messages {
+                if sender.send(Task { message, queue: Arc::clone(&state) }).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn offset_path(group: &str, configured: Option<&Path>) -> PathBuf {
+    configured.map_or_else(|| PathBuf::from(format!("comet-offsets-{group}.txt")), Path::to_path_buf)
+}
+
+/// Reads the broadcasting offsets file: one `topic<TAB>broker<TAB>queue-id<TAB>offset` line per queue. A missing
+/// file is an empty one.
+fn load_offsets(path: &Path) -> Result<HashMap<MessageQueue, u64>, ClientError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => {
+            return Err(ClientError::Invalid {
+                op: "push_consumer",
+                message: format!("read offsets file {}: {e}", path.display()),
+            });
+        }
+    };
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let parsed = match fields.as_slice() {
+            [topic, broker, id, offset] => id.parse().ok().zip(offset.parse().ok()).map(|(queue_id, offset)| {
+                (MessageQueue { topic: (*topic).to_owned(), broker_name: (*broker).to_owned(), queue_id }, offset)
+            }),
+            _ => None,
+        };
+        let Some((queue, offset)) = parsed else {
+            return Err(ClientError::Invalid {
+                op: "push_consumer",
+                message: format!("offsets file {}: bad line {line:?}", path.display()),
+            });
+        };
+        out.insert(queue, offset);
+    }
+    Ok(out)
+}
+
+/// Writes the offsets file atomically: a temp file next to it, fsync, rename (a crash leaves the old or the new).
+fn save_offsets(path: &Path, offsets: &HashMap<MessageQueue, u64>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut lines: Vec<String> =
+        offsets.iter().map(|(q, o)| format!("{}\t{}\t{}\t{o}\n", q.topic, q.broker_name, q.queue_id)).collect();
+    lines.sort();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(lines.concat().as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offsets_file_round_trips_and_a_missing_file_is_empty() {
+        let dir = std::env::temp_dir().join(format!("comet-push-{}-{}", std::process::id(), unix_millis()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("offsets.txt");
+        assert!(load_offsets(&path).unwrap().is_empty());
+        let mut offsets = HashMap::new();
+        offsets.insert(MessageQueue { topic: "t".into(), broker_name: "b".into(), queue_id: 3 }, 42);
+        offsets.insert(MessageQueue { topic: "u".into(), broker_name: "b".into(), queue_id: 0 }, 7);
+        save_offsets(&path, &offsets).unwrap();
+        assert_eq!(load_offsets(&path).unwrap(), offsets);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
