@@ -6,3 +6,4 @@ mod broker_messaging;
 mod client;
 mod nameserver_etcd;
 mod nameserver_memory;
+mod push_consumer;
