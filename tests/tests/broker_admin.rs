@@ -238,6 +238,7 @@ async fn grpcurl_lists_the_broker_service_and_sends_a_message() -> anyhow::Resul
     for service in ["comet.v1.Broker", "grpc.health.v1.Health"] {
         assert!(list.contains(service), "{service} missing from:\n{list}");
     }
+    assert!(!list.contains("comet.v1.NameServer"), "a broker must not advertise the NameServer API:\n{list}");
     // "aGVsbG8=" is base64 for "hello": proto3 JSON encodes bytes that way.
     let sent = run(&[
         "-plaintext",

@@ -184,6 +184,7 @@ async fn grpcurl_lists_the_services_and_calls_query_route() -> anyhow::Result<()
     for service in ["comet.v1.NameServer", "grpc.health.v1.Health"] {
         assert!(list.contains(service), "{service} missing from:\n{list}");
     }
+    assert!(!list.contains("comet.v1.Broker"), "a NameServer must not advertise the Broker API:\n{list}");
     let route = run(vec![
         "-plaintext".into(),
         "-d".into(),

@@ -68,6 +68,11 @@ impl Bound {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(comet_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // The descriptor set holds every comet.v1 service: advertise only those served here.
+                .with_service_name("comet.v1.Broker")
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection")
         };
         let reflection_v1 = reflection().build_v1().map_err(|e| serve_err(Box::new(e)))?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| serve_err(Box::new(e)))?;
