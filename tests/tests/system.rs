@@ -3,6 +3,7 @@
 
 mod broker_admin;
 mod broker_messaging;
+mod cli_admin;
 mod client;
 mod nameserver_etcd;
 mod nameserver_memory;

@@ -1,6 +1,7 @@
 //! `comet`: the command-line tool. For now: route and cluster inspection against NameServers, `comet send` and
 //! `comet consume` through the Rust SDK, and the NameServer benchmark (`comet bench nameserver`).
 
+mod admin;
 mod bench;
 mod inspect;
 mod messaging;
@@ -37,6 +38,13 @@ enum Command {
     Send(messaging::SendArgs),
     /// Follow a topic as a consumer group: print every message, commit offsets.
     Consume(messaging::ConsumeArgs),
+    /// Create, update, list, describe and delete topics on the brokers.
+    Topic {
+        #[command(subcommand)]
+        command: admin::TopicCommand,
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// Benchmarks against running servers.
     Bench {
         #[command(subcommand)]
@@ -55,6 +63,7 @@ async fn main() -> std::process::ExitCode {
         Command::Topics { cluster } => inspect::topics(&addresses, cluster.as_deref()).await,
         Command::Send(args) => messaging::send(args, &addresses).await,
         Command::Consume(args) => messaging::consume(args, &addresses).await,
+        Command::Topic { command, target } => admin::topic(command, target, &addresses).await,
         Command::Bench { target } => bench::run(target, &addresses).await,
     };
     // A user-facing message with its causes, not a backtrace (RUST_BACKTRACE may be set in the environment).

@@ -1,0 +1,329 @@
+//! `comet topic`, `comet group`, `comet message`: broker administration. Topic changes go to every master broker
+//! of the cluster (found through the NameServer's `GetClusterInfo`) or to one `--broker`; reads ask every master.
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use comet_nameserver_client::{ClientConfig, NameServerClient};
+use comet_proto::comet::v1 as pb;
+use comet_proto::comet::v1::broker_client::BrokerClient;
+use tonic::transport::Channel;
+
+/// Options shared by every admin command.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Only this broker (`host:port`) instead of every master broker of the cluster.
+    #[arg(long, global = true)]
+    broker: Option<String>,
+    /// Only master brokers of this cluster (default: every cluster).
+    #[arg(long, global = true)]
+    cluster: Option<String>,
+    /// JSON (one object per line) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Topic permission on the broker.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Perm {
+    /// Readable and writable.
+    Rw,
+    /// Read only.
+    R,
+    /// Write only.
+    W,
+}
+
+impl Perm {
+    fn bits(self) -> u32 {
+        // RocketMQ's PermName: read = 4, write = 2.
+        match self {
+            Perm::Rw => 6,
+            Perm::R => 4,
+            Perm::W => 2,
+        }
+    }
+}
+
+/// Queue counts and permission of `topic create` / `topic update`.
+#[derive(Debug, Args)]
+pub struct TopicSpec {
+    /// Topic name.
+    topic: String,
+    /// Read and write queue count.
+    #[arg(long, conflicts_with_all = ["read_queues", "write_queues"])]
+    queues: Option<u32>,
+    /// Read queue count.
+    #[arg(long)]
+    read_queues: Option<u32>,
+    /// Write queue count.
+    #[arg(long)]
+    write_queues: Option<u32>,
+    /// Permission.
+    #[arg(long, value_enum)]
+    perm: Option<Perm>,
+}
+
+/// `comet topic ...`.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic on the brokers.
+    Create(TopicSpec),
+    /// Change a topic's queue counts or permission on the brokers.
+    Update(TopicSpec),
+    /// List the brokers' topics.
+    List,
+    /// Show a topic's config and per-queue min/max offsets on each broker.
+    Describe {
+        /// Topic name.
+        topic: String,
+    },
+    /// Delete a topic from the brokers.
+    Delete {
+        /// Topic name.
+        topic: String,
+    },
+}
+
+/// `comet group ...`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List the brokers' consumer groups.
+    List,
+    /// Show a group's members and per-queue committed offset, max offset and lag.
+    Describe {
+        /// Group name.
+        group: String,
+    },
+}
+
+/// `comet message ...`.
+#[derive(Debug, Subcommand)]
+pub enum MessageCommand {
+    /// Look a message up by its id on every broker.
+    Get {
+        /// Message id.
+        id: String,
+    },
+    /// Find messages of a topic by key on every broker.
+    Find {
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// Message key.
+        #[arg(long)]
+        key: String,
+        /// Most messages per broker.
+        #[arg(long, default_value_t = 32)]
+        max: u32,
+    },
+}
+
+/// The brokers to talk to: `(broker name, address)` of `--broker` or of every master of the cluster(s).
+async fn brokers(namesrv: &[String], target: &Target) -> anyhow::Result<Vec<(String, String)>> {
+    if let Some(address) = &target.broker {
+        return Ok(vec![(address.clone(), address.clone())]);
+    }
+    let ns = NameServerClient::new(ClientConfig::new(namesrv.to_vec()))?;
+    let info = ns.cluster_info().await.context("asking the NameServer for the cluster")?;
+    let mut out = Vec::new();
+    for cluster in &info.clusters {
+        if target.cluster.as_deref().is_some_and(|c| c != cluster.cluster_name) {
+            continue;
+        }
+        for b in &cluster.brokers {
+            // Broker id 0 is the master; admin changes must go to masters (slaves copy them).
+            if let Some(address) = b.addresses.get(&0) {
+                out.push((b.broker_name.clone(), address.clone()));
+            }
+        }
+    }
+    out.sort();
+    anyhow::ensure!(!out.is_empty(), "no master broker registered with the NameServer");
+    Ok(out)
+}
+
+async fn connect(address: &str) -> anyhow::Result<BrokerClient<Channel>> {
+    let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+    BrokerClient::connect(uri).await.with_context(|| format!("connecting to broker {address}"))
+}
+
+/// A gRPC status as one line: the broker and the server's message, not tonic's debug dump.
+fn status(broker: &str, what: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{what} on broker {broker}: {} ({:?})", s.message(), s.code())
+}
+
+fn perm_name(perm: u32) -> String {
+    let mut s = String::new();
+    if perm & 4 != 0 {
+        s.push('r');
+    }
+    if perm & 2 != 0 {
+        s.push('w');
+    }
+    if s.is_empty() { "-".into() } else { s }
+}
+
+fn topic_json(broker: &str, t: &pb::TopicConfig) -> serde_json::Value {
+    serde_json::json!({
+        "broker": broker, "topic": t.name, "read_queues": t.read_queue_nums,
+        "write_queues": t.write_queue_nums, "perm": perm_name(t.perm),
+    })
+}
+
+/// Runs a `comet topic` command.
+pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
+    let brokers = brokers(namesrv, &target).await?;
+    match cmd {
+        TopicCommand::Create(spec) => {
+            for (name, address) in &brokers {
+                let mut client = connect(address).await?;
+                let config = apply(pb::TopicConfig { name: spec.topic.clone(), ..Default::default() }, &spec);
+                let created = client
+                    .create_topic(pb::CreateTopicRequest { topic: Some(config) })
+                    .await
+                    .map_err(|s| status(name, &format!("creating topic {}", spec.topic), s))?
+                    .into_inner();
+                print_topic_change("created", name, created.topic.as_ref(), target.json);
+            }
+        }
+        TopicCommand::Update(spec) => {
+            for (name, address) in &brokers {
+                let mut client = connect(address).await?;
+                // The broker takes the full config: start from what it has, change only what was asked.
+                let current = client
+                    .describe_topic(pb::DescribeTopicRequest { topic: spec.topic.clone() })
+                    .await
+                    .map_err(|s| status(name, &format!("reading topic {}", spec.topic), s))?
+                    .into_inner()
+                    .topic
+                    .unwrap_or_default();
+                let config = apply(current, &spec);
+                let updated = client
+                    .update_topic(pb::UpdateTopicRequest { topic: Some(config) })
+                    .await
+                    .map_err(|s| status(name, &format!("updating topic {}", spec.topic), s))?
+                    .into_inner();
+                print_topic_change("updated", name, updated.topic.as_ref(), target.json);
+            }
+        }
+        TopicCommand::List => {
+            if !target.json {
+                println!("{:<16} {:<32} {:>6} {:>6} {:>5}", "BROKER", "TOPIC", "READ", "WRITE", "PERM");
+            }
+            for (name, address) in &brokers {
+                let topics = connect(address)
+                    .await?
+                    .list_topics(pb::ListBrokerTopicsRequest {})
+                    .await
+                    .map_err(|s| status(name, "listing topics", s))?
+                    .into_inner()
+                    .topics;
+                for t in &topics {
+                    if target.json {
+                        println!("{}", topic_json(name, t));
+                    } else {
+                        println!(
+                            "{:<16} {:<32} {:>6} {:>6} {:>5}",
+                            name,
+                            t.name,
+                            t.read_queue_nums,
+                            t.write_queue_nums,
+                            perm_name(t.perm)
+                        );
+                    }
+                }
+            }
+        }
+        TopicCommand::Describe { topic } => {
+            let mut found = false;
+            for (name, address) in &brokers {
+                let described = match connect(address)
+                    .await?
+                    .describe_topic(pb::DescribeTopicRequest { topic: topic.clone() })
+                    .await
+                {
+                    Ok(r) => r.into_inner(),
+                    // A cluster-wide describe skips brokers that do not host the topic.
+                    Err(s) if s.code() == tonic::Code::NotFound => continue,
+                    Err(s) => return Err(status(name, &format!("describing topic {topic}"), s)),
+                };
+                found = true;
+                let config = described.topic.unwrap_or_default();
+                if target.json {
+                    let mut line = topic_json(name, &config);
+                    line["queues"] = serde_json::json!(
+                        described
+                            .queues
+                            .iter()
+                            .map(|q| serde_json::json!({
+                                "queue_id": q.queue_id, "min_offset": q.min_offset, "max_offset": q.max_offset,
+                            }))
+                            .collect::<Vec<_>>()
+                    );
+                    println!("{line}");
+                } else {
+                    println!(
+                        "broker {name} ({address}): topic {} read {} write {} perm {}",
+                        config.name,
+                        config.read_queue_nums,
+                        config.write_queue_nums,
+                        perm_name(config.perm)
+                    );
+                    println!("  {:>5} {:>12} {:>12}", "QUEUE", "MIN", "MAX");
+                    for q in &described.queues {
+                        println!("  {:>5} {:>12} {:>12}", q.queue_id, q.min_offset, q.max_offset);
+                    }
+                }
+            }
+            anyhow::ensure!(found, "topic {topic} not found on any broker");
+        }
+        TopicCommand::Delete { topic } => {
+            for (name, address) in &brokers {
+                connect(address)
+                    .await?
+                    .delete_topic(pb::DeleteTopicRequest { topic: topic.clone() })
+                    .await
+                    .map_err(|s| status(name, &format!("deleting topic {topic}"), s))?;
+                if target.json {
+                    println!("{}", serde_json::json!({"broker": name, "topic": topic, "deleted": true}));
+                } else {
+                    println!("deleted topic {topic} on {name}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The config with the queue counts and permission given on the command line.
+fn apply(mut config: pb::TopicConfig, spec: &TopicSpec) -> pb::TopicConfig {
+    if let Some(n) = spec.queues {
+        config.read_queue_nums = n;
+        config.write_queue_nums = n;
+    }
+    if let Some(n) = spec.read_queues {
+        config.read_queue_nums = n;
+    }
+    if let Some(n) = spec.write_queues {
+        config.write_queue_nums = n;
+    }
+    if let Some(p) = spec.perm {
+        config.perm = p.bits();
+    }
+    config
+}
+
+fn print_topic_change(verb: &str, broker: &str, config: Option<&pb::TopicConfig>, json: bool) {
+    let config = config.cloned().unwrap_or_default();
+    if json {
+        println!("{}", topic_json(broker, &config));
+    } else {
+        println!(
+            "{verb} topic {} on {broker}: read {} write {} perm {}",
+            config.name,
+            config.read_queue_nums,
+            config.write_queue_nums,
+            perm_name(config.perm)
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The `comet` admin commands (`topic`, `group`, `message`) as a user runs them: the real binary against a real
+//! NameServer and broker.
+
+use std::path::Path;
+use std::time::Duration;
+
+use comet_tests::harness::broker_process::{BrokerOptions, BrokerProcess};
+use comet_tests::harness::nameserver::NameServer;
+use comet_tests::harness::wait_until;
+
+/// A NameServer and one broker registered with it.
+async fn cluster(dir: &Path) -> anyhow::Result<(NameServer, BrokerProcess)> {
+    let ns_dir = dir.join("ns");
+    std::fs::create_dir_all(&ns_dir)?;
+    let ns = NameServer::memory(&ns_dir, "").await?;
+    let broker_dir = dir.join("broker-a");
+    std::fs::create_dir_all(&broker_dir)?;
+    let broker =
+        BrokerProcess::start(&broker_dir, &BrokerOptions { nameservers: vec![ns.addr()], ..Default::default() })
+            .await?;
+    // Admin commands find the brokers through the cluster info, so wait for the first registration.
+    let ns_client = ns.client()?;
+    wait_until("broker registered", Duration::from_secs(10), || async {
+        ns_client.cluster_info().await.is_ok_and(|c| c.clusters.iter().any(|c| !c.brokers.is_empty()))
+    })
+    .await?;
+    Ok((ns, broker))
+}
+
+/// Runs `comet --namesrv NS args...`; returns (success, stdout, stderr), or fails after 30 s.
+async fn run(ns: &NameServer, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let bin = tokio::task::spawn_blocking(|| comet_tests::harness::binary::cargo_bin("comet", "comet")).await??;
+    let child = tokio::process::Command::new(bin)
+        .arg("--namesrv")
+        .arg(ns.addr())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+    Ok((output.status.success(), String::from_utf8(output.stdout)?, String::from_utf8_lossy(&output.stderr).into()))
+}
+
+/// Runs the `comet` binary and fails on a non-zero exit; returns stdout.
+async fn comet(ns: &NameServer, args: &[&str]) -> anyhow::Result<String> {
+    let (ok, stdout, stderr) = run(ns, args).await?;
+    anyhow::ensure!(ok, "comet {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    Ok(stdout)
+}
+
+/// The route's (read, write) queue counts of `topic` as the NameServer serves them, once they equal `expected`.
+async fn wait_for_route(ns: &NameServer, topic: &str, expected: (u32, u32)) -> anyhow::Result<()> {
+    let client = ns.client()?;
+    wait_until(&format!("route of {topic} with {expected:?} queues"), Duration::from_secs(15), || async {
+        client.query_route(topic).await.is_ok_and(|r| {
+            r.queues.len() == 1 && (r.queues[0].read_queue_nums, r.queues[0].write_queue_nums) == expected
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn topic_create_list_describe_update_and_delete_through_the_comet_binary() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster(dir.path()).await?;
+
+    let created = comet(&ns, &["topic", "create", "admin-topic", "--queues", "4"]).await?;
+    assert!(created.contains("created topic admin-topic"), "{created}");
+    wait_for_route(&ns, "admin-topic", (4, 4)).await?;
+
+    let listed = comet(&ns, &["topic", "list"]).await?;
+    assert!(listed.lines().any(|l| l.contains("admin-topic")), "{listed}");
+    let listed_json = comet(&ns, &["topic", "list", "--json"]).await?;
+    let line = listed_json.lines().find(|l| l.contains("\"admin-topic\"")).unwrap_or_default();
+    assert!(line.contains("\"read_queues\":4"), "{listed_json}");
+
+    let described = comet(&ns, &["topic", "describe", "admin-topic", "--json"]).await?;
+    assert_eq!(described.trim().lines().count(), 1, "{described}");
+    assert_eq!(described.matches("\"queue_id\"").count(), 4, "{described}");
+    let table = comet(&ns, &["topic", "describe", "admin-topic"]).await?;
+    assert!(table.contains("MIN") && table.contains("MAX"), "{table}");
+
+    let updated = comet(&ns, &["topic", "update", "admin-topic", "--read-queues", "8", "--write-queues", "6"]).await?;
+    assert!(updated.contains("read 8 write 6"), "{updated}");
+    wait_for_route(&ns, "admin-topic", (8, 6)).await?;
+
+    comet(&ns, &["topic", "delete", "admin-topic"]).await?;
+    let listed = comet(&ns, &["topic", "list"]).await?;
+    assert!(!listed.lines().any(|l| l.contains("admin-topic")), "{listed}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_topic_name_is_refused_with_one_line_and_a_failing_exit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster(dir.path()).await?;
+    let (ok, _stdout, stderr) = run(&ns, &["topic", "create", "bad topic/name!", "--queues", "2"]).await?;
+    assert!(!ok, "creating a bad topic name succeeded");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("bad topic/name!"), "{stderr}");
+    Ok(())
+}
