@@ -102,3 +102,31 @@ async fn a_bad_topic_name_is_refused_with_one_line_and_a_failing_exit() -> anyho
     assert!(stderr.starts_with("error: ") && stderr.contains("bad topic/name!"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_describe_shows_committed_offsets_and_zero_lag_after_comet_consume() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster(dir.path()).await?;
+    comet(&ns, &["topic", "create", "group-topic", "--queues", "2"]).await?;
+    wait_for_route(&ns, "group-topic", (2, 2)).await?;
+    comet(&ns, &["send", "group-topic", "hello", "--count", "5", "--keys", "order-42"]).await?;
+    let consumed =
+        comet(&ns, &["consume", "group-topic", "--group", "admin-readers", "--from", "begin", "--count", "5"]).await?;
+    assert_eq!(consumed.lines().count(), 5, "{consumed}");
+
+    // A pull consumer does not create its group (no subscription group config), so the list may be empty; it
+    // must still answer.
+    let listed = comet(&ns, &["group", "list"]).await?;
+    assert!(listed.starts_with("BROKER"), "{listed}");
+    let described = comet(&ns, &["group", "describe", "admin-readers", "--json"]).await?;
+    assert!(described.contains("\"total_lag\":0"), "{described}");
+    let committed: u64 = described
+        .split("\"committed_offset\":")
+        .skip(1)
+        .filter_map(|rest| rest.split([',', '}']).next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(committed, 5, "{described}");
+    let table = comet(&ns, &["group", "describe", "admin-readers"]).await?;
+    assert!(table.contains("total lag 0") && table.contains("group-topic"), "{table}");
+    Ok(())
+}

@@ -327,3 +327,91 @@ fn print_topic_change(verb: &str, broker: &str, config: Option<&pb::TopicConfig>
         );
     }
 }
+
+/// Runs a `comet group` command.
+pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
+    let brokers = brokers(namesrv, &target).await?;
+    match cmd {
+        GroupCommand::List => {
+            if !target.json {
+                println!("{:<16} {:<32} {:>8} {:>9} {:>6}", "BROKER", "GROUP", "CONSUME", "BROADCAST", "RETRY");
+            }
+            for (name, address) in &brokers {
+                let groups = connect(address)
+                    .await?
+                    .list_groups(pb::ListGroupsRequest {})
+                    .await
+                    .map_err(|s| status(name, "listing groups", s))?
+                    .into_inner()
+                    .groups;
+                for g in &groups {
+                    if target.json {
+                        let line = serde_json::json!({
+                            "broker": name, "group": g.name, "consume_enable": g.consume_enable,
+                            "consume_broadcast_enable": g.consume_broadcast_enable,
+                            "retry_max_times": g.retry_max_times,
+                        });
+                        println!("{line}");
+                    } else {
+                        println!(
+                            "{:<16} {:<32} {:>8} {:>9} {:>6}",
+                            name, g.name, g.consume_enable, g.consume_broadcast_enable, g.retry_max_times
+                        );
+                    }
+                }
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let mut members = std::collections::BTreeMap::new();
+            let mut offsets = Vec::new();
+            for (name, address) in &brokers {
+                let described = connect(address)
+                    .await?
+                    .describe_group(pb::DescribeGroupRequest { group: group.clone() })
+                    .await
+                    .map_err(|s| status(name, &format!("describing group {group}"), s))?
+                    .into_inner();
+                // Every broker knows the members (clients heartbeat to all); offsets are per broker.
+                for m in described.members {
+                    members.insert(m.client_id.clone(), m);
+                }
+                offsets.extend(described.offsets.into_iter().map(|o| (name.clone(), o)));
+            }
+            let total_lag: u64 = offsets.iter().map(|(_, o)| o.lag).sum();
+            if target.json {
+                let line = serde_json::json!({
+                    "group": group,
+                    "members": members.values().map(|m| serde_json::json!({
+                        "client_id": m.client_id,
+                        "subscriptions": m.subscriptions.iter().map(|s| format!("{}:{}", s.topic, s.expression)).collect::<Vec<_>>(),
+                        "last_heartbeat_millis": m.last_heartbeat_millis,
+                    })).collect::<Vec<_>>(),
+                    "offsets": offsets.iter().map(|(b, o)| serde_json::json!({
+                        "broker": b, "topic": o.topic, "queue_id": o.queue_id, "committed_offset": o.committed_offset,
+                        "max_offset": o.max_offset, "lag": o.lag,
+                    })).collect::<Vec<_>>(),
+                    "total_lag": total_lag,
+                });
+                println!("{line}");
+            } else {
+                println!("group {group}: {} member(s), total lag {total_lag}", members.len());
+                for m in members.values() {
+                    let subs: Vec<String> =
+                        m.subscriptions.iter().map(|s| format!("{}:{}", s.topic, s.expression)).collect();
+                    println!("  member {} {}", m.client_id, subs.join(" "));
+                }
+                println!(
+                    "{:<16} {:<32} {:>5} {:>12} {:>12} {:>8}",
+                    "BROKER", "TOPIC", "QUEUE", "COMMITTED", "MAX", "LAG"
+                );
+                for (b, o) in &offsets {
+                    println!(
+                        "{:<16} {:<32} {:>5} {:>12} {:>12} {:>8}",
+                        b, o.topic, o.queue_id, o.committed_offset, o.max_offset, o.lag
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

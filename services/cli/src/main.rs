@@ -45,6 +45,13 @@ enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// List consumer groups; describe members, committed offsets and lag.
+    Group {
+        #[command(subcommand)]
+        command: admin::GroupCommand,
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// Benchmarks against running servers.
     Bench {
         #[command(subcommand)]
@@ -64,6 +71,7 @@ async fn main() -> std::process::ExitCode {
         Command::Send(args) => messaging::send(args, &addresses).await,
         Command::Consume(args) => messaging::consume(args, &addresses).await,
         Command::Topic { command, target } => admin::topic(command, target, &addresses).await,
+        Command::Group { command, target } => admin::group(command, target, &addresses).await,
         Command::Bench { target } => bench::run(target, &addresses).await,
     };
     // A user-facing message with its causes, not a backtrace (RUST_BACKTRACE may be set in the environment).
