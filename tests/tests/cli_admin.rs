@@ -130,3 +130,35 @@ async fn group_describe_shows_committed_offsets_and_zero_lag_after_comet_consume
     assert!(table.contains("total lag 0") && table.contains("group-topic"), "{table}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_get_and_message_find_return_a_sent_message() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster(dir.path()).await?;
+    comet(&ns, &["topic", "create", "lookup-topic", "--queues", "2"]).await?;
+    wait_for_route(&ns, "lookup-topic", (2, 2)).await?;
+    let sent =
+        comet(&ns, &["send", "lookup-topic", "find me", "--tags", "TagA", "--keys", "order-7", "--json"]).await?;
+    let id = sent
+        .split("\"message_id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("no message id in {sent}"))?
+        .to_owned();
+
+    let got = comet(&ns, &["message", "get", &id]).await?;
+    assert!(got.contains(&id) && got.contains("find me") && got.contains("TagA") && got.contains("order-7"), "{got}");
+    let got_json = comet(&ns, &["message", "get", &id, "--json"]).await?;
+    assert!(got_json.contains("\"store_timestamp_millis\""), "{got_json}");
+
+    // The key index is written when the message is dispatched, which may trail the send by a moment.
+    wait_until("message found by key", Duration::from_secs(10), || async {
+        comet(&ns, &["message", "find", "--topic", "lookup-topic", "--key", "order-7"])
+            .await
+            .is_ok_and(|found| found.contains(&id) && found.contains("find me"))
+    })
+    .await?;
+    let (ok, _stdout, stderr) = run(&ns, &["message", "get", "0000DEADBEEF"]).await?;
+    assert!(!ok && stderr.trim().lines().count() == 1, "{stderr}");
+    Ok(())
+}

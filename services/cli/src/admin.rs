@@ -415,3 +415,124 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
     }
     Ok(())
 }
+
+/// Runs a `comet message` command.
+pub async fn message(cmd: MessageCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
+    let mut brokers = brokers(namesrv, &target).await?;
+    let mut found = 0usize;
+    match cmd {
+        MessageCommand::Get { id } => {
+            for (name, address) in &brokers {
+                match connect(address)
+                    .await?
+                    .query_message_by_id(pb::QueryMessageByIdRequest { message_id: id.clone() })
+                    .await
+                {
+                    Ok(r) => {
+                        if let Some(m) = r.into_inner().message {
+                            print_stored(name, &m, target.json, found == 0);
+                            found += 1;
+                        }
+                    }
+                    // The id names one broker's message; the others do not have it.
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => return Err(status(name, &format!("looking up message {id}"), s)),
+                }
+            }
+            anyhow::ensure!(found > 0, "message {id} not found on any broker");
+        }
+        MessageCommand::Find { topic, key, max } => {
+            if target.broker.is_none() {
+                // Only brokers hosting the topic: the others would answer NotFound anyway.
+                let ns = NameServerClient::new(ClientConfig::new(namesrv.to_vec()))?;
+                let route = ns.query_route(&topic).await.with_context(|| format!("routing topic {topic}"))?;
+                brokers.retain(|(name, _)| route.queues.iter().any(|q| &q.broker_name == name));
+            }
+            for (name, address) in &brokers {
+                let request = pb::QueryMessagesByKeyRequest {
+                    topic: topic.clone(),
+                    key: key.clone(),
+                    max_count: max,
+                    ..Default::default()
+                };
+                let messages = match connect(address).await?.query_messages_by_key(request).await {
+                    Ok(r) => r.into_inner().messages,
+                    Err(s) if s.code() == tonic::Code::NotFound => continue,
+                    Err(s) => return Err(status(name, &format!("finding key {key} in topic {topic}"), s)),
+                };
+                for m in &messages {
+                    print_stored(name, m, target.json, found == 0);
+                    found += 1;
+                }
+            }
+            if !target.json {
+                eprintln!("{found} message(s) with key {key} in topic {topic}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Longest body prefix shown in tables.
+const PREVIEW_CHARS: usize = 60;
+
+fn print_stored(broker: &str, m: &pb::StoredMessage, json: bool, header: bool) {
+    let body = String::from_utf8_lossy(&m.body);
+    if json {
+        let line = serde_json::json!({
+            "broker": broker, "message_id": m.message_id, "topic": m.topic, "queue_id": m.queue_id,
+            "queue_offset": m.queue_offset, "tags": m.tags, "keys": m.keys,
+            "store_timestamp_millis": m.store_timestamp_millis, "born_host": m.born_host,
+            "store_host": m.store_host, "properties": m.properties, "body": body,
+        });
+        println!("{line}");
+        return;
+    }
+    if header {
+        println!(
+            "{:<34} {:<12} {:<24} {:>5} {:>10} {:<10} {:<16} {:<24} BODY",
+            "ID", "BROKER", "TOPIC", "QUEUE", "OFFSET", "TAGS", "KEYS", "STORED"
+        );
+    }
+    let mut preview: String = body.chars().take(PREVIEW_CHARS).collect();
+    if body.chars().count() > PREVIEW_CHARS {
+        preview.push('…');
+    }
+    // Keep one message per line whatever the body holds.
+    let preview = preview.replace(['\n', '\r'], " ");
+    println!(
+        "{:<34} {:<12} {:<24} {:>5} {:>10} {:<10} {:<16} {:<24} {}",
+        m.message_id,
+        broker,
+        m.topic,
+        m.queue_id,
+        m.queue_offset,
+        if m.tags.is_empty() { "-" } else { &m.tags },
+        if m.keys.is_empty() { "-".to_owned() } else { m.keys.join(",") },
+        store_time(m.store_timestamp_millis),
+        preview
+    );
+}
+
+/// A store timestamp as UTC `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, so no date crate is needed).
+fn store_time(millis: u64) -> String {
+    let secs = millis / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        millis % 1000
+    )
+}

@@ -52,6 +52,13 @@ enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// Look messages up by id or by key.
+    Message {
+        #[command(subcommand)]
+        command: admin::MessageCommand,
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// Benchmarks against running servers.
     Bench {
         #[command(subcommand)]
@@ -72,6 +79,7 @@ async fn main() -> std::process::ExitCode {
         Command::Consume(args) => messaging::consume(args, &addresses).await,
         Command::Topic { command, target } => admin::topic(command, target, &addresses).await,
         Command::Group { command, target } => admin::group(command, target, &addresses).await,
+        Command::Message { command, target } => admin::message(command, target, &addresses).await,
         Command::Bench { target } => bench::run(target, &addresses).await,
     };
     // A user-facing message with its causes, not a backtrace (RUST_BACKTRACE may be set in the environment).
