@@ -126,6 +126,8 @@ async fn group_describe_shows_committed_offsets_and_zero_lag_after_comet_consume
         .filter_map(|rest| rest.split([',', '}']).next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(committed, 5, "{described}");
+    let (ok, _stdout, stderr) = run(&ns, &["group", "describe", "nobody-here"]).await?;
+    assert!(!ok && stderr.trim() == "error: group nobody-here not found on any broker", "{stderr}");
     let table = comet(&ns, &["group", "describe", "admin-readers"]).await?;
     assert!(table.contains("total lag 0") && table.contains("group-topic"), "{table}");
     Ok(())

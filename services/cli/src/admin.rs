@@ -364,19 +364,26 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
         GroupCommand::Describe { group } => {
             let mut members = std::collections::BTreeMap::new();
             let mut offsets = Vec::new();
+            let mut known = false;
             for (name, address) in &brokers {
-                let described = connect(address)
+                let described = match connect(address)
                     .await?
                     .describe_group(pb::DescribeGroupRequest { group: group.clone() })
                     .await
-                    .map_err(|s| status(name, &format!("describing group {group}"), s))?
-                    .into_inner();
+                {
+                    Ok(r) => r.into_inner(),
+                    // A group may be known to some brokers only (it consumed topics hosted elsewhere).
+                    Err(s) if s.code() == tonic::Code::NotFound => continue,
+                    Err(s) => return Err(status(name, &format!("describing group {group}"), s)),
+                };
+                known = true;
                 // Every broker knows the members (clients heartbeat to all); offsets are per broker.
                 for m in described.members {
                     members.insert(m.client_id.clone(), m);
                 }
                 offsets.extend(described.offsets.into_iter().map(|o| (name.clone(), o)));
             }
+            anyhow::ensure!(known, "group {group} not found on any broker");
             let total_lag: u64 = offsets.iter().map(|(_, o)| o.lag).sum();
             if target.json {
                 let line = serde_json::json!({
