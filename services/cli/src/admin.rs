@@ -3,10 +3,8 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use comet_nameserver_client::{ClientConfig, NameServerClient};
+use comet_client::Admin;
 use comet_proto::comet::v1 as pb;
-use comet_proto::comet::v1::broker_client::BrokerClient;
-use tonic::transport::Channel;
 
 /// Options shared by every admin command.
 #[derive(Debug, Args)]
@@ -118,33 +116,16 @@ pub enum MessageCommand {
     },
 }
 
-/// The brokers to talk to: `(broker name, address)` of `--broker` or of every master of the cluster(s).
-async fn brokers(namesrv: &[String], target: &Target) -> anyhow::Result<Vec<(String, String)>> {
+/// The brokers to talk to, `(broker name, address)`: `--broker`, or the master of every broker name of the
+/// cluster(s), with the admin client that reaches them.
+async fn brokers(namesrv: &[String], target: &Target) -> anyhow::Result<(Admin, Vec<(String, String)>)> {
+    let admin = Admin::new(namesrv)?;
     if let Some(address) = &target.broker {
-        return Ok(vec![(address.clone(), address.clone())]);
+        return Ok((admin, vec![(address.clone(), address.clone())]));
     }
-    let ns = NameServerClient::new(ClientConfig::new(namesrv.to_vec()))?;
-    let info = ns.cluster_info().await.context("asking the NameServer for the cluster")?;
-    let mut out = Vec::new();
-    for cluster in &info.clusters {
-        if target.cluster.as_deref().is_some_and(|c| c != cluster.cluster_name) {
-            continue;
-        }
-        for b in &cluster.brokers {
-            // Broker id 0 is the master; admin changes must go to masters (slaves copy them).
-            if let Some(address) = b.addresses.get(&0) {
-                out.push((b.broker_name.clone(), address.clone()));
-            }
-        }
-    }
-    out.sort();
-    anyhow::ensure!(!out.is_empty(), "no master broker registered with the NameServer");
-    Ok(out)
-}
-
-async fn connect(address: &str) -> anyhow::Result<BrokerClient<Channel>> {
-    let uri = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-    BrokerClient::connect(uri).await.with_context(|| format!("connecting to broker {address}"))
+    let masters = admin.master_brokers(target.cluster.as_deref()).await.context("finding the master brokers")?;
+    anyhow::ensure!(!masters.is_empty(), "no master broker registered with the NameServer");
+    Ok((admin, masters.into_iter().map(|b| (b.name, b.address)).collect()))
 }
 
 /// A gRPC status as one line: the broker and the server's message, not tonic's debug dump.
@@ -172,11 +153,11 @@ fn topic_json(broker: &str, t: &pb::TopicConfig) -> serde_json::Value {
 
 /// Runs a `comet topic` command.
 pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
-    let brokers = brokers(namesrv, &target).await?;
+    let (admin, brokers) = brokers(namesrv, &target).await?;
     match cmd {
         TopicCommand::Create(spec) => {
             for (name, address) in &brokers {
-                let mut client = connect(address).await?;
+                let mut client = admin.broker(address)?;
                 let config = apply(pb::TopicConfig { name: spec.topic.clone(), ..Default::default() }, &spec);
                 let created = client
                     .create_topic(pb::CreateTopicRequest { topic: Some(config) })
@@ -188,7 +169,7 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
         }
         TopicCommand::Update(spec) => {
             for (name, address) in &brokers {
-                let mut client = connect(address).await?;
+                let mut client = admin.broker(address)?;
                 // The broker takes the full config: start from what it has, change only what was asked.
                 let current = client
                     .describe_topic(pb::DescribeTopicRequest { topic: spec.topic.clone() })
@@ -211,8 +192,8 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
                 println!("{:<16} {:<32} {:>6} {:>6} {:>5}", "BROKER", "TOPIC", "READ", "WRITE", "PERM");
             }
             for (name, address) in &brokers {
-                let topics = connect(address)
-                    .await?
+                let topics = admin
+                    .broker(address)?
                     .list_topics(pb::ListBrokerTopicsRequest {})
                     .await
                     .map_err(|s| status(name, "listing topics", s))?
@@ -237,8 +218,8 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
         TopicCommand::Describe { topic } => {
             let mut found = false;
             for (name, address) in &brokers {
-                let described = match connect(address)
-                    .await?
+                let described = match admin
+                    .broker(address)?
                     .describe_topic(pb::DescribeTopicRequest { topic: topic.clone() })
                     .await
                 {
@@ -279,8 +260,8 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
         }
         TopicCommand::Delete { topic } => {
             for (name, address) in &brokers {
-                connect(address)
-                    .await?
+                admin
+                    .broker(address)?
                     .delete_topic(pb::DeleteTopicRequest { topic: topic.clone() })
                     .await
                     .map_err(|s| status(name, &format!("deleting topic {topic}"), s))?;
@@ -330,15 +311,15 @@ fn print_topic_change(verb: &str, broker: &str, config: Option<&pb::TopicConfig>
 
 /// Runs a `comet group` command.
 pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
-    let brokers = brokers(namesrv, &target).await?;
+    let (admin, brokers) = brokers(namesrv, &target).await?;
     match cmd {
         GroupCommand::List => {
             if !target.json {
                 println!("{:<16} {:<32} {:>8} {:>9} {:>6}", "BROKER", "GROUP", "CONSUME", "BROADCAST", "RETRY");
             }
             for (name, address) in &brokers {
-                let groups = connect(address)
-                    .await?
+                let groups = admin
+                    .broker(address)?
                     .list_groups(pb::ListGroupsRequest {})
                     .await
                     .map_err(|s| status(name, "listing groups", s))?
@@ -366,8 +347,8 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
             let mut offsets = Vec::new();
             let mut known = false;
             for (name, address) in &brokers {
-                let described = match connect(address)
-                    .await?
+                let described = match admin
+                    .broker(address)?
                     .describe_group(pb::DescribeGroupRequest { group: group.clone() })
                     .await
                 {
@@ -425,13 +406,13 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
 
 /// Runs a `comet message` command.
 pub async fn message(cmd: MessageCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
-    let mut brokers = brokers(namesrv, &target).await?;
+    let (admin, mut brokers) = brokers(namesrv, &target).await?;
     let mut found = 0usize;
     match cmd {
         MessageCommand::Get { id } => {
             for (name, address) in &brokers {
-                match connect(address)
-                    .await?
+                match admin
+                    .broker(address)?
                     .query_message_by_id(pb::QueryMessageByIdRequest { message_id: id.clone() })
                     .await
                 {
@@ -451,9 +432,8 @@ pub async fn message(cmd: MessageCommand, target: Target, namesrv: &[String]) ->
         MessageCommand::Find { topic, key, max } => {
             if target.broker.is_none() {
                 // Only brokers hosting the topic: the others would answer NotFound anyway.
-                let ns = NameServerClient::new(ClientConfig::new(namesrv.to_vec()))?;
-                let route = ns.query_route(&topic).await.with_context(|| format!("routing topic {topic}"))?;
-                brokers.retain(|(name, _)| route.queues.iter().any(|q| &q.broker_name == name));
+                let hosting = admin.brokers_hosting(&topic).await?;
+                brokers.retain(|(name, _)| hosting.contains(name));
             }
             for (name, address) in &brokers {
                 let request = pb::QueryMessagesByKeyRequest {
@@ -462,7 +442,7 @@ pub async fn message(cmd: MessageCommand, target: Target, namesrv: &[String]) ->
                     max_count: max,
                     ..Default::default()
                 };
-                let messages = match connect(address).await?.query_messages_by_key(request).await {
+                let messages = match admin.broker(address)?.query_messages_by_key(request).await {
                     Ok(r) => r.into_inner().messages,
                     Err(s) if s.code() == tonic::Code::NotFound => continue,
                     Err(s) => return Err(status(name, &format!("finding key {key} in topic {topic}"), s)),

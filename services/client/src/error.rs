@@ -35,6 +35,14 @@ pub enum ClientError {
         /// The NameServer client's error.
         cause: comet_nameserver_client::ClientError,
     },
+    /// A NameServer call other than a route lookup failed (cluster info for admin tools).
+    #[error("{op}: {cause}")]
+    NameServer {
+        /// The operation.
+        op: &'static str,
+        /// The NameServer client's error.
+        cause: comet_nameserver_client::ClientError,
+    },
     /// The route has no queue usable for the operation (no writable/readable queue with a master address).
     #[error("{op}: topic {topic:?} has no {what} queue with a reachable master")]
     NoQueue {
@@ -74,7 +82,7 @@ impl ClientError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ClientError::Invalid { .. } | ClientError::NoQueue { .. } => ErrorKind::Permanent,
-            ClientError::Route { cause, .. } => match cause.code() {
+            ClientError::Route { cause, .. } | ClientError::NameServer { cause, .. } => match cause.code() {
                 Code::Unavailable | Code::DeadlineExceeded => ErrorKind::Retryable,
                 _ => ErrorKind::Permanent,
             },
@@ -109,7 +117,7 @@ impl ClientError {
     pub fn code(&self) -> Code {
         match self {
             ClientError::Invalid { .. } => Code::InvalidArgument,
-            ClientError::Route { cause, .. } => cause.code(),
+            ClientError::Route { cause, .. } | ClientError::NameServer { cause, .. } => cause.code(),
             ClientError::NoQueue { .. } => Code::FailedPrecondition,
             ClientError::Broker { code, .. } => *code,
             ClientError::Timeout { .. } => Code::DeadlineExceeded,

@@ -9,10 +9,12 @@
 //! - [`PushConsumer`]: the SDK picks the queues (clustering: an average share among the group's live members,
 //!   re-balanced on membership changes; broadcasting: every queue), long-polls each, calls a listener on worker
 //!   threads and commits the lowest unacknowledged offset per queue (at-least-once; failures are retried).
+//! - [`Admin`]: the master brokers of a cluster and clients of them, for administration tools (`comet topic`...).
 //!
 //! The SDK depends on comet-proto and comet-nameserver-client only (never on the broker or the store); its API
 //! speaks its own types ([`Message`], [`SendResult`], [`ReceivedMessage`]) and comet-model's [`MessageQueue`].
 
+mod admin;
 mod channels;
 mod consumer;
 mod error;
@@ -22,6 +24,7 @@ mod push;
 mod rebalance;
 mod route;
 
+pub use admin::{Admin, MasterBroker};
 pub use comet_model::MessageQueue;
 pub use consumer::{PullConsumer, PullConsumerConfig, PullResult, PullStatus};
 pub use error::{ClientError, ErrorKind};
