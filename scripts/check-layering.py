@@ -11,7 +11,7 @@ import sys
 # crate -> crates (workspace or external) it must never depend on, directly, in normal or build deps.
 FORBIDDEN = {
     "comet-config": {"comet-model", "comet-proto", "comet-store", "comet-remoting", "comet-nameserver",
-                     "comet-nameserver-client", "comet-broker", "comet-client", "comet", "tokio", "tonic", "hyper"},
+                     "comet-nameserver-client", "comet-broker", "comet-client", "comet", "tonic", "hyper"},
     "comet-model": {"comet-config", "comet-proto", "comet-store", "comet-remoting", "comet-nameserver", "comet-nameserver-client",
                     "comet-broker", "comet-client", "comet", "tokio", "tonic", "hyper"},
     "comet-proto": {"comet-model", "comet-store", "comet-remoting", "comet-nameserver", "comet-nameserver-client",

@@ -61,14 +61,6 @@ pub struct BrokerSection {
     pub shutdown_grace_ms: u64,
 }
 
-/// Section `log`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LogConfig {
-    /// `tracing` filter, e.g. `info` or `comet_broker=debug`; `RUST_LOG` wins when set.
-    pub level: String,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self { broker: BrokerSection::default(), store: StoreConfig::new("data/broker"), log: LogConfig::default() }
@@ -98,11 +90,7 @@ impl Default for BrokerSection {
     }
 }
 
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self { level: "info".into() }
-    }
-}
+pub use comet_config::LogConfig;
 
 /// Environment variables that override config keys start with this.
 pub const ENV_PREFIX: &str = comet_config::ENV_PREFIX;

@@ -1,5 +1,6 @@
-//! One way to configure every Comet process: the documented defaults, then the YAML file given with `--config`,
-//! then `COMET_<SECTION>_<KEY>` environment overrides (what containers and Helm set).
+//! What every Comet server binary does at start-up, in one place: load the configuration (the documented
+//! defaults, then the YAML file given with `--config`, then `COMET_<SECTION>_<KEY>` environment overrides, which
+//! is what containers and Helm set), initialise logging from its `log` section, and wait for SIGTERM/ctrl-c.
 //!
 //! The file and the environment only name keys the defaults know: an unknown section key, in either, fails at
 //! start-up with its name, instead of being silently ignored. Each service keeps its own config struct and its
@@ -10,6 +11,55 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
+
+/// Section `log` of every server's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `comet_broker=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+impl LogConfig {
+    /// Installs the process's log subscriber (stderr; stdout is kept for the readiness line). Binaries only:
+    /// libraries never install global subscribers.
+    pub fn init(&self) -> Result<(), ConfigError> {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new(&self.level))
+            .map_err(|e| ConfigError(format!("log.level {:?}: {e}", self.level)))?;
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or ctrl-c: what a server's graceful shutdown waits for.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops this process");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
 
 /// Environment variables that override config keys start with this.
 pub const ENV_PREFIX: &str = "COMET_";

@@ -83,14 +83,6 @@ pub struct EtcdConfig {
     pub topics_per_key: usize,
 }
 
-/// Section `log`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LogConfig {
-    /// `tracing` filter, e.g. `info` or `comet_nameserver=debug`; `RUST_LOG` wins when set.
-    pub level: String,
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -119,11 +111,7 @@ impl Default for EtcdConfig {
     }
 }
 
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self { level: "info".into() }
-    }
-}
+pub use comet_config::LogConfig;
 
 /// Environment variables that override config keys start with this.
 pub const ENV_PREFIX: &str = comet_config::ENV_PREFIX;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use comet_nameserver::Config;
-use tracing_subscriber::EnvFilter;
 
 /// Comet NameServer: the route registry (memory or etcd backend).
 #[derive(Debug, Parser)]
@@ -27,35 +26,11 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", serde_yaml::to_string(&config)?);
         return Ok(());
     }
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log.level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    config.log.init()?;
 
     let bound = comet_nameserver::edge::server::bind(config).await?;
     // Readiness line on stdout: scripts and the system-test harness read the bound address (port 0 resolved).
     println!("comet-nameserver listening on {}", bound.local_addr());
-    bound.serve(shutdown_signal()).await?;
+    bound.serve(comet_config::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Completes on SIGTERM or ctrl-c.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the NameServer");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
 }
