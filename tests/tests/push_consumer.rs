@@ -1,12 +1,12 @@
 //! The push consumer (comet-client) against a real NameServer and broker: clustering shares 8 queues among three
-//! members with every message consumed exactly once; a member leaving and another joining mid-stream loses
-//! nothing; broadcasting members each get everything; a restarted member resumes from the committed offsets; a
-//! message the listener failed is delivered again.
+//! members with every one of 100 000 messages consumed exactly once; a member leaving and another joining while
+//! 100 000 messages are produced and consumed loses nothing; broadcasting members each get everything; a restarted
+//! member resumes from the committed offsets; a message the listener failed is delivered again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use comet_client::{ConsumeFrom, Message, MessageModel, Producer, ProducerConfig, PushConsumer, ReceivedMessage};
@@ -41,27 +41,45 @@ async fn cluster(dir: &Path, topic: &str) -> anyhow::Result<(NameServer, BrokerP
 
 /// Sends `count` messages with bodies `{prefix}-{i}` in batches of 50 (each batch to the next queue).
 async fn send(ns: &NameServer, topic: &str, prefix: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    send_range(ns, topic, prefix, 0..count, 50).await?;
+    Ok((0..count).map(|i| format!("{prefix}-{i}")).collect())
+}
+
+/// Sends bodies `{prefix}-{i}` for every `i` in `range`, `batch` per request through the SDK's batch send (each
+/// batch goes to the next queue round robin).
+async fn send_range(
+    ns: &NameServer,
+    topic: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    batch: usize,
+) -> anyhow::Result<()> {
     let mut config = ProducerConfig::new(vec![ns.addr()], "push-test-producer");
     config.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
     let producer = Producer::new(config)?;
-    let bodies: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
-    for chunk in bodies.chunks(50) {
-        producer.send_batch(chunk.iter().map(|b| Message::new(topic, b.clone())).collect()).await?;
+    let ids: Vec<usize> = range.collect();
+    for chunk in ids.chunks(batch) {
+        producer.send_batch(chunk.iter().map(|i| Message::new(topic, format!("{prefix}-{i}"))).collect()).await?;
     }
-    Ok(bodies)
+    Ok(())
 }
 
-/// A push consumer recording every successful delivery in `seen`, with test-speed intervals.
+/// A listener recording every successful delivery in `seen`.
+fn record_in(seen: &Seen) -> impl Fn(&ReceivedMessage) + Send + Sync + use<> {
+    let seen = Arc::clone(seen);
+    move |m: &ReceivedMessage| *seen.lock().entry(String::from_utf8_lossy(&m.body).into_owned()).or_default() += 1
+}
+
+/// A push consumer calling `record` for every message (always succeeding), with test-speed intervals.
 async fn consumer(
     ns: &NameServer,
     group: &str,
     topic: &str,
     model: MessageModel,
     from: ConsumeFrom,
-    seen: &Seen,
+    record: impl Fn(&ReceivedMessage) + Send + Sync + 'static,
     offset_file: Option<&Path>,
 ) -> anyhow::Result<PushConsumer> {
-    let seen = Arc::clone(seen);
     let mut builder = PushConsumer::builder(vec![ns.addr()], group)
         .subscribe(topic, "*")
         .model(model)
@@ -76,7 +94,7 @@ async fn consumer(
             c.route_refresh = Duration::from_millis(500);
         })
         .listener(move |m: &ReceivedMessage| {
-            *seen.lock().entry(String::from_utf8_lossy(&m.body).into_owned()).or_default() += 1;
+            record(m);
             Ok(())
         });
     if let Some(path) = offset_file {
@@ -110,33 +128,146 @@ async fn wait_balanced(consumers: &[&PushConsumer]) -> anyhow::Result<()> {
     .await
 }
 
+/// Exact accounting of the messages with bodies `{prefix}-{i}`, `i < n`: how often the listener succeeded with
+/// each, and every body that is none of them (invented or corrupted).
+struct Tally {
+    prefix: String,
+    counts: Vec<AtomicU32>,
+    distinct: AtomicUsize,
+    invented: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn new(prefix: &str, n: usize) -> Arc<Self> {
+        Arc::new(Self {
+            prefix: format!("{prefix}-"),
+            counts: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            distinct: AtomicUsize::new(0),
+            invented: Mutex::default(),
+        })
+    }
+
+    /// Counts one successful delivery of `body`.
+    fn record(&self, body: &[u8]) {
+        let index = std::str::from_utf8(body)
+            .ok()
+            .and_then(|b| b.strip_prefix(self.prefix.as_str()))
+            // Exactly the decimal form we sent: "m-007" is not message 7.
+            .and_then(|n| n.parse::<usize>().ok().filter(|i| i.to_string() == n))
+            .filter(|&i| i < self.counts.len());
+        match index {
+            Some(i) => {
+                if self.counts[i].fetch_add(1, Ordering::SeqCst) == 0 {
+                    self.distinct.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            None => self.invented.lock().push(String::from_utf8_lossy(body).into_owned()),
+        }
+    }
+
+    /// How many different messages were delivered.
+    fn distinct(&self) -> usize {
+        self.distinct.load(Ordering::SeqCst)
+    }
+
+    /// The ids never delivered.
+    fn missing(&self) -> Vec<usize> {
+        (0..self.counts.len()).filter(|&i| self.counts[i].load(Ordering::SeqCst) == 0).collect()
+    }
+
+    /// Deliveries beyond the first, and how many ids had them.
+    fn duplicates(&self) -> (u64, usize) {
+        let extra: Vec<u32> =
+            self.counts.iter().map(|c| c.load(Ordering::SeqCst)).filter(|&c| c > 1).map(|c| c - 1).collect();
+        (extra.iter().map(|&e| u64::from(e)).sum(), extra.len())
+    }
+
+    /// Waits (up to 60 s) until every id was delivered at least once; the error names what is missing.
+    async fn wait_all(&self, what: &str) -> anyhow::Result<()> {
+        let n = self.counts.len();
+        if wait_until(what, Duration::from_secs(60), || async { self.distinct() == n }).await.is_err() {
+            let missing = self.missing();
+            anyhow::bail!(
+                "{what}: {} of {n} never delivered, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+        }
+        Ok(())
+    }
+
+    /// Fails unless every id was delivered and nothing else was; with `exactly_once`, also on any duplicate.
+    fn check(&self, exactly_once: bool) -> anyhow::Result<()> {
+        let missing = self.missing();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{} never delivered, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        let invented = self.invented.lock();
+        anyhow::ensure!(
+            invented.is_empty(),
+            "{} deliveries of bodies never sent, e.g. {:?}",
+            invented.len(),
+            invented.first()
+        );
+        let (extra, ids) = self.duplicates();
+        if exactly_once {
+            let example = self.counts.iter().position(|c| c.load(Ordering::SeqCst) > 1);
+            anyhow::ensure!(
+                extra == 0,
+                "{ids} messages delivered more than once ({extra} extra deliveries), e.g. id {example:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A listener counting into `tally` and into the member's own counter.
+fn record_tally(tally: &Arc<Tally>, mine: &Arc<AtomicUsize>) -> impl Fn(&ReceivedMessage) + Send + Sync + use<> {
+    let (tally, mine) = (Arc::clone(tally), Arc::clone(mine));
+    move |m: &ReceivedMessage| {
+        tally.record(&m.body);
+        mine.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Messages of the two clustering tests (the issue's figure).
+const MANY: usize = 100_000;
+/// Messages per batch send in those tests.
+const BATCH: usize = 500;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_members_of_a_group_share_eight_queues_and_consume_every_message_exactly_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (ns, _broker) = cluster(dir.path(), "push-even").await?;
-    let seen: Seen = Arc::default();
+    let tally = Tally::new("m", MANY);
     let mut members = Vec::new();
+    let mut counts = Vec::new();
     for _ in 0..3 {
-        members.push(
-            consumer(&ns, "push-even-g", "push-even", MessageModel::Clustering, ConsumeFrom::FirstOffset, &seen, None)
-                .await?,
-        );
+        let mine = Arc::new(AtomicUsize::new(0));
+        let (model, from) = (MessageModel::Clustering, ConsumeFrom::FirstOffset);
+        members.push(consumer(&ns, "push-even-g", "push-even", model, from, record_tally(&tally, &mine), None).await?);
+        counts.push(mine);
     }
     wait_balanced(&members.iter().collect::<Vec<_>>()).await?;
     let sizes: Vec<usize> = members.iter().map(|c| c.assigned_queues().len()).collect();
     assert_eq!(sizes.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([2, 3]), "3+3+2: {sizes:?}");
 
-    let bodies = send(&ns, "push-even", "m", 10_000).await?;
-    wait_all_seen(&seen, &bodies, "10 000 messages over three members").await?;
-    {
-        let seen = seen.lock();
-        let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(duplicates.is_empty(), "{} delivered twice, e.g. {:?}", duplicates.len(), duplicates.first());
-        assert_eq!(seen.len(), 10_000);
-    }
+    let started = std::time::Instant::now();
+    send_range(&ns, "push-even", "m", 0..MANY, BATCH).await?;
+    let sent = started.elapsed();
+    tally.wait_all("100 000 messages over three members").await?;
+    eprintln!("sent {MANY} in {sent:?}, all consumed after {:?}", started.elapsed());
+    // Shut down first (listener calls in progress finish), so a late duplicate would be counted.
     for member in members {
         member.shutdown().await;
     }
+    tally.check(true)?;
+    let per_member: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    assert!(per_member.iter().all(|&n| n > 0), "every member consumed its share: {per_member:?}");
+    assert_eq!(per_member.iter().sum::<usize>(), MANY, "{per_member:?}");
     Ok(())
 }
 
@@ -144,40 +275,58 @@ async fn three_members_of_a_group_share_eight_queues_and_consume_every_message_e
 async fn a_member_leaving_and_another_joining_mid_stream_loses_no_message() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (ns, _broker) = cluster(dir.path(), "push-churn").await?;
-    let seen: Seen = Arc::default();
-    let start = |seen: Seen| {
-        let ns = &ns;
-        async move {
-            consumer(ns, "push-churn-g", "push-churn", MessageModel::Clustering, ConsumeFrom::FirstOffset, &seen, None)
-                .await
-        }
+    let tally = Tally::new("m", MANY);
+    let start = |mine: &Arc<AtomicUsize>| {
+        let (ns, record) = (&ns, record_tally(&tally, mine));
+        let (model, from) = (MessageModel::Clustering, ConsumeFrom::FirstOffset);
+        async move { consumer(ns, "push-churn-g", "push-churn", model, from, record, None).await }
     };
-    let leaving = start(Arc::clone(&seen)).await?;
-    let staying = start(Arc::clone(&seen)).await?;
-    wait_balanced(&[&leaving, &staying]).await?;
+    let (leaving_count, joining_count) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let leaving = start(&leaving_count).await?;
+    let staying = [start(&Arc::default()).await?, start(&Arc::default()).await?];
+    wait_balanced(&[&leaving, &staying[0], &staying[1]]).await?;
 
-    let mut expected = send(&ns, "push-churn", "before", 4_000).await?;
-    // Mid-stream: the backlog is still being consumed while the membership changes.
-    let sender = {
+    // Produced before, during and after the change: the first 40 % before it, the next 30 % while a member shuts
+    // down and another joins, the last 30 % once it joined (while the group re-balances).
+    let (first, second) = (MANY * 4 / 10, MANY * 7 / 10);
+    let started = std::time::Instant::now();
+    send_range(&ns, "push-churn", "m", 0..first, BATCH).await?;
+    wait_until("a quarter consumed", Duration::from_secs(30), || async { tally.distinct() >= MANY / 4 }).await?;
+    let during = {
         let ns_addr = ns.addr();
         tokio::spawn(async move {
             let mut config = ProducerConfig::new(vec![ns_addr.clone()], "push-churn-producer");
             config.nameserver_client = Some(fast_client_config(vec![ns_addr]));
             let producer = Producer::new(config)?;
-            let bodies: Vec<String> = (0..6_000).map(|i| format!("during-{i}")).collect();
-            for chunk in bodies.chunks(50) {
-                producer.send_batch(chunk.iter().map(|b| Message::new("push-churn", b.clone())).collect()).await?;
+            let ids: Vec<usize> = (first..second).collect();
+            for chunk in ids.chunks(BATCH) {
+                producer
+                    .send_batch(chunk.iter().map(|i| Message::new("push-churn", format!("m-{i}"))).collect())
+                    .await?;
             }
-            anyhow::Ok(bodies)
+            anyhow::Ok(())
         })
     };
+    let consumed_at_change = tally.distinct();
     leaving.shutdown().await;
-    let joining = start(Arc::clone(&seen)).await?;
-    expected.extend(sender.await??);
-    wait_balanced(&[&staying, &joining]).await?;
-    wait_all_seen(&seen, &expected, "10 000 messages across a membership change").await?;
-    staying.shutdown().await;
-    joining.shutdown().await;
+    let joining = start(&joining_count).await?;
+    during.await??;
+    send_range(&ns, "push-churn", "m", second..MANY, BATCH).await?;
+    wait_balanced(&[&staying[0], &staying[1], &joining]).await?;
+    tally.wait_all("100 000 messages across a membership change").await?;
+    for member in staying.into_iter().chain([joining]) {
+        member.shutdown().await;
+    }
+    tally.check(false)?;
+    let (extra, ids) = tally.duplicates();
+    eprintln!(
+        "membership change after {consumed_at_change} of {MANY} consumed; all consumed after {:?}; {ids} delivered \
+         twice or more ({extra} extra deliveries; at-least-once around re-balances)",
+        started.elapsed()
+    );
+    assert!(consumed_at_change < MANY, "the change happened mid-stream");
+    assert!(leaving_count.load(Ordering::SeqCst) > 0, "the leaving member consumed before it left");
+    assert!(joining_count.load(Ordering::SeqCst) > 0, "the joining member took over queues");
     Ok(())
 }
 
@@ -189,9 +338,11 @@ async fn two_broadcasting_members_each_receive_every_message() -> anyhow::Result
     let (file_a, file_b) = (dir.path().join("a.offsets"), dir.path().join("b.offsets"));
     let model = MessageModel::Broadcasting;
     let a =
-        consumer(&ns, "push-bcast-g", "push-bcast", model, ConsumeFrom::FirstOffset, &seen_a, Some(&file_a)).await?;
+        consumer(&ns, "push-bcast-g", "push-bcast", model, ConsumeFrom::FirstOffset, record_in(&seen_a), Some(&file_a))
+            .await?;
     let b =
-        consumer(&ns, "push-bcast-g", "push-bcast", model, ConsumeFrom::FirstOffset, &seen_b, Some(&file_b)).await?;
+        consumer(&ns, "push-bcast-g", "push-bcast", model, ConsumeFrom::FirstOffset, record_in(&seen_b), Some(&file_b))
+            .await?;
     assert_eq!(a.assigned_queues().len(), 8, "a broadcasting member reads every queue");
     assert_eq!(b.assigned_queues().len(), 8);
 
@@ -212,14 +363,14 @@ async fn a_restarted_member_resumes_from_its_committed_offsets() -> anyhow::Resu
     let (ns, _broker) = cluster(dir.path(), "push-resume").await?;
     let seen: Seen = Arc::default();
     let (model, group) = (MessageModel::Clustering, "push-resume-g");
-    let first = consumer(&ns, group, "push-resume", model, ConsumeFrom::FirstOffset, &seen, None).await?;
+    let first = consumer(&ns, group, "push-resume", model, ConsumeFrom::FirstOffset, record_in(&seen), None).await?;
     let before = send(&ns, "push-resume", "before", 3_000).await?;
     wait_all_seen(&seen, &before, "the first 3 000").await?;
     first.shutdown().await;
 
     let during = send(&ns, "push-resume", "while-down", 3_000).await?;
     // From the last offset when nothing is committed: only the commits can make it read the backlog.
-    let second = consumer(&ns, group, "push-resume", model, ConsumeFrom::LastOffset, &seen, None).await?;
+    let second = consumer(&ns, group, "push-resume", model, ConsumeFrom::LastOffset, record_in(&seen), None).await?;
     wait_all_seen(&seen, &during, "the 3 000 sent while no member ran").await?;
     second.shutdown().await;
     let seen = seen.lock();
