@@ -1,7 +1,8 @@
 //! The push consumer (comet-client) against a real NameServer and broker: clustering shares 8 queues among three
 //! members with every one of 100 000 messages consumed exactly once; a member leaving and another joining while
 //! 100 000 messages are produced and consumed loses nothing; broadcasting members each get everything; a restarted
-//! member resumes from the committed offsets; a message the listener failed is delivered again.
+//! member resumes from the committed offsets; a message the listener failed is delivered again; a slow listener
+//! makes the consumer pause pulls at the cache limits (messages and bytes) and still gets everything.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -21,6 +22,11 @@ type Seen = Arc<Mutex<HashMap<String, usize>>>;
 
 /// A NameServer and one broker with an 8-queue `topic`, routed.
 async fn cluster(dir: &Path, topic: &str) -> anyhow::Result<(NameServer, BrokerProcess)> {
+    cluster_with_queues(dir, topic, 8).await
+}
+
+/// A NameServer and one broker with a `queues`-queue `topic`, routed.
+async fn cluster_with_queues(dir: &Path, topic: &str, queues: u32) -> anyhow::Result<(NameServer, BrokerProcess)> {
     let ns_dir = dir.join("ns");
     std::fs::create_dir_all(&ns_dir)?;
     let ns = NameServer::memory(&ns_dir, "").await?;
@@ -29,7 +35,8 @@ async fn cluster(dir: &Path, topic: &str) -> anyhow::Result<(NameServer, BrokerP
     let broker =
         BrokerProcess::start(&broker_dir, &BrokerOptions { nameservers: vec![ns.addr()], ..Default::default() })
             .await?;
-    let config = pb::TopicConfig { name: topic.into(), read_queue_nums: 8, write_queue_nums: 8, ..Default::default() };
+    let config =
+        pb::TopicConfig { name: topic.into(), read_queue_nums: queues, write_queue_nums: queues, ..Default::default() };
     broker.client().await?.create_topic(pb::CreateTopicRequest { topic: Some(config) }).await?;
     let ns_client = ns.client()?;
     wait_until(&format!("route of {topic}"), Duration::from_secs(10), || async {
@@ -431,5 +438,107 @@ async fn a_message_the_listener_failed_is_delivered_again_and_never_skipped() ->
         assert_eq!(attempts.get(body).copied(), Some(expected), "{body}");
     }
     assert_eq!(panics.load(Ordering::SeqCst), 100);
+    Ok(())
+}
+
+/// A push consumer of `topic` whose listener takes about 1 ms per message on `threads` threads and counts each
+/// message's `id` property into `tally`; `limits` changes the cache limits.
+async fn slow_consumer(
+    ns: &NameServer,
+    group: &str,
+    topic: &str,
+    threads: usize,
+    tally: &Arc<Tally>,
+    limits: impl FnOnce(&mut comet_client::PushConsumerConfig),
+) -> anyhow::Result<PushConsumer> {
+    let tally = Arc::clone(tally);
+    Ok(PushConsumer::builder(vec![ns.addr()], group)
+        .subscribe(topic, "*")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .threads(threads)
+        .configure(|c| {
+            c.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
+            c.rebalance_interval = Duration::from_millis(200);
+            c.pull_wait = Duration::from_millis(500);
+            limits(c);
+        })
+        .listener(move |m: &ReceivedMessage| {
+            std::thread::sleep(Duration::from_millis(1));
+            tally.record(m.properties.get("id").map_or(&b""[..], |id| id.as_bytes()));
+            Ok(())
+        })
+        .start()
+        .await?)
+}
+
+/// Sends `count` messages with an `id` property `{prefix}-{i}` and a body of `size` bytes, in batches of 500.
+async fn send_sized(ns: &NameServer, topic: &str, prefix: &str, count: usize, size: usize) -> anyhow::Result<()> {
+    let mut config = ProducerConfig::new(vec![ns.addr()], "push-test-producer");
+    config.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
+    let producer = Producer::new(config)?;
+    let ids: Vec<usize> = (0..count).collect();
+    for chunk in ids.chunks(500) {
+        let batch = chunk
+            .iter()
+            .map(|i| Message::new(topic, vec![b'x'; size]).with_property("id", format!("{prefix}-{i}")))
+            .collect();
+        producer.send_batch(batch).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_listener_pauses_pulls_at_the_cached_message_limit_and_everything_is_consumed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster_with_queues(dir.path(), "push-flow", 2).await?;
+    // A backlog of 3 000 per queue against a listener doing about 2 000 a second: pulls would run far ahead.
+    let n = 6_000;
+    send_sized(&ns, "push-flow", "m", n, 16).await?;
+    let tally = Tally::new("m", n);
+    let consumer = slow_consumer(&ns, "push-flow-g", "push-flow", 2, &tally, |_| {}).await?;
+    let (limit, batch) = (1_000, 32);
+    // Besides the consumer's own peak, sample what it reports while it works.
+    let mut sampled_peak = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tally.distinct() < n && tokio::time::Instant::now() < deadline {
+        sampled_peak = consumer.queue_stats().iter().map(|q| q.cached_messages).max().unwrap_or(0).max(sampled_peak);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tally.wait_all("every message behind the slow listener").await?;
+    let stats = consumer.queue_stats();
+    consumer.shutdown().await;
+    tally.check(true)?;
+    assert_eq!(stats.len(), 2, "{stats:?}");
+    for q in &stats {
+        assert!(q.peak_cached_messages <= limit + batch, "cache above the limit plus one pull batch: {q:?}");
+        assert!(q.peak_cached_messages >= limit, "the backlog filled the cache up to the limit: {q:?}");
+        assert!(q.flow_control_pauses >= 1, "pulls paused: {q:?}");
+        assert_eq!((q.cached_messages, q.committable_offset), (0, 3_000), "{q:?}");
+    }
+    assert!(sampled_peak <= limit + batch && sampled_peak > 0, "sampled cache peak {sampled_peak}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_listener_pauses_pulls_at_the_cached_byte_limit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster_with_queues(dir.path(), "push-flow-bytes", 2).await?;
+    let (n, size, byte_limit, batch) = (1_000, 1024, 64 << 10, 32);
+    send_sized(&ns, "push-flow-bytes", "m", n, size).await?;
+    let tally = Tally::new("m", n);
+    let consumer = slow_consumer(&ns, "push-flow-bytes-g", "push-flow-bytes", 1, &tally, |c| {
+        c.max_cached_bytes = byte_limit;
+    })
+    .await?;
+    tally.wait_all("every message behind the slow listener").await?;
+    let stats = consumer.queue_stats();
+    consumer.shutdown().await;
+    tally.check(true)?;
+    for q in &stats {
+        assert!(q.peak_cached_bytes <= byte_limit + batch * size, "cache above the byte limit plus one batch: {q:?}");
+        assert!(q.peak_cached_bytes >= byte_limit, "the backlog filled the cache up to the byte limit: {q:?}");
+        assert!(q.flow_control_pauses >= 1, "pulls paused: {q:?}");
+        assert!(q.peak_cached_messages < 1_000, "the byte limit, not the message limit, held pulls back: {q:?}");
+    }
     Ok(())
 }

@@ -32,5 +32,6 @@ pub use message::{Message, ReceivedMessage, SendResult};
 pub use producer::{Producer, ProducerConfig};
 pub use push::{
     ConsumeFrom, Listener, ListenerResult, MessageModel, PushConsumer, PushConsumerBuilder, PushConsumerConfig,
+    QueueStats,
 };
 pub use rebalance::{OffsetWindow, allocate_averagely};

@@ -184,11 +184,48 @@ struct Task {
     queue: Arc<QueueState>,
 }
 
-/// An assigned queue: its offset window and whether it was taken away.
+/// An assigned queue: its offset window, whether it was taken away, and flow-control figures for [`QueueStats`].
 struct QueueState {
     window: Mutex<OffsetWindow>,
     dropped: AtomicBool,
     acked: tokio::sync::Notify,
+    peak_messages: AtomicUsize,
+    peak_bytes: AtomicUsize,
+    pauses: AtomicU64,
+}
+
+impl QueueState {
+    fn new(start: u64) -> Self {
+        Self {
+            window: Mutex::new(OffsetWindow::new(start)),
+            dropped: AtomicBool::new(false),
+            acked: tokio::sync::Notify::new(),
+            peak_messages: AtomicUsize::new(0),
+            peak_bytes: AtomicUsize::new(0),
+            pauses: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One assigned queue's consumption state: what monitoring (and the flow-control test) can observe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: MessageQueue,
+    /// Messages pulled and not yet acknowledged (queued for, inside, or failed in the listener).
+    pub cached_messages: usize,
+    /// Body bytes of those messages.
+    pub cached_bytes: usize,
+    /// The most messages cached at once since the queue was assigned (at most the limit plus one pull batch).
+    pub peak_cached_messages: usize,
+    /// The most body bytes cached at once since the queue was assigned.
+    pub peak_cached_bytes: usize,
+    /// How often this queue's pulls paused because a cache limit was reached.
+    pub flow_control_pauses: u64,
+    /// Where the next pull starts.
+    pub next_offset: u64,
+    /// What a commit would record now: the lowest unacknowledged offset, else `next_offset`.
+    pub committable_offset: u64,
 }
 
 struct Assigned {
@@ -288,6 +325,33 @@ impl PushConsumer {
         let mut queues: Vec<MessageQueue> = self.shared.assigned.lock().keys().cloned().collect();
         queues.sort();
         queues
+    }
+
+    /// Per assigned queue (sorted): cached messages and bytes, their peaks, flow-control pauses and offsets, so an
+    /// application can see a slow listener holding its queues back.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        let mut stats: Vec<QueueStats> = self
+            .shared
+            .assigned
+            .lock()
+            .iter()
+            .map(|(queue, assigned)| {
+                let state = &assigned.state;
+                let window = state.window.lock();
+                QueueStats {
+                    queue: queue.clone(),
+                    cached_messages: window.cached_count(),
+                    cached_bytes: window.cached_bytes(),
+                    peak_cached_messages: state.peak_messages.load(Ordering::Relaxed),
+                    peak_cached_bytes: state.peak_bytes.load(Ordering::Relaxed),
+                    flow_control_pauses: state.pauses.load(Ordering::Relaxed),
+                    next_offset: window.next_pull(),
+                    committable_offset: window.committable(),
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.queue.cmp(&b.queue));
+        stats
     }
 
     /// Graceful stop: no more pulls, listener calls in progress waited for (up to the shutdown timeout),
@@ -556,11 +620,7 @@ impl Shared {
             for queue in wanted.iter().filter(|q| !current.contains(q)) {
                 match self.start_offset(puller, queue).await {
                     Ok(offset) => {
-                        let state = Arc::new(QueueState {
-                            window: Mutex::new(OffsetWindow::new(offset)),
-                            dropped: AtomicBool::new(false),
-                            acked: tokio::sync::Notify::new(),
-                        });
+                        let state = Arc::new(QueueState::new(offset));
                         let task =
                             tokio::spawn(Arc::clone(self).pull_loop(puller.clone(), queue.clone(), Arc::clone(&state)));
                         self.assigned.lock().insert(queue.clone(), Assigned { state, task });
@@ -589,16 +649,23 @@ impl Shared {
 
     /// Long-polls one queue until it is taken away, handing messages to the workers.
     async fn pull_loop(self: Arc<Self>, puller: PullConsumer, queue: MessageQueue, state: Arc<QueueState>) {
+        let mut paused = false;
         while !state.dropped.load(Ordering::SeqCst) {
             let (count, bytes, next) = {
                 let w = state.window.lock();
                 (w.cached_count(), w.cached_bytes(), w.next_pull())
             };
             if count >= self.config.max_cached_messages || bytes >= self.config.max_cached_bytes {
+                if !paused {
+                    paused = true;
+                    state.pauses.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%queue, count, bytes, "flow control: pulls paused until the listener catches up");
+                }
                 // Flow control: wait for acknowledgements (the timeout re-checks after a missed wake-up).
                 let _ = tokio::time::timeout(Duration::from_millis(100), state.acked.notified()).await;
                 continue;
             }
+            paused = false;
             let result = match puller.pull(&queue, next, self.config.pull_batch, self.config.pull_wait).await {
                 Ok(result) => result,
                 Err(error) => {
@@ -611,6 +678,8 @@ impl Shared {
             match result.status {
                 PullStatus::Found | PullStatus::NoNewMessage => {
                     window.pulled(result.messages.iter().map(|m| (m.queue_offset, m.body.len())), result.next_offset);
+                    state.peak_messages.fetch_max(window.cached_count(), Ordering::Relaxed);
+                    state.peak_bytes.fetch_max(window.cached_bytes(), Ordering::Relaxed);
                 }
                 PullStatus::OffsetMoved | PullStatus::OffsetOverflow => {
                     tracing::warn!(%queue, from = next, to = result.next_offset, "pull offset corrected");
