@@ -250,6 +250,41 @@ async fn a_topic_no_broker_hosts_yet_is_auto_created_by_the_first_send_and_then_
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_heartbeats_to_the_brokers_it_has_routes_to_until_it_is_dropped() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path()).await?;
+    create_topic(&ns, &broker, "sdk-heartbeat", 2, 1).await?;
+    let mut config = ProducerConfig::new(vec![ns.addr()], "hb-producer");
+    config.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
+    config.heartbeat_interval = Duration::from_millis(200);
+    let producer = Producer::new(config)?;
+    assert_eq!(producer.heartbeat().await?, 0, "no route yet: no broker to heartbeat to");
+    producer.send(Message::new("sdk-heartbeat", "x")).await?;
+    assert_eq!(producer.heartbeat().await?, 1, "the broker of the routed topic accepted the heartbeat");
+
+    // The broker logs every heartbeat it accepts (debug level in the harness): the periodic ones arrive too.
+    let id = producer.client_id().to_owned();
+    let beats = |log: &str| {
+        log.lines().filter(|l| l.contains("client heartbeat") && l.contains(&id) && l.contains("hb-producer")).count()
+    };
+    wait_until("periodic producer heartbeats", Duration::from_secs(10), || async { beats(&broker.log()) >= 4 }).await?;
+    drop(producer);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after_drop = beats(&broker.log());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(beats(&broker.log()), after_drop, "a dropped producer stops heartbeating");
+
+    // A refused heartbeat is the broker's permanent error, not a silent success.
+    let mut bad = ProducerConfig::new(vec![ns.addr()], "bad group!");
+    bad.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
+    let bad = Producer::new(bad)?;
+    assert!(bad.send(Message::new("sdk-heartbeat", "x")).await.is_err(), "invalid producer group");
+    let err = bad.heartbeat().await.expect_err("invalid producer group");
+    assert!(!err.is_retryable() && err.broker().is_some(), "{err}");
+    Ok(())
+}
+
 /// Runs the `comet` binary with `args` against the NameServer, with `stdin` as input; fails on a non-zero exit
 /// or after 30 s.
 async fn comet(ns: &NameServer, args: &[&str], stdin: &[u8]) -> anyhow::Result<String> {

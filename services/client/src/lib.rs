@@ -35,3 +35,17 @@ pub use push::{
     QueueStats,
 };
 pub use rebalance::{OffsetWindow, allocate_averagely};
+
+/// Counter making client ids unique among the producers and consumers of one process.
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A client id unique per producer or consumer, also among several in one process (`pid@start-ms@counter`), as
+/// brokers list it in heartbeats.
+pub(crate) fn new_client_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let n = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}@{millis}@{n}", std::process::id())
+}

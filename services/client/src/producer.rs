@@ -38,12 +38,16 @@ pub struct ProducerConfig {
     pub route_refresh: Duration,
     /// How long a broker that failed is avoided.
     pub fault_isolation: Duration,
+    /// Heartbeats (client id and producer group) to the master of every broker this producer has a route to, so
+    /// the brokers know the group's live producers (RocketMQ: 30 s). Zero turns them off.
+    pub heartbeat_interval: Duration,
     /// Settings of the NameServer client (addresses are taken from `nameservers`).
     pub nameserver_client: Option<ClientConfig>,
 }
 
 impl ProducerConfig {
-    /// Defaults: 2 retries, 3 s sends, 3 s connects, routes refreshed every 30 s, failed brokers avoided 30 s.
+    /// Defaults: 2 retries, 3 s sends, 3 s connects, routes refreshed every 30 s, failed brokers avoided 30 s,
+    /// heartbeats every 30 s.
     pub fn new(nameservers: Vec<String>, group: impl Into<String>) -> Self {
         Self {
             nameservers,
@@ -53,6 +57,7 @@ impl ProducerConfig {
             connect_timeout: Duration::from_secs(3),
             route_refresh: Duration::from_secs(30),
             fault_isolation: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
             nameserver_client: None,
         }
     }
@@ -67,11 +72,22 @@ pub struct Producer {
 #[derive(Debug)]
 struct Inner {
     config: ProducerConfig,
+    client_id: String,
     routes: Arc<Routes>,
     channels: Channels,
     next_queue: AtomicUsize,
     /// Broker name -> until when it is avoided.
     faults: Mutex<HashMap<String, Instant>>,
+    /// The heartbeat task; it holds only a weak reference, and is stopped when the last clone goes away.
+    heartbeats: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.heartbeats.lock().take() {
+            task.abort();
+        }
+    }
 }
 
 /// What one attempt sends: a topic and its messages, already in wire form.
@@ -81,17 +97,73 @@ struct Outgoing<'a> {
 }
 
 impl Producer {
-    /// A producer over `config.nameservers`. Connects lazily; must be called inside a tokio runtime.
+    /// A producer over `config.nameservers`. Connects lazily; must be called inside a tokio runtime (it starts the
+    /// heartbeat task).
     pub fn new(config: ProducerConfig) -> Result<Self, ClientError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::Invalid {
+            op: "producer",
+            message: "must be created inside a tokio runtime".into(),
+        })?;
         let nameserver = nameserver_client(&config.nameservers, config.nameserver_client.clone())?;
         let routes = Routes::new(nameserver, config.route_refresh);
         let channels = Channels::new(config.connect_timeout);
         // A varying start (as RocketMQ's random ThreadLocalIndex) so that many short-lived producers, like
         // `comet send` runs, do not all begin on queue 0.
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos() as usize).unwrap_or(0);
-        let inner =
-            Inner { config, routes, channels, next_queue: AtomicUsize::new(start), faults: Mutex::new(HashMap::new()) };
-        Ok(Self { inner: Arc::new(inner) })
+        let interval = config.heartbeat_interval;
+        let inner = Arc::new(Inner {
+            config,
+            client_id: crate::new_client_id(),
+            routes,
+            channels,
+            next_queue: AtomicUsize::new(start),
+            faults: Mutex::new(HashMap::new()),
+            heartbeats: Mutex::new(None),
+        });
+        if !interval.is_zero() {
+            let task = runtime.spawn(heartbeat_loop(Arc::downgrade(&inner), interval));
+            *inner.heartbeats.lock() = Some(task);
+        }
+        Ok(Self { inner })
+    }
+
+    /// This producer's client id, as its heartbeats name it to the brokers.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// Sends a heartbeat (client id, producer group) now to the master of every broker this producer has a route
+    /// to, as the periodic heartbeat does; returns how many brokers accepted it. The first failure is returned
+    /// when none did.
+    pub async fn heartbeat(&self) -> Result<usize, ClientError> {
+        let request = pb::ClientHeartbeatRequest {
+            client_id: self.inner.client_id.clone(),
+            producer_groups: vec![self.inner.config.group.clone()],
+            consumer_groups: Vec::new(),
+        };
+        let timeout = self.inner.config.send_timeout;
+        let (mut accepted, mut first_error) = (0, None);
+        for address in self.inner.routes.cached_masters() {
+            let outcome = match self.inner.channels.broker(&address) {
+                Ok(mut client) => match tokio::time::timeout(timeout, client.heartbeat(request.clone())).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(status)) => Err(ClientError::broker_status("heartbeat", &address, &status)),
+                    Err(_) => Err(ClientError::Timeout { op: "heartbeat", broker: address.clone(), after: timeout }),
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => accepted += 1,
+                Err(e) => {
+                    tracing::warn!(broker = %address, error = %e, "producer heartbeat failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if accepted == 0 => Err(e),
+            _ => Ok(accepted),
+        }
     }
 
     /// Sends one message and waits for the broker's acknowledgement, retrying retryable failures on another
@@ -299,6 +371,19 @@ impl Producer {
     fn isolate(&self, broker_name: &str) {
         let until = Instant::now() + self.inner.config.fault_isolation;
         self.inner.faults.lock().insert(broker_name.to_owned(), until);
+    }
+}
+
+/// Heartbeats every `interval` while the producer exists (a weak reference, so it does not keep it alive).
+async fn heartbeat_loop(producer: std::sync::Weak<Inner>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = producer.upgrade() else { return };
+        // Failures are logged inside; the next tick tries again.
+        let _ = Producer { inner }.heartbeat().await;
     }
 }
 

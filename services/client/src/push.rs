@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use comet_model::MessageQueue;
 use comet_nameserver_client::ClientConfig;
@@ -254,12 +254,6 @@ pub struct PushConsumer {
     background: Vec<JoinHandle<()>>,
 }
 
-static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
-
-fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl PushConsumer {
     /// A builder for `group` over `nameservers`.
     pub fn builder(nameservers: Vec<String>, group: impl Into<String>) -> PushConsumerBuilder {
@@ -277,8 +271,7 @@ impl PushConsumer {
             pullers.insert(topic.clone(), PullConsumer::new(pull)?);
         }
         // Unique per consumer, also among several in one process (the system tests run three).
-        let client_id =
-            format!("{}@{}@{}", std::process::id(), unix_millis(), NEXT_CLIENT.fetch_add(1, Ordering::Relaxed));
+        let client_id = crate::new_client_id();
         let file_offsets = match (config.model, config.offset_file.as_deref()) {
             (MessageModel::Broadcasting, path) => load_offsets(&offset_path(&config.group, path))?,
             (MessageModel::Clustering, _) => HashMap::new(),
@@ -753,6 +746,11 @@ fn save_offsets(path: &Path, offsets: &HashMap<MessageQueue, u64>) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unix_millis() -> u64 {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since.map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
 
     #[test]
     fn the_offsets_file_round_trips_and_a_missing_file_is_empty() {

@@ -131,6 +131,15 @@ impl Routes {
         &self.nameserver
     }
 
+    /// The master addresses of every cached route, sorted and deduplicated (where producer heartbeats go).
+    pub(crate) fn cached_masters(&self) -> Vec<String> {
+        let mut addresses: Vec<String> =
+            self.cache.lock().values().flat_map(|e| e.route.masters.values().cloned()).collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+
     /// Marks a topic's route for refresh at its next use (after a send or pull failed).
     pub(crate) fn invalidate(&self, topic: &str) {
         if let Some(entry) = self.cache.lock().get_mut(topic) {

@@ -41,6 +41,9 @@ pub async fn heartbeat(
             })
             .await?;
     }
+    let consumer_groups: Vec<&str> = consumers.iter().map(|c| c.group.as_str()).collect();
+    tracing::debug!(client_id = %request.client_id, producer_groups = ?request.producer_groups, ?consumer_groups,
+        "client heartbeat");
     broker.clients.heartbeat(&request.client_id, &request.producer_groups, consumers, now_ms());
     Ok(pb::ClientHeartbeatResponse {})
 }
