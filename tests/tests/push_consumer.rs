@@ -542,3 +542,107 @@ async fn a_slow_listener_pauses_pulls_at_the_cached_byte_limit() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// CreateGroup of `name` with the two switches (retries at RocketMQ's 16).
+fn group_request(name: &str, consume_enable: bool, consume_broadcast_enable: bool) -> pb::CreateGroupRequest {
+    let group = pb::GroupConfig { name: name.into(), consume_enable, consume_broadcast_enable, retry_max_times: 16 };
+    pb::CreateGroupRequest { group: Some(group) }
+}
+
+/// A pull of queue 0 of `topic` by `group`, answered at once.
+fn pull_request(group: &str, topic: &str) -> pb::PullMessageRequest {
+    pb::PullMessageRequest {
+        group: group.into(),
+        topic: topic.into(),
+        tag_expression: "*".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_refuses_broadcasting_members_when_broadcasting_is_off_and_every_pull_when_consumption_is_off()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path(), "push-gate").await?;
+    let mut admin = broker.client().await?;
+    let denied =
+        |s: &tonic::Status, words: &str| s.code() == tonic::Code::PermissionDenied && s.message().contains(words);
+
+    // Broadcasting off: the SDK's broadcasting consumer fails to start with a permanent error naming the setting.
+    admin.create_group(group_request("gate-no-bcast", true, false)).await?;
+    let seen: Seen = Arc::default();
+    let started = consumer(
+        &ns,
+        "gate-no-bcast",
+        "push-gate",
+        MessageModel::Broadcasting,
+        ConsumeFrom::FirstOffset,
+        record_in(&seen),
+        Some(&dir.path().join("gate.offsets")),
+    )
+    .await;
+    let Err(error) = started else { anyhow::bail!("a broadcasting member of gate-no-bcast started") };
+    let error = error.downcast::<comet_client::ClientError>()?;
+    assert!(!error.is_retryable() && error.code() == tonic::Code::PermissionDenied, "{error}");
+    assert!(error.to_string().contains("consume_broadcast_enable"), "{error}");
+    // It left again, so the group's clustering members and pull consumers are not affected.
+    let members = admin.get_consumer_list(pb::GetConsumerListRequest { group: "gate-no-bcast".into() }).await?;
+    assert!(members.into_inner().client_ids.is_empty(), "the refused member unregistered");
+    admin.pull_message(pull_request("gate-no-bcast", "push-gate")).await?;
+    let clustering =
+        consumer(&ns, "gate-no-bcast", "push-gate", MessageModel::Clustering, ConsumeFrom::FirstOffset, |_| {}, None)
+            .await?;
+    clustering.shutdown().await;
+
+    // The same through the API: the heartbeat is refused; while the member is registered the group's pulls are
+    // refused (a pull carries no client id); once it leaves they are served again.
+    let heartbeat = pb::ClientHeartbeatRequest {
+        client_id: "raw-broadcaster".into(),
+        producer_groups: Vec::new(),
+        consumer_groups: vec![pb::ConsumerGroupHeartbeat {
+            group: "gate-no-bcast".into(),
+            message_model: pb::MessageModel::Broadcasting.into(),
+            subscriptions: vec![pb::Subscription { topic: "push-gate".into(), expression: "*".into() }],
+        }],
+    };
+    let refused = admin.heartbeat(heartbeat).await.expect_err("broadcasting heartbeat of gate-no-bcast");
+    assert!(denied(&refused, "broadcasting consumption is not permitted"), "{refused:?}");
+    let refused = admin.pull_message(pull_request("gate-no-bcast", "push-gate")).await.expect_err("pull refused");
+    assert!(denied(&refused, "consume_broadcast_enable"), "{refused:?}");
+    let leave = pb::UnregisterClientRequest { client_id: "raw-broadcaster".into(), groups: Vec::new() };
+    admin.unregister_client(leave).await?;
+    admin.pull_message(pull_request("gate-no-bcast", "push-gate")).await?;
+
+    // Consumption off: every pull of the group is refused, whatever the model; heartbeats are accepted.
+    admin.create_group(group_request("gate-off", false, true)).await?;
+    let refused = admin.pull_message(pull_request("gate-off", "push-gate")).await.expect_err("disabled group");
+    assert!(denied(&refused, "disabled"), "{refused:?}");
+
+    // Turned off under a running broadcasting member: its pulls are refused at once, and resume when it is back on.
+    let live: Seen = Arc::default();
+    let member = consumer(
+        &ns,
+        "gate-live",
+        "push-gate",
+        MessageModel::Broadcasting,
+        ConsumeFrom::FirstOffset,
+        record_in(&live),
+        Some(&dir.path().join("live.offsets")),
+    )
+    .await?;
+    let before = send(&ns, "push-gate", "before", 50).await?;
+    wait_all_seen(&live, &before, "messages while broadcasting is allowed").await?;
+    admin.delete_group(pb::DeleteGroupRequest { group: "gate-live".into() }).await?;
+    admin.create_group(group_request("gate-live", true, false)).await?;
+    // Pulls parked before the change (500 ms long polls) are answered first.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let during = send(&ns, "push-gate", "while-off", 50).await?;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let delivered = during.iter().filter(|b| live.lock().contains_key(*b)).count();
+    assert_eq!(delivered, 0, "pulls of a broadcasting member are refused once the group forbids broadcasting");
+    admin.delete_group(pb::DeleteGroupRequest { group: "gate-live".into() }).await?;
+    admin.create_group(group_request("gate-live", true, true)).await?;
+    wait_all_seen(&live, &during, "messages once broadcasting is allowed again").await?;
+    member.shutdown().await;
+    Ok(())
+}

@@ -46,12 +46,13 @@ pub enum BrokerError {
         /// The group.
         group: String,
     },
-    /// The topic's permission forbids the operation, or the group's consumption is disabled.
+    /// The topic's permission forbids the operation, the group's consumption is disabled, or the group does not
+    /// allow broadcasting consumption.
     #[error("{what} is not permitted: {reason}")]
     NotPermitted {
-        /// `write` or `read`.
+        /// `write`, `read` or `broadcasting consumption`.
         what: &'static str,
-        /// Why (topic permission, disabled group).
+        /// Why (topic permission, disabled group, group setting).
         reason: String,
     },
     /// A committed offset or queue outside the queue's range.

@@ -290,15 +290,25 @@ impl PushConsumer {
             rebalance_lock: tokio::sync::Mutex::new(()),
             config,
         });
+        // A broker refusing the group (e.g. broadcasting while the group forbids it) fails the start; it recorded
+        // the member, so leave again.
+        if let Err(refused) = shared.heartbeat().await {
+            shared.unregister().await;
+            return Err(refused);
+        }
         let receiver = Arc::new(Mutex::new(receiver));
         for i in 0..shared.config.threads {
-            let (shared, receiver) = (Arc::clone(&shared), Arc::clone(&receiver));
-            std::thread::Builder::new()
+            let (worker_shared, receiver) = (Arc::clone(&shared), Arc::clone(&receiver));
+            let spawned = std::thread::Builder::new()
                 .name(format!("comet-listener-{i}"))
-                .spawn(move || worker(&shared, &receiver))
-                .map_err(|e| ClientError::Invalid { op: "push_consumer", message: format!("spawn worker: {e}") })?;
+                .spawn(move || worker(&worker_shared, &receiver));
+            if let Err(e) = spawned {
+                // Closing the channel ends the workers already started.
+                shared.tasks.lock().take();
+                shared.unregister().await;
+                return Err(ClientError::Invalid { op: "push_consumer", message: format!("spawn worker: {e}") });
+            }
         }
-        shared.heartbeat().await;
         shared.rebalance().await;
         let background = vec![
             tokio::spawn(Arc::clone(&shared).heartbeat_loop()),
@@ -482,15 +492,26 @@ impl Shared {
         out
     }
 
-    async fn heartbeat(&self) {
+    /// Heartbeats to every broker of the subscribed topics. Transient failures are logged (the next heartbeat
+    /// tries again); the first refusal (a permanent error: invalid group, broadcasting not allowed) is returned.
+    async fn heartbeat(&self) -> Result<(), ClientError> {
         let request = self.heartbeat_request();
+        let timeout = Duration::from_secs(3);
+        let mut refused = None;
         for (address, puller) in self.brokers().await {
             let Ok(mut client) = puller.broker_client(&address) else { continue };
-            let call = tokio::time::timeout(Duration::from_secs(3), client.heartbeat(request.clone()));
-            if !matches!(call.await, Ok(Ok(_))) {
-                tracing::warn!(broker = address, "heartbeat failed");
+            let error = match tokio::time::timeout(timeout, client.heartbeat(request.clone())).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(status)) => ClientError::broker_status("heartbeat", &address, &status),
+                Err(_) => ClientError::Timeout { op: "heartbeat", broker: address.clone(), after: timeout },
+            };
+            if error.is_retryable() {
+                tracing::warn!(broker = address, %error, "heartbeat failed");
+            } else {
+                refused.get_or_insert(error);
             }
         }
+        refused.map_or(Ok(()), Err)
     }
 
     async fn unregister(&self) {
@@ -521,7 +542,9 @@ impl Shared {
         tick.tick().await;
         loop {
             tick.tick().await;
-            self.heartbeat().await;
+            if let Err(error) = self.heartbeat().await {
+                tracing::error!(group = %self.config.group, %error, "heartbeat refused; the broker refuses this member's pulls too");
+            }
         }
     }
 
@@ -593,7 +616,9 @@ impl Shared {
                     let Some(members) = self.members(topic, puller).await else { continue };
                     if !members.contains(&self.client_id) {
                         // Our heartbeat has not landed (or expired): say hello again before taking queues.
-                        self.heartbeat().await;
+                        if let Err(error) = self.heartbeat().await {
+                            tracing::error!(group = %self.config.group, %error, "heartbeat refused");
+                        }
                     }
                     allocate_averagely(&queues, &members, &self.client_id)
                 }
@@ -662,8 +687,11 @@ impl Shared {
             let result = match puller.pull(&queue, next, self.config.pull_batch, self.config.pull_wait).await {
                 Ok(result) => result,
                 Err(error) => {
-                    tracing::warn!(%queue, %error, "pull failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // A refusal (group disabled, broadcasting not allowed) lasts until an admin changes the group:
+                    // retry, but not at the pace of a transient failure.
+                    let pause = if error.is_retryable() { Duration::from_millis(500) } else { Duration::from_secs(3) };
+                    tracing::warn!(%queue, %error, ?pause, "pull failed; retrying");
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             };

@@ -106,6 +106,15 @@ impl ClientRegistry {
             .unwrap_or_default()
     }
 
+    /// True when a live member of `group` consumes with `model` (checked on pulls, so no clone).
+    pub fn has_live_member_with(&self, group: &str, model: MessageModel, now_ms: u64) -> bool {
+        let state = self.state.lock();
+        state
+            .consumers
+            .get(group)
+            .is_some_and(|m| m.values().any(|c| c.model == model && !self.expired(c.last_heartbeat_ms, now_ms)))
+    }
+
     /// Drops every client silent for longer than the expiry; returns how many memberships were removed.
     pub fn expire(&self, now_ms: u64) -> usize {
         let mut state = self.state.lock();
@@ -155,6 +164,18 @@ mod tests {
         assert_eq!(ids(121_002), ["c-a", "c-b"], "a heartbeat brings it back");
         assert_eq!(clients.expire(1_000_000), 3, "two consumers and one producer expired");
         assert!(ids(1_000_000).is_empty());
+    }
+
+    #[test]
+    fn a_live_broadcasting_member_is_found_until_it_expires() {
+        let clients = ClientRegistry::new(1_000);
+        clients.heartbeat("c", &[], vec![consumer("g")], 0);
+        assert!(!clients.has_live_member_with("g", MessageModel::Broadcasting, 0));
+        let broadcasting = ConsumerHeartbeat { model: MessageModel::Broadcasting, ..consumer("g") };
+        clients.heartbeat("b", &[], vec![broadcasting], 0);
+        assert!(clients.has_live_member_with("g", MessageModel::Broadcasting, 1_000));
+        assert!(!clients.has_live_member_with("g", MessageModel::Broadcasting, 1_001), "expired");
+        assert!(!clients.has_live_member_with("other", MessageModel::Clustering, 0));
     }
 
     #[test]

@@ -48,6 +48,12 @@ impl GroupTable {
         self.groups.lock().get(name).cloned()
     }
 
+    /// True when the group exists and its config forbids broadcasting consumption (checked on every pull, so no
+    /// clone).
+    pub fn broadcast_disabled(&self, name: &str) -> bool {
+        self.groups.lock().get(name).is_some_and(|g| !g.consume_broadcast_enable)
+    }
+
     /// All groups, sorted by name.
     pub fn list(&self) -> Vec<GroupConfig> {
         self.groups.lock().values().cloned().collect()
@@ -108,5 +114,8 @@ mod tests {
 
         let reopened = GroupTable::open(path).unwrap();
         assert_eq!(reopened.list(), vec![GroupConfig::new("g2")]);
+        assert!(!reopened.broadcast_disabled("g2") && !reopened.broadcast_disabled("unknown"));
+        reopened.create(GroupConfig { consume_broadcast_enable: false, ..GroupConfig::new("g3") }).unwrap();
+        assert!(reopened.broadcast_disabled("g3"));
     }
 }

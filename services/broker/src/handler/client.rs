@@ -6,8 +6,30 @@ use comet_proto::comet::v1 as pb;
 
 use super::{check_group, check_topic};
 use crate::broker::{Broker, now_ms};
+use crate::domain::clients::MessageModel;
 use crate::edge::convert;
 use crate::error::{BrokerError, Result};
+
+/// The refusal of broadcasting consumption by a group whose config forbids it.
+fn broadcast_refused(group: &str) -> BrokerError {
+    BrokerError::NotPermitted {
+        what: "broadcasting consumption",
+        reason: format!(
+            "group {group:?} has consume_broadcast_enable off; consume in clustering mode or re-create the group"
+        ),
+    }
+}
+
+/// Refuses a pull of `group` while a live member of it consumes in broadcasting mode and the group's config
+/// forbids that (RocketMQ's pull check: a pull carries no client id, so the group's registered model decides).
+pub(super) fn check_broadcast_pull(broker: &Broker, group: &str) -> Result<()> {
+    if broker.groups.broadcast_disabled(group)
+        && broker.clients.has_live_member_with(group, MessageModel::Broadcasting, now_ms())
+    {
+        return Err(broadcast_refused(group));
+    }
+    Ok(())
+}
 
 /// Records a client's producer and consumer groups (creating unknown subscription groups if configured).
 pub async fn heartbeat(
@@ -41,11 +63,21 @@ pub async fn heartbeat(
             })
             .await?;
     }
+    // Checked after auto-creation, which always allows broadcasting; so only a configured refusal applies.
+    let refused = consumers
+        .iter()
+        .find(|c| c.model == MessageModel::Broadcasting && broker.groups.broadcast_disabled(&c.group))
+        .map(|c| broadcast_refused(&c.group));
     let consumer_groups: Vec<&str> = consumers.iter().map(|c| c.group.as_str()).collect();
     tracing::debug!(client_id = %request.client_id, producer_groups = ?request.producer_groups, ?consumer_groups,
-        "client heartbeat");
+        refused = refused.is_some(), "client heartbeat");
+    // A refused member is still recorded, as RocketMQ registers it: the broker then knows the group has a
+    // broadcasting member and refuses its pulls (which carry no client id) for as long as it heartbeats.
     broker.clients.heartbeat(&request.client_id, &request.producer_groups, consumers, now_ms());
-    Ok(pb::ClientHeartbeatResponse {})
+    match refused {
+        Some(error) => Err(error),
+        None => Ok(pb::ClientHeartbeatResponse {}),
+    }
 }
 
 /// Removes a client from its groups at once (clean consumer shutdown).
