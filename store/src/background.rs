@@ -60,6 +60,10 @@ fn warm_loop(inner: &Inner) {
     }
 }
 
+/// How much of the CommitLog below the flushed position stays mapped into the process: tail readers find it
+/// resident; older pages are unmapped each checkpoint (they stay in the page cache).
+const RESIDENT_WINDOW: u64 = 128 << 20;
+
 fn flush_loop(inner: &Inner) {
     let flush_every = inner.config.flush_interval();
     let checkpoint_every = inner.config.checkpoint_interval();
@@ -76,6 +80,8 @@ fn flush_loop(inner: &Inner) {
             if let Err(e) = inner.write_checkpoint() {
                 tracing::error!(error = %e, "checkpoint failed; recovery after a crash will re-read more data");
             }
+            // Bound resident memory: only the last RESIDENT_WINDOW of flushed CommitLog stays mapped in.
+            inner.log.release_below(inner.commit.flushed().saturating_sub(RESIDENT_WINDOW));
             next_checkpoint = now + checkpoint_every;
         }
         let wake =

@@ -143,6 +143,22 @@ impl MappedFile {
         len == 0 || self.map.advise_range(memmap2::Advice::PopulateWrite, from, len).is_ok()
     }
 
+    /// Drops the pages of `[from, to)` from this process's page tables (`MADV_DONTNEED`), rounded inwards to whole
+    /// pages, so that data the writer has left behind stops counting towards the broker's resident memory. The
+    /// page cache keeps them: a later read faults them back in with the same bytes.
+    pub(crate) fn release(&self, from: usize, to: usize) {
+        const PAGE: usize = 4096;
+        let from = from.div_ceil(PAGE) * PAGE;
+        let to = to.min(self.len) / PAGE * PAGE;
+        if to <= from {
+            return;
+        }
+        // SAFETY: the mapping is MAP_SHARED over a file, so MADV_DONTNEED only unmaps pages: their contents stay
+        // in the page cache (dirty state included) and the next access maps the same bytes again. No reference
+        // into the range is invalidated; `from..to` lies within the mapping.
+        let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+    }
+
     /// Raw pointer to the start of the mapping, for atomics placed in the file (index slots).
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.map.as_mut_ptr()

@@ -325,6 +325,17 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Unmaps (from this process, not from the page cache) every page below `keep_from`, keeping resident memory
+    /// to the recent window readers and the writer touch. Re-released each pass, so pages a lagging reader faulted
+    /// back in are dropped again.
+    pub(crate) fn release_below(&self, keep_from: u64) {
+        let segs: Vec<Arc<Segment>> = self.segments.read().iter().filter(|s| s.base() < keep_from).cloned().collect();
+        for s in segs {
+            let to = keep_from.min(s.limit()) - s.base();
+            s.file().release(0, to as usize);
+        }
+    }
+
     /// Installs the queue-offset table rebuilt from the consume queues at start-up.
     pub(crate) fn set_queue_offsets(&self, table: QueueOffsetTable) {
         self.writer.lock().queue_offsets = table;
