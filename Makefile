@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver bench-remoting fuzz-remoting clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker fuzz-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -66,7 +66,7 @@ nextest:
 	fi
 
 ## bench: every benchmark; results go to docs/benchmarks.md by hand
-bench: bench-store bench-nameserver bench-remoting
+bench: bench-store bench-nameserver bench-remoting bench-broker
 
 bench-store:
 	$(CARGO) bench -p comet-store --bench append -- $(BENCH_ARGS)
@@ -93,6 +93,14 @@ bench-nameserver:
 	test -n "$$addr" || { cat $$dir/err; exit 1; }; \
 	echo "NameServer (release, memory backend) on $$addr"; \
 	$(TARGET_DIR)/release/comet --namesrv $$addr bench nameserver $(NS_BENCH_ARGS)
+
+## bench-broker: release NameServer + broker (async, then sync flush) and NATS JetStream driven by the same
+## `comet bench produce|consume|e2e` workloads in one run; prints a markdown table (BROKER_BENCH_ARGS, e.g.
+## --secs 5 --sizes 1024 --skip-nats; see scripts/bench-broker.py)
+bench-broker:
+	@bash scripts/setup-bench.sh
+	$(CARGO) build --release -p comet-nameserver -p comet-broker -p comet
+	CARGO_TARGET_DIR=$(TARGET_DIR) python3 scripts/bench-broker.py $(BROKER_BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -10,25 +10,46 @@ use crate::domain::groups::GroupConfig;
 use crate::error::{BrokerError, Result};
 
 /// A stored message as consumers receive it. The body shares the store's mapped record (no copy here).
-// Hot path (pull): one allocation per string field, none for the body.
 pub fn message_to_proto(m: &StoredMessage) -> pb::StoredMessage {
-    pb::StoredMessage {
-        topic: m.topic().to_owned(),
-        queue_id: m.queue_id(),
-        queue_offset: m.queue_offset().0,
-        commit_log_offset: m.physical_offset().0,
-        message_id: m.msg_id().to_owned(),
-        tags: m.tags().to_owned(),
-        keys: m.key_list().map(str::to_owned).collect(),
-        properties: m.properties().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
-        body: m.body(),
-        flag: m.flag(),
-        born_timestamp_millis: m.born_timestamp(),
-        store_timestamp_millis: m.store_timestamp(),
-        born_host: m.born_host().to_string(),
-        store_host: m.store_host().to_string(),
-        reconsume_times: m.reconsume_times(),
-    }
+    messages_to_proto(std::slice::from_ref(m)).pop().unwrap_or_default()
+}
+
+/// Stored messages as consumers receive them (a pull's answer).
+// Hot path (pull): one allocation per string field, none for the body. Hosts repeat from message to message
+// (one broker, few producers): each distinct address is formatted once per call, not once per message.
+pub fn messages_to_proto(messages: &[StoredMessage]) -> Vec<pb::StoredMessage> {
+    let mut hosts: Vec<(std::net::SocketAddr, String)> = Vec::new();
+    let mut host = |addr: std::net::SocketAddr| -> String {
+        if let Some((_, s)) = hosts.iter().find(|(a, _)| *a == addr) {
+            return s.clone();
+        }
+        let s = addr.to_string();
+        // A handful of distinct hosts is the norm; past that, stop caching rather than scan a long list.
+        if hosts.len() < 8 {
+            hosts.push((addr, s.clone()));
+        }
+        s
+    };
+    messages
+        .iter()
+        .map(|m| pb::StoredMessage {
+            topic: m.topic().to_owned(),
+            queue_id: m.queue_id(),
+            queue_offset: m.queue_offset().0,
+            commit_log_offset: m.physical_offset().0,
+            message_id: m.msg_id().to_owned(),
+            tags: m.tags().to_owned(),
+            keys: m.key_list().map(str::to_owned).collect(),
+            properties: m.properties().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            body: m.body(),
+            flag: m.flag(),
+            born_timestamp_millis: m.born_timestamp(),
+            store_timestamp_millis: m.store_timestamp(),
+            born_host: host(m.born_host()),
+            store_host: host(m.store_host()),
+            reconsume_times: m.reconsume_times(),
+        })
+        .collect()
 }
 
 /// A topic config from the wire; zero queue counts take `default_queues`, permission 0 is read+write.

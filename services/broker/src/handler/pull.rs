@@ -134,7 +134,7 @@ fn response(got: GetMessages, from: QueueOffset) -> pb::PullMessageResponse {
     };
     pb::PullMessageResponse {
         status: status.into(),
-        messages: got.messages.iter().map(convert::message_to_proto).collect(),
+        messages: convert::messages_to_proto(&got.messages),
         next_offset: next.0,
         min_offset: got.min_offset.0,
         max_offset: got.max_offset.0,

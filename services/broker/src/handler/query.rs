@@ -57,5 +57,5 @@ pub async fn by_key(
     let begin = request.begin_timestamp_millis;
     let found =
         broker.blocking(move |b| Ok(b.store.query_by_key(&request.topic, &request.key, max, begin, end)?)).await?;
-    Ok(pb::QueryMessagesByKeyResponse { messages: found.iter().map(convert::message_to_proto).collect() })
+    Ok(pb::QueryMessagesByKeyResponse { messages: convert::messages_to_proto(&found) })
 }

@@ -2,7 +2,10 @@
 //! and latency percentiles.
 
 mod latency;
+mod messaging;
 mod nameserver;
+mod report;
+mod systems;
 
 use clap::Subcommand;
 
@@ -11,11 +14,20 @@ use clap::Subcommand;
 pub enum Target {
     /// QueryRoute throughput/latency and large-broker registration time against a running NameServer.
     Nameserver(nameserver::Args),
+    /// Send throughput and acknowledgement latency (Comet, or NATS JetStream as the peer baseline).
+    Produce(messaging::ProduceArgs),
+    /// Read throughput from a stored backlog.
+    Consume(messaging::ConsumeArgs),
+    /// Produce-to-consume latency at a fixed rate.
+    E2e(messaging::E2eArgs),
 }
 
 /// Runs the chosen benchmark.
 pub async fn run(target: Target, namesrv: &[String]) -> anyhow::Result<()> {
     match target {
         Target::Nameserver(args) => nameserver::run(args, namesrv).await,
+        Target::Produce(args) => messaging::produce(args, namesrv).await,
+        Target::Consume(args) => messaging::consume(args, namesrv).await,
+        Target::E2e(args) => messaging::e2e(args, namesrv).await,
     }
 }

@@ -1,0 +1,303 @@
+//! The two systems `comet bench produce|consume|e2e` can drive with the same workload: Comet through its Rust
+//! SDK (as an application would), and NATS JetStream with file storage through `async-nats` (the peer baseline
+//! of docs/benchmarks.md).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use comet_client::{Admin, Message, MessageQueue, Producer, ProducerConfig, PullConsumer, PullConsumerConfig};
+use comet_proto::comet::v1 as pb;
+use futures_util::StreamExt;
+use futures_util::future::try_join_all;
+
+/// Which system a run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    /// Comet, through the NameServers of `--namesrv`.
+    Comet,
+    /// NATS JetStream at `--nats-url` (file storage, one replica).
+    Nats,
+}
+
+impl System {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Comet => "comet",
+            Self::Nats => "nats",
+        }
+    }
+}
+
+/// Where a run connects.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// System to drive.
+    #[arg(long, value_enum, default_value = "comet")]
+    pub system: System,
+    /// NATS server URL (`--system nats`).
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Comet topic, or the NATS subject suffix (stream COMET_BENCH holds subjects `bench.>`).
+    #[arg(long, default_value = "comet-bench")]
+    pub topic: String,
+    /// Queues of the Comet topic when the run creates it (an existing topic is used as it is).
+    #[arg(long, default_value_t = 8)]
+    pub queues: u32,
+}
+
+/// The JetStream stream every NATS run uses.
+const NATS_STREAM: &str = "COMET_BENCH";
+
+async fn nats(url: &str) -> anyhow::Result<(jetstream::Context, stream::Stream)> {
+    let client = async_nats::connect(url).await.with_context(|| format!("connecting to NATS at {url}"))?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: NATS_STREAM.into(),
+            subjects: vec!["bench.>".into()],
+            storage: stream::StorageType::File,
+            max_bytes: 16 << 30,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating JetStream stream {NATS_STREAM}: {e}"))?;
+    Ok((js, stream))
+}
+
+/// Sends bodies to one topic (Comet) or subject (NATS) and waits for their acknowledgement.
+#[derive(Clone)]
+pub enum Sink {
+    /// The SDK producer: one message = `send`, several = one `send_batch` request.
+    Comet {
+        /// The producer (shared route cache and channels).
+        producer: Producer,
+        /// Topic.
+        topic: String,
+    },
+    /// JetStream: publish every body, then await every PubAck (a "batch" is a pipelined burst).
+    Nats {
+        /// JetStream context.
+        js: jetstream::Context,
+        /// Subject.
+        subject: String,
+    },
+}
+
+impl Sink {
+    /// Connects and makes sure the topic or stream exists.
+    pub async fn connect(conn: &Connection, namesrv: &[String]) -> anyhow::Result<Self> {
+        match conn.system {
+            System::Comet => {
+                ensure_topic(namesrv, &conn.topic, conn.queues).await?;
+                let producer = Producer::new(ProducerConfig::new(namesrv.to_vec(), "comet-bench-producer"))?;
+                Ok(Self::Comet { producer, topic: conn.topic.clone() })
+            }
+            System::Nats => {
+                let (js, _) = nats(&conn.nats_url).await?;
+                Ok(Self::Nats { js, subject: format!("bench.{}", conn.topic) })
+            }
+        }
+    }
+
+    /// Sends `bodies` as one request and waits until all are acknowledged.
+    pub async fn send(&self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
+        match self {
+            Self::Comet { producer, topic } => {
+                if bodies.len() == 1 {
+                    let body = bodies.into_iter().next().unwrap_or_default();
+                    producer.send(Message::new(topic.as_str(), body)).await?;
+                } else {
+                    let messages = bodies.into_iter().map(|b| Message::new(topic.as_str(), b)).collect();
+                    producer.send_batch(messages).await?;
+                }
+                Ok(())
+            }
+            Self::Nats { js, subject } => {
+                let mut acks = Vec::with_capacity(bodies.len());
+                for body in bodies {
+                    acks.push(js.publish(subject.clone(), body).await.map_err(|e| anyhow::anyhow!("publish: {e}"))?);
+                }
+                try_join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("PubAck: {e}"))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Creates `topic` with `queues` queues on every master broker that does not host it yet, and waits until the
+/// NameServers route it.
+async fn ensure_topic(namesrv: &[String], topic: &str, queues: u32) -> anyhow::Result<()> {
+    let admin = Admin::new(namesrv)?;
+    let masters = admin.master_brokers(None).await.context("listing the brokers")?;
+    anyhow::ensure!(!masters.is_empty(), "no broker is registered with the NameServers");
+    let hosting = admin.brokers_hosting(topic).await.unwrap_or_default();
+    if !hosting.is_empty() {
+        return Ok(());
+    }
+    for master in &masters {
+        let mut client = admin.broker(&master.address)?;
+        let config = pb::TopicConfig {
+            name: topic.to_owned(),
+            read_queue_nums: queues,
+            write_queue_nums: queues,
+            perm: 6,
+            ..Default::default()
+        };
+        match client.create_topic(pb::CreateTopicRequest { topic: Some(config) }).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => anyhow::bail!("creating {topic} on {}: {}", master.name, s.message()),
+        }
+    }
+    for _ in 0..100 {
+        if !admin.brokers_hosting(topic).await.unwrap_or_default().is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("topic {topic} was created but the NameServers do not route it after 10 s")
+}
+
+/// Where a reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// The oldest stored message (consume a backlog).
+    Oldest,
+    /// Only what arrives from now on (end-to-end latency).
+    New,
+}
+
+/// Reads a topic (every queue, Comet) or the stream (NATS) and hands every body to the reader's tally.
+pub enum Source {
+    /// Pull loops over every readable queue, `max` messages per long poll.
+    Comet {
+        /// The pull consumer.
+        consumer: PullConsumer,
+        /// Queues with their start offsets.
+        queues: Vec<(MessageQueue, u64)>,
+        /// Messages per pull.
+        max: u32,
+    },
+    /// A JetStream pull consumer without acks, `max` messages per pull request.
+    Nats {
+        /// The consumer.
+        consumer: Box<consumer::PullConsumer>,
+        /// Messages per pull request.
+        max: usize,
+    },
+}
+
+impl Source {
+    /// Connects and positions a reader; also answers how many messages are stored after the start.
+    pub async fn connect(conn: &Connection, namesrv: &[String], from: From, max: u32) -> anyhow::Result<(Self, u64)> {
+        match conn.system {
+            System::Comet => {
+                ensure_topic(namesrv, &conn.topic, conn.queues).await?;
+                let consumer = PullConsumer::new(PullConsumerConfig::new(namesrv.to_vec(), "comet-bench-consumer"))?;
+                let mut queues = Vec::new();
+                let mut backlog = 0;
+                for queue in consumer.queues(&conn.topic).await? {
+                    let (min, max_offset) = consumer.queue_offsets(&queue).await?;
+                    let start = if from == From::Oldest { min } else { max_offset };
+                    backlog += max_offset - start;
+                    queues.push((queue, start));
+                }
+                Ok((Self::Comet { consumer, queues, max }, backlog))
+            }
+            System::Nats => {
+                let (_, mut stream) = nats(&conn.nats_url).await?;
+                let backlog = if from == From::Oldest {
+                    stream.info().await.map_err(|e| anyhow::anyhow!("stream info: {e}"))?.state.messages
+                } else {
+                    0
+                };
+                let deliver_policy = match from {
+                    From::Oldest => consumer::DeliverPolicy::All,
+                    From::New => consumer::DeliverPolicy::New,
+                };
+                let consumer = stream
+                    .create_consumer(consumer::pull::Config {
+                        ack_policy: consumer::AckPolicy::None,
+                        deliver_policy,
+                        filter_subject: format!("bench.{}", conn.topic),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating a JetStream consumer: {e}"))?;
+                Ok((Self::Nats { consumer: Box::new(consumer), max: max as usize }, backlog))
+            }
+        }
+    }
+
+    /// Starts the readers: each calls `on_batch` with the bodies it got, until `stop` is set (checked at least
+    /// once a second). Returns one task per reader.
+    pub fn spawn<T>(self, stop: Arc<AtomicBool>, make_tally: impl Fn() -> T) -> Vec<tokio::task::JoinHandle<T>>
+    where
+        T: Tally + Send + 'static,
+    {
+        match self {
+            Self::Comet { consumer, queues, max } => queues
+                .into_iter()
+                .map(|(queue, start)| {
+                    let (consumer, stop, mut tally) = (consumer.clone(), Arc::clone(&stop), make_tally());
+                    tokio::spawn(async move {
+                        let mut offset = start;
+                        while !stop.load(Ordering::Relaxed) {
+                            match consumer.pull(&queue, offset, max, Duration::from_secs(1)).await {
+                                Ok(result) => {
+                                    offset = result.next_offset;
+                                    for m in &result.messages {
+                                        tally.on_message(&m.body);
+                                    }
+                                }
+                                Err(e) => {
+                                    tally.on_error(&e.to_string());
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                            }
+                        }
+                        tally
+                    })
+                })
+                .collect(),
+            Self::Nats { consumer, max } => {
+                let mut tally = make_tally();
+                vec![tokio::spawn(async move {
+                    let messages =
+                        consumer.stream().max_messages_per_batch(max).expires(Duration::from_secs(1)).messages().await;
+                    let mut messages = match messages {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tally.on_error(&format!("JetStream pull: {e}"));
+                            return tally;
+                        }
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+                            Ok(Some(Ok(m))) => tally.on_message(&m.payload),
+                            Ok(Some(Err(e))) => tally.on_error(&e.to_string()),
+                            Ok(None) => break,
+                            Err(_) => {}
+                        }
+                    }
+                    tally
+                })]
+            }
+        }
+    }
+}
+
+/// What a reader does with each message it gets.
+pub trait Tally {
+    /// One received body.
+    fn on_message(&mut self, body: &Bytes);
+    /// One failed read (counted; the reader goes on).
+    fn on_error(&mut self, error: &str);
+}
