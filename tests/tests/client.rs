@@ -340,3 +340,73 @@ async fn comet_send_and_comet_consume_round_trip_through_the_real_binaries() -> 
     assert_eq!(committed, 4);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_comet_consume_broadcast_runs_each_print_every_message_and_resume_from_their_offsets_file()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path()).await?;
+    create_topic(&ns, &broker, "cli-bcast", 4, 1).await?;
+    let producer = producer(&ns)?;
+    let first: Vec<String> = (0..40).map(|i| format!("b-{i}")).collect();
+    for body in &first {
+        producer.send(Message::new("cli-bcast", body.clone())).await?;
+    }
+
+    let (file_a, file_b) = (dir.path().join("a.offsets"), dir.path().join("b.offsets"));
+    let run = |file: &Path, count: &str| {
+        let file = file.display().to_string();
+        let count = count.to_owned();
+        let ns = &ns;
+        async move {
+            let args = ["consume", "cli-bcast", "--group", "cli-bcast-g", "--broadcast", "--from", "begin"];
+            let args: Vec<&str> = args.iter().copied().chain(["--count", &count, "--offset-file", &file]).collect();
+            let out = comet(ns, &args, b"").await?;
+            let mut bodies: Vec<String> = out.lines().map(str::to_owned).collect();
+            bodies.sort();
+            anyhow::Ok(bodies)
+        }
+    };
+    // Two members of one group at the same time: each prints all 40 (clustering would split them).
+    let (a, b) = tokio::join!(run(&file_a, "40"), run(&file_b, "40"));
+    let mut expected = first.clone();
+    expected.sort();
+    assert_eq!(a?, expected, "member a");
+    assert_eq!(b?, expected, "member b");
+    let offsets = std::fs::read_to_string(&file_a)?;
+    let total: u64 = offsets.lines().filter_map(|l| l.rsplit('\t').next()?.parse::<u64>().ok()).sum();
+    assert_eq!(total, 40, "the offsets file holds each queue's end:\n{offsets}");
+
+    // A later run resumes from its file: only what was sent since, even with --from begin.
+    let later: Vec<String> = (0..6).map(|i| format!("later-{i}")).collect();
+    for body in &later {
+        producer.send(Message::new("cli-bcast", body.clone())).await?;
+    }
+    let mut expected = later.clone();
+    expected.sort();
+    assert_eq!(run(&file_a, "6").await?, expected, "member a resumed from its offsets file");
+    // Nothing is committed on the broker for a broadcasting group.
+    let reader = consumer(&ns, "cli-bcast-g")?;
+    for queue in reader.queues("cli-bcast").await? {
+        assert_eq!(reader.query_offset(&queue).await?, None, "{queue}");
+    }
+
+    // A group that forbids broadcasting: one line naming the setting, a failing exit.
+    let group = pb::GroupConfig {
+        name: "cli-no-bcast".into(),
+        consume_enable: true,
+        consume_broadcast_enable: false,
+        retry_max_times: 16,
+    };
+    broker.client().await?.create_group(pb::CreateGroupRequest { group: Some(group) }).await?;
+    let file = dir.path().join("refused.offsets").display().to_string();
+    let args = ["consume", "cli-bcast", "--group", "cli-no-bcast", "--broadcast", "--count", "1", "--offset-file"];
+    let refused = comet(&ns, &[&args[..], &[file.as_str()]].concat(), b"").await.expect_err("broadcasting refused");
+    let stderr = refused.to_string().split("stderr:\n").nth(1).unwrap_or_default().trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: joining group cli-no-bcast") && stderr.contains("consume_broadcast_enable"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -36,7 +36,7 @@ enum Command {
     },
     /// Send a message (body from the argument or stdin).
     Send(messaging::SendArgs),
-    /// Follow a topic as a consumer group: print every message, commit offsets.
+    /// Follow a topic as a consumer group (or, with --broadcast, a broadcasting member): print every message.
     Consume(messaging::ConsumeArgs),
     /// Create, update, list, describe and delete topics on the brokers.
     Topic {

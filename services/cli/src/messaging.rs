@@ -2,14 +2,18 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comet_client::{
-    Message, MessageQueue, Producer, ProducerConfig, PullConsumer, PullConsumerConfig, ReceivedMessage,
+    ConsumeFrom, ListenerResult, Message, MessageModel, MessageQueue, Producer, ProducerConfig, PullConsumer,
+    PullConsumerConfig, PushConsumer, ReceivedMessage,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 /// Arguments of `comet send`.
 #[derive(Debug, Args)]
@@ -40,9 +44,9 @@ pub struct SendArgs {
 pub enum StartAt {
     /// The group's committed offset; the queue's end where the group never committed.
     Committed,
-    /// The oldest stored message, ignoring committed offsets.
+    /// The oldest stored message, ignoring committed offsets (with --broadcast: where the file has none).
     Begin,
-    /// Only messages sent from now on, ignoring committed offsets.
+    /// Only messages sent from now on, ignoring committed offsets (with --broadcast: where the file has none).
     End,
 }
 
@@ -69,6 +73,13 @@ pub struct ConsumeArgs {
     /// One JSON object per message (with queue, offset, id, tags, keys) instead of the bare body.
     #[arg(long)]
     json: bool,
+    /// Consume as a broadcasting member of the group: every message of every queue, whatever other members
+    /// read, with offsets kept in a local file instead of on the brokers.
+    #[arg(long)]
+    broadcast: bool,
+    /// With --broadcast: the offsets file (default: comet-offsets-<group>.txt in the current directory).
+    #[arg(long, requires = "broadcast")]
+    offset_file: Option<PathBuf>,
 }
 
 /// Sends the body `count` times and prints where each message was stored.
@@ -105,6 +116,9 @@ pub async fn send(args: SendArgs, namesrv: &[String]) -> anyhow::Result<()> {
 /// Follows every readable queue of the topic with long polling and prints what arrives, committing offsets
 /// every `commit_interval_ms` and at exit; stops on ctrl-c or after `count` messages.
 pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    if args.broadcast {
+        return consume_broadcast(args, namesrv).await;
+    }
     let mut config = PullConsumerConfig::new(namesrv.to_vec(), args.group);
     config.tag_expression = args.tags;
     let consumer = PullConsumer::new(config)?;
@@ -142,6 +156,62 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
     let _ = stop_tx.send(true);
     commit(&consumer, &done, &mut committed).await;
     eprintln!("consumed {consumed} message(s); offsets committed");
+    Ok(())
+}
+
+/// `comet consume --broadcast`: the SDK's push consumer in broadcasting mode (every queue, offsets in a local
+/// file), with one listener thread so messages print one at a time, in order per queue. Stops on ctrl-c or after
+/// `count` messages; the shutdown saves the offsets file.
+async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    // Fail with the route's error rather than wait on a topic that does not exist.
+    let probe = PullConsumer::new(PullConsumerConfig::new(namesrv.to_vec(), args.group.clone()))?;
+    anyhow::ensure!(!probe.queues(&args.topic).await?.is_empty(), "topic {} has no readable queue", args.topic);
+
+    let printed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let listener = {
+        let (printed, done, count, json) = (Arc::clone(&printed), Arc::clone(&done), args.count, args.json);
+        move |message: &ReceivedMessage| -> ListenerResult {
+            // One worker thread: no other call runs meanwhile, so load-then-add cannot overshoot.
+            if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
+                // Not acknowledged: the offsets file keeps it for the next run.
+                return Err("beyond --count; left for the next run".into());
+            }
+            print_message(message, json);
+            if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
+                done.notify_one();
+            }
+            Ok(())
+        }
+    };
+    let from = match args.from {
+        StartAt::Begin => ConsumeFrom::FirstOffset,
+        StartAt::Committed | StartAt::End => ConsumeFrom::LastOffset,
+    };
+    let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
+    let offset_file =
+        args.offset_file.clone().unwrap_or_else(|| PathBuf::from(format!("comet-offsets-{}.txt", args.group)));
+    let consumer = PushConsumer::builder(namesrv.to_vec(), args.group.clone())
+        .subscribe(args.topic.clone(), args.tags.clone())
+        .model(MessageModel::Broadcasting)
+        .offset_file(offset_file.clone())
+        .consume_from(from)
+        .threads(1)
+        .configure(|c| c.commit_interval = commit_interval)
+        .listener(listener)
+        .start()
+        .await
+        .with_context(|| format!("joining group {} as a broadcasting member", args.group))?;
+    if args.count != Some(0) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = done.notified() => {}
+        }
+    }
+    consumer.shutdown().await;
+    // The SDK only logs a failed write; say so here instead of claiming the offsets were kept.
+    anyhow::ensure!(offset_file.exists(), "the offsets file {} was not written", offset_file.display());
+    eprintln!("consumed {} message(s); offsets kept in {}", printed.load(Ordering::SeqCst), offset_file.display());
     Ok(())
 }
 
