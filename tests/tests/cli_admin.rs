@@ -9,7 +9,7 @@ use comet_tests::harness::nameserver::NameServer;
 use comet_tests::harness::wait_until;
 
 /// A NameServer and one broker registered with it.
-async fn cluster(dir: &Path) -> anyhow::Result<(NameServer, BrokerProcess)> {
+pub(crate) async fn cluster(dir: &Path) -> anyhow::Result<(NameServer, BrokerProcess)> {
     let ns_dir = dir.join("ns");
     std::fs::create_dir_all(&ns_dir)?;
     let ns = NameServer::memory(&ns_dir, "").await?;
@@ -28,7 +28,7 @@ async fn cluster(dir: &Path) -> anyhow::Result<(NameServer, BrokerProcess)> {
 }
 
 /// Runs `comet --namesrv NS args...`; returns (success, stdout, stderr), or fails after 30 s.
-async fn run(ns: &NameServer, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+pub(crate) async fn run(ns: &NameServer, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     let bin = tokio::task::spawn_blocking(|| comet_tests::harness::binary::cargo_bin("comet", "comet")).await??;
     let child = tokio::process::Command::new(bin)
         .arg("--namesrv")
@@ -44,7 +44,7 @@ async fn run(ns: &NameServer, args: &[&str]) -> anyhow::Result<(bool, String, St
 }
 
 /// Runs the `comet` binary and fails on a non-zero exit; returns stdout.
-async fn comet(ns: &NameServer, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn comet(ns: &NameServer, args: &[&str]) -> anyhow::Result<String> {
     let (ok, stdout, stderr) = run(ns, args).await?;
     anyhow::ensure!(ok, "comet {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     Ok(stdout)

@@ -4,6 +4,7 @@
 mod broker_admin;
 mod broker_messaging;
 mod cli_admin;
+mod cli_bench;
 mod client;
 mod nameserver_etcd;
 mod nameserver_memory;
