@@ -164,3 +164,82 @@ async fn message_get_and_message_find_return_a_sent_message() -> anyhow::Result<
     assert!(!ok && stderr.trim().lines().count() == 1, "{stderr}");
     Ok(())
 }
+
+/// Milliseconds since the epoch now.
+fn now_millis() -> anyhow::Result<u64> {
+    Ok(u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis())?)
+}
+
+/// The bodies and store times of `message find --json` output, in printed order.
+fn found(stdout: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let body = v["body"].as_str().ok_or_else(|| anyhow::anyhow!("no body in {line}"))?.to_owned();
+            let stored = v["store_timestamp_millis"].as_u64().ok_or_else(|| anyhow::anyhow!("no time in {line}"))?;
+            Ok((body, stored))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_find_since_returns_the_messages_stored_from_a_time_on_earliest_first() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster(dir.path()).await?;
+    comet(&ns, &["topic", "create", "time-topic", "--queues", "2"]).await?;
+    wait_for_route(&ns, "time-topic", (2, 2)).await?;
+    let producer = comet_client::Producer::new(comet_client::ProducerConfig::new(vec![ns.addr()], "time-producer"))?;
+    for i in 0..10 {
+        producer.send(comet_client::Message::new("time-topic", format!("early-{i}"))).await?;
+    }
+    // Every early message is acknowledged (so stored) before `since`; every late one is sent after it, a few ms
+    // apart so that store times order them.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = now_millis()?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late: Vec<String> = (0..10).map(|i| format!("late-{i}")).collect();
+    for body in &late {
+        producer.send(comet_client::Message::new("time-topic", body.clone())).await?;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // Pulls see a message once it is dispatched, which may trail its acknowledgement by a moment.
+    let since_ms = since.to_string();
+    let args = ["message", "find", "--topic", "time-topic", "--since", &since_ms, "--count", "100", "--json"];
+    wait_until("the late messages found", Duration::from_secs(10), || async {
+        comet(&ns, &args).await.is_ok_and(|out| out.lines().count() == late.len())
+    })
+    .await?;
+    let all = found(&comet(&ns, &args).await?)?;
+    let bodies: Vec<&str> = all.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(bodies, late, "exactly the messages stored since, earliest first over both queues");
+    assert!(all.iter().all(|(_, t)| *t >= since), "{all:?}");
+
+    // The same instant in RFC 3339 (from date(1)), a count, and an upper bound.
+    let date = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{}.{:03}", since / 1000, since % 1000), "+%Y-%m-%dT%H:%M:%S.%3NZ"])
+        .output()?;
+    let rfc3339 = String::from_utf8(date.stdout)?.trim().to_owned();
+    let first_three = found(
+        &comet(&ns, &["message", "find", "--topic", "time-topic", "--since", &rfc3339, "--count", "3", "--json"])
+            .await?,
+    )?;
+    assert_eq!(first_three.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(), &late[..3], "since {rfc3339}");
+    let until = all[4].1.to_string();
+    let window = found(
+        &comet(&ns, &["message", "find", "--topic", "time-topic", "--since", &since_ms, "--until", &until, "--json"])
+            .await?,
+    )?;
+    assert_eq!(window.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(), &late[..5], "until {until}");
+
+    // Human output: a table and a count on stderr; nothing after the last message; a bad time is refused.
+    let (ok, table, stderr) = run(&ns, &["message", "find", "--topic", "time-topic", "--since", &rfc3339]).await?;
+    assert!(ok && table.starts_with("ID") && table.contains("late-9") && !table.contains("early-"), "{table}");
+    assert!(stderr.contains("10 message(s) of topic time-topic stored at or after"), "{stderr}");
+    let future = (now_millis()? + 60_000).to_string();
+    let (ok, table, stderr) = run(&ns, &["message", "find", "--topic", "time-topic", "--since", &future]).await?;
+    assert!(ok && table.is_empty() && stderr.starts_with("0 message(s)"), "{table}{stderr}");
+    let (ok, _stdout, stderr) = run(&ns, &["message", "find", "--topic", "time-topic", "--since", "yesterday"]).await?;
+    assert!(!ok && stderr.contains("neither RFC 3339"), "{stderr}");
+    Ok(())
+}

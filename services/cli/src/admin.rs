@@ -102,19 +102,33 @@ pub enum MessageCommand {
         /// Message id.
         id: String,
     },
-    /// Find messages of a topic by key on every broker.
+    /// Find messages of a topic by key, or by store time (--since), on every broker hosting it.
+    #[command(group(clap::ArgGroup::new("by").required(true).args(["key", "since"])))]
     Find {
         /// Topic name.
         #[arg(long)]
         topic: String,
         /// Message key.
         #[arg(long)]
-        key: String,
-        /// Most messages per broker.
-        #[arg(long, default_value_t = 32)]
+        key: Option<String>,
+        /// With --key: most messages per broker.
+        #[arg(long, default_value_t = 32, conflicts_with = "since")]
         max: u32,
+        /// Messages stored at or after this time, earliest first: RFC 3339 (2024-05-01T12:00:00Z, with a
+        /// fraction or a +02:00 offset), a date (2024-05-01, midnight UTC), or unix milliseconds.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        /// With --since: only messages stored at or before this time (same formats).
+        #[arg(long, value_parser = parse_time, requires = "since")]
+        until: Option<u64>,
+        /// With --since: most messages in all.
+        #[arg(long, default_value_t = 32, conflicts_with = "key")]
+        count: usize,
     },
 }
+
+/// The consumer group `message find --since` pulls as (pulls change no offsets and create no group).
+const FIND_GROUP: &str = "comet-cli-find";
 
 /// The brokers to talk to, `(broker name, address)`: `--broker`, or the master of every broker name of the
 /// cluster(s), with the admin client that reaches them.
@@ -429,12 +443,29 @@ pub async fn message(cmd: MessageCommand, target: Target, namesrv: &[String]) ->
             }
             anyhow::ensure!(found > 0, "message {id} not found on any broker");
         }
-        MessageCommand::Find { topic, key, max } => {
+        MessageCommand::Find { topic, key, max, since, until, count } => {
             if target.broker.is_none() {
                 // Only brokers hosting the topic: the others would answer NotFound anyway.
                 let hosting = admin.brokers_hosting(&topic).await?;
                 brokers.retain(|(name, _)| hosting.contains(name));
             }
+            let Some(key) = key else {
+                // clap requires --key or --since.
+                let since = since.unwrap_or_default();
+                let found = find_by_time(&admin, &brokers, &topic, since, until, count).await?;
+                for (i, (name, m)) in found.iter().enumerate() {
+                    print_stored(name, m, target.json, i == 0);
+                }
+                if !target.json {
+                    let window = until.map_or_else(String::new, |u| format!(" and at or before {}", store_time(u)));
+                    eprintln!(
+                        "{} message(s) of topic {topic} stored at or after {}{window}",
+                        found.len(),
+                        store_time(since)
+                    );
+                }
+                return Ok(());
+            };
             for (name, address) in &brokers {
                 let request = pb::QueryMessagesByKeyRequest {
                     topic: topic.clone(),
@@ -458,6 +489,158 @@ pub async fn message(cmd: MessageCommand, target: Target, namesrv: &[String]) ->
         }
     }
     Ok(())
+}
+
+/// Messages of `topic` stored at or after `since` (and at or before `until`), the earliest `count` over every
+/// queue of every broker in `brokers`: per queue, the broker's offset for the time (SearchOffset), then pulls
+/// from there (a queue's store times never decrease, so its first `count` from that offset are its candidates).
+async fn find_by_time(
+    admin: &Admin,
+    brokers: &[(String, String)],
+    topic: &str,
+    since: u64,
+    until: Option<u64>,
+    count: usize,
+) -> anyhow::Result<Vec<(String, pb::StoredMessage)>> {
+    let mut found: Vec<(String, pb::StoredMessage)> = Vec::new();
+    for (name, address) in brokers {
+        let mut client = admin.broker(address)?;
+        let queues = match client.describe_topic(pb::DescribeTopicRequest { topic: topic.to_owned() }).await {
+            Ok(r) => r.into_inner().queues,
+            // A --broker or cluster-wide target that does not host the topic.
+            Err(s) if s.code() == tonic::Code::NotFound => continue,
+            Err(s) => return Err(status(name, &format!("describing topic {topic}"), s)),
+        };
+        for q in queues.iter().filter(|q| q.max_offset > q.min_offset) {
+            let request =
+                pb::SearchOffsetRequest { topic: topic.to_owned(), queue_id: q.queue_id, timestamp_millis: since };
+            let mut offset = client
+                .search_offset(request)
+                .await
+                .map_err(|s| status(name, &format!("searching queue {} of {topic} by time", q.queue_id), s))?
+                .into_inner()
+                .offset;
+            let mut taken = 0usize;
+            while taken < count && offset < q.max_offset {
+                let request = pb::PullMessageRequest {
+                    group: FIND_GROUP.to_owned(),
+                    topic: topic.to_owned(),
+                    queue_id: q.queue_id,
+                    offset,
+                    max_count: u32::try_from(count - taken).unwrap_or(u32::MAX).min(1024),
+                    max_bytes: 0,
+                    max_wait_millis: 0,
+                    tag_expression: "*".to_owned(),
+                };
+                let pulled = client
+                    .pull_message(request)
+                    .await
+                    .map_err(|s| status(name, &format!("reading queue {} of {topic}", q.queue_id), s))?
+                    .into_inner();
+                let before = taken;
+                for m in pulled.messages {
+                    if until.is_some_and(|u| m.store_timestamp_millis > u) {
+                        taken = count;
+                        break;
+                    }
+                    found.push((name.clone(), m));
+                    taken += 1;
+                }
+                match pb::PullStatus::try_from(pulled.status) {
+                    // Deleted by retention meanwhile: continue at the queue's new start.
+                    Ok(pb::PullStatus::OffsetMoved) => offset = pulled.next_offset,
+                    Ok(pb::PullStatus::Found) if taken > before => offset = pulled.next_offset,
+                    _ => break,
+                }
+            }
+        }
+    }
+    found.sort_by(|(a, x), (b, y)| {
+        (x.store_timestamp_millis, a, x.queue_id, x.queue_offset).cmp(&(
+            y.store_timestamp_millis,
+            b,
+            y.queue_id,
+            y.queue_offset,
+        ))
+    });
+    found.truncate(count);
+    Ok(found)
+}
+
+/// A time for `--since`/`--until` as ms since the epoch: unix milliseconds, RFC 3339
+/// (`2024-05-01T12:00:00.250+02:00`, `Z` for UTC, `T` or a space between date and time), or a date (midnight UTC).
+fn parse_time(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let bad =
+        || format!("{text:?} is neither RFC 3339 (2024-05-01T12:00:00Z), a date (2024-05-01) nor unix milliseconds");
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| bad());
+    }
+    let number = |s: &str| -> Result<i64, String> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse().map_err(|_| bad())
+    };
+    let (date, time) = match text.find(['T', 't', ' ']) {
+        Some(i) => (&text[..i], Some(&text[i + 1..])),
+        None => (text, None),
+    };
+    let mut parts = date.split('-');
+    let (Some(y), Some(mo), Some(d), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let (year, month, day) = (number(y)?, number(mo)?, number(d)?);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if y.len() != 4 || !(1..=days_in_month).contains(&day) {
+        return Err(bad());
+    }
+    let mut millis = days_from_civil(year, month, day) * 86_400_000;
+    if let Some(time) = time {
+        // The zone: Z, or +HH:MM / -HH:MM (the date's '-' are already behind us).
+        let (clock, offset_minutes) = if let Some(clock) = time.strip_suffix(['Z', 'z']) {
+            (clock, 0)
+        } else if let Some(i) = time.rfind(['+', '-']) {
+            let (clock, zone) = (&time[..i], &time[i + 1..]);
+            let (h, m) = zone.split_once(':').ok_or_else(bad)?;
+            let minutes = number(h)? * 60 + number(m)?;
+            (clock, if time.as_bytes()[i] == b'-' { -minutes } else { minutes })
+        } else {
+            return Err(format!("{text:?} has no time zone: end it with Z or an offset like +02:00"));
+        };
+        let (hms, fraction) = clock.split_once('.').unwrap_or((clock, ""));
+        let mut fields = hms.split(':');
+        let (Some(h), Some(m), Some(s), None) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
+            return Err(bad());
+        };
+        let (h, m, s) = (number(h)?, number(m)?, number(s)?);
+        if h > 23 || m > 59 || s > 60 {
+            return Err(bad());
+        }
+        // Milliseconds from the first three fraction digits.
+        let ms = if fraction.is_empty() { 0 } else { number(&format!("{:0<3}", &fraction[..fraction.len().min(3)]))? };
+        if !fraction.is_empty() && !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        millis += ((h * 60 + m) * 60 + s) * 1000 + ms - offset_minutes * 60_000;
+    }
+    u64::try_from(millis).map_err(|_| format!("{text:?} is before 1970"))
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (the inverse of [`store_time`]'s civil-from-days).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Longest body prefix shown in tables.
@@ -522,4 +705,37 @@ fn store_time(millis: u64) -> String {
         rem % 60,
         millis % 1000
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_rfc_3339_dates_or_unix_millis_and_round_trip_through_store_time() {
+        assert_eq!(parse_time("1714564800000"), Ok(1_714_564_800_000));
+        assert_eq!(parse_time("2024-05-01T12:00:00Z"), Ok(1_714_564_800_000));
+        assert_eq!(parse_time("2024-05-01 14:00:00.250+02:00"), Ok(1_714_564_800_250));
+        assert_eq!(parse_time("2024-05-01T11:30:00.5-00:30"), Ok(1_714_564_800_500));
+        assert_eq!(parse_time("2024-05-01"), Ok(1_714_521_600_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time("2024-02-29T00:00:00Z").map(store_time), Ok("2024-02-29T00:00:00.000Z".to_owned()));
+        for millis in [0, 951_782_400_000, 1_714_564_800_123, 4_102_444_799_999] {
+            assert_eq!(parse_time(&store_time(millis)), Ok(millis), "{}", store_time(millis));
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2024-13-01",
+            "2023-02-29",
+            "2024-05-01T12:00:00",
+            "2024-05-01T25:00:00Z",
+            "2024-05-01T12:00Z",
+            "24-05-01",
+            "1969-12-31T23:59:59Z",
+            "2024-05-01T12:00:00.x1Z",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

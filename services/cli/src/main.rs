@@ -52,7 +52,7 @@ enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
-    /// Look messages up by id or by key.
+    /// Look messages up by id, by key or by store time.
     Message {
         #[command(subcommand)]
         command: admin::MessageCommand,
