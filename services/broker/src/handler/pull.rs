@@ -74,13 +74,27 @@ pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Resu
     let watch = broker.waiters.watch(&request.topic, request.queue_id);
     let mut shutdown = broker.waiters.shutdown_signal();
     tracing::debug!(topic = %request.topic, queue_id = request.queue_id, offset = request.offset, "pull parked");
+    let mut arrived = false;
     loop {
         from = next_from(&first, from);
         let arrival = watch.enabled();
         if broker.waiters.is_stopping() {
             return Ok(response(first, from));
         }
-        let again = read(from).await?;
+        // After an arrival the messages asked for were just written: resident, so read them in place rather
+        // than with a blocking-pool round trip on the produce-to-consume latency path.
+        let again = if arrived {
+            broker.store.get_messages(
+                &request.topic,
+                request.queue_id,
+                from,
+                max_count,
+                max_bytes,
+                filter.as_store_filter(),
+            )?
+        } else {
+            read(from).await?
+        };
         if !wants_wait(&again, from) {
             return Ok(response(again, from));
         }
@@ -91,7 +105,7 @@ pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Resu
             continue;
         }
         tokio::select! {
-            () = arrival => {}
+            () = arrival => arrived = true,
             () = &mut shutdown => break,
             () = tokio::time::sleep_until(deadline) => break,
         }
