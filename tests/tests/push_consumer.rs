@@ -505,6 +505,11 @@ async fn a_slow_listener_pauses_pulls_at_the_cached_message_limit_and_everything
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tally.wait_all("every message behind the slow listener").await?;
+    // The listener counts a message before it returns; the acknowledgement follows a moment later.
+    wait_until("every message acknowledged", Duration::from_secs(5), || async {
+        consumer.queue_stats().iter().all(|q| q.cached_messages == 0)
+    })
+    .await?;
     let stats = consumer.queue_stats();
     consumer.shutdown().await;
     tally.check(true)?;
