@@ -151,10 +151,11 @@ impl Plan {
             Some(total) => (total - first).min(self.batch),
             None => self.batch,
         };
-        if self.until.is_some_and(|u| Instant::now() >= u) {
+        let due = (self.rate > 0).then(|| self.started + Duration::from_secs_f64(first as f64 / self.rate as f64));
+        // A paced batch due after the end belongs to no run; an unpaced one is due now.
+        if self.until.is_some_and(|u| due.unwrap_or_else(Instant::now) >= u) {
             return None;
         }
-        let due = (self.rate > 0).then(|| self.started + Duration::from_secs_f64(first as f64 / self.rate as f64));
         Some((n as usize, due))
     }
 }
