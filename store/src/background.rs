@@ -60,9 +60,11 @@ fn warm_loop(inner: &Inner) {
     }
 }
 
-/// How much of the CommitLog below the flushed position stays mapped into the process: tail readers find it
-/// resident; older pages are unmapped each checkpoint (they stay in the page cache).
+/// How much of the CommitLog below its end stays mapped into the process: tail readers find it resident; older
+/// pages are unmapped at every pass of the flush thread (they stay in the page cache).
 const RESIDENT_WINDOW: u64 = 128 << 20;
+/// How often pages below the window are unmapped: bounds what a fast writer or a backlog reader adds meanwhile.
+const RELEASE_EVERY: Duration = Duration::from_millis(200);
 
 fn flush_loop(inner: &Inner) {
     let flush_every = inner.config.flush_interval();
@@ -80,13 +82,14 @@ fn flush_loop(inner: &Inner) {
             if let Err(e) = inner.write_checkpoint() {
                 tracing::error!(error = %e, "checkpoint failed; recovery after a crash will re-read more data");
             }
-            // Bound resident memory: only the last RESIDENT_WINDOW of flushed CommitLog stays mapped in.
-            inner.log.release_below(inner.commit.flushed().saturating_sub(RESIDENT_WINDOW));
             next_checkpoint = now + checkpoint_every;
         }
+        // Bound resident memory: only the last RESIDENT_WINDOW of the CommitLog stays mapped in (dirty pages
+        // included: unmapping a shared mapping's page hands its dirty state to the page cache).
+        inner.log.release_below(inner.log.end().saturating_sub(RESIDENT_WINDOW));
         let wake =
             if inner.config.flush_mode == FlushMode::Async { next_flush.min(next_checkpoint) } else { next_checkpoint };
-        std::thread::park_timeout(wake.saturating_duration_since(Instant::now()));
+        std::thread::park_timeout(wake.saturating_duration_since(Instant::now()).min(RELEASE_EVERY));
     }
 }
 
