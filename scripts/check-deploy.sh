@@ -268,8 +268,12 @@ for src in "${copies[@]}"; do
   done < .dockerignore
   cp -r "$src" "$ctx/"
 done
-bins=$(cd "$ctx" && ${CARGO:-cargo} metadata --locked --format-version 1 --no-deps |
-  "$VENV/python" -c 'import json,sys; print(" ".join(sorted(t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "bin" in t["kind"])))')
+if ! (cd "$ctx" && ${CARGO:-cargo} metadata --locked --format-version 1 --no-deps > "$work/metadata.json" 2> "$work/metadata.err"); then
+  cat "$work/metadata.err" >&2
+  echo "check-deploy: cargo cannot load the workspace from what the Dockerfile copies (${copies[*]})" >&2
+  exit 1
+fi
+bins=$("$VENV/python" -c 'import json,sys; print(" ".join(sorted(t["name"] for p in json.load(open(sys.argv[1]))["packages"] for t in p["targets"] if "bin" in t["kind"])))' "$work/metadata.json")
 for b in comet comet-broker comet-nameserver comet-store; do
   case " $bins " in *" $b "*) ;; *) echo "check-deploy: the Docker build context has no binary $b (has: $bins)" >&2; exit 1 ;; esac
 done
