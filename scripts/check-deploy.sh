@@ -56,8 +56,11 @@ for set in default ha optional; do
     { cat "$work/lint-$set.log"; echo "check-deploy: helm lint failed ($set values)" >&2; exit 1; }
   # shellcheck disable=SC2086
   "$HELM" template comet "$CHART" --namespace "$NAMESPACE" ${SETS[$set]} > "$work/$set.yaml"
+  # install --dry-run=client also renders NOTES.txt (no cluster is contacted).
+  # shellcheck disable=SC2086
+  "$HELM" install comet "$CHART" --namespace "$NAMESPACE" --dry-run=client ${SETS[$set]} > /dev/null
 done
-step "helm lint --strict: 3 value sets (default, values-ha.yaml, optional templates on), 0 failed"
+step "helm lint --strict, template and install --dry-run=client: 3 value sets (default, values-ha.yaml, optional templates on), 0 failed"
 
 # Values the chart must refuse, each with its message.
 refuse() {
