@@ -68,14 +68,17 @@ pub async fn send(
     let permit = Arc::clone(&broker.sends).try_acquire_owned().map_err(|_| BrokerError::Busy {
         reason: format!("{} sends in flight", broker.config.broker.max_inflight_sends),
     })?;
-    let (results, messages) = if broker.config.store.flush_mode == FlushMode::Async {
+    let bytes: usize = messages.iter().map(|m| m.body.len()).sum();
+    let (results, messages) = if broker.config.store.flush_mode == FlushMode::Async && bytes <= INLINE_APPEND_MAX {
         // Async flush: the append is a copy into the page cache under the writer lock (microseconds), cheaper
-        // in place than two thread hand-offs to the blocking pool and back.
+        // in place than two thread hand-offs to the blocking pool and back. Larger batches (a copy of several
+        // milliseconds, or a segment roll) still go to the pool so they never stall an async worker.
         let results = broker.store.append_batch(&messages);
         drop(permit);
         (results?, messages)
     } else {
         // Sync flush: the append waits for the group commit's fsync, which must not stall an async worker.
+        // Same for a large async batch.
         broker
             .blocking(move |b| {
                 // The permit lives until the store answers, even if the caller gave up meanwhile.
@@ -97,6 +100,9 @@ pub async fn send(
             .collect(),
     })
 }
+
+/// Largest batch (body bytes) an async-flush send appends in place on the async worker.
+const INLINE_APPEND_MAX: usize = 1 << 20;
 
 /// What every message of one request shares.
 #[derive(Clone, Copy)]
