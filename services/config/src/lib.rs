@@ -95,6 +95,18 @@ where
     serde_yaml::from_value(doc).map_err(|e| ConfigError(e.to_string()))
 }
 
+/// True for the tail of a Kubernetes service-link variable (`SERVICE_HOST`, `SERVICE_PORT[_NAME]`, `PORT`,
+/// `PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]`), which only look like `COMET_<SECTION>_<KEY>` by accident.
+fn is_service_link(key: &str) -> bool {
+    if key == "SERVICE_HOST" || key == "SERVICE_PORT" || key.starts_with("SERVICE_PORT_") || key == "PORT" {
+        return true;
+    }
+    let mut parts = key.split('_');
+    parts.next() == Some("PORT")
+        && parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        && parts.next().is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"))
+}
+
 fn apply_env(
     doc: &mut Value,
     defaults: &Value,
@@ -113,6 +125,9 @@ fn apply_env(
         let key = key.to_ascii_lowercase().replace('_', "-");
         let Some(Value::Mapping(known)) = sections.get(section.as_str()) else { continue };
         let value = match known.get(key.as_str()) {
+            // Kubernetes sets <SERVICE>_SERVICE_HOST, <SERVICE>_PORT_9876_TCP... for every Service of the
+            // namespace: a Service named comet-nameserver must not stop the processes from starting.
+            None if is_service_link(&rest[section.len() + 1..]) => continue,
             None => return Err(ConfigError(format!("{name}: {section} has no key {key:?}"))),
             Some(Value::Sequence(_)) => Value::Sequence(
                 raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
@@ -174,6 +189,24 @@ mod tests {
         assert_eq!(c.server.max_conns, 30, "environment over file");
         assert_eq!(c.server.peers, vec!["a:1".to_owned(), "b:2".to_owned()]);
         assert!(!c.server.verbose);
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_taken_for_config_keys() {
+        let links = [
+            ("COMET_SERVER_SERVICE_HOST", "10.0.0.1"),
+            ("COMET_SERVER_SERVICE_PORT", "9876"),
+            ("COMET_SERVER_SERVICE_PORT_GRPC", "9876"),
+            ("COMET_SERVER_PORT", "tcp://10.0.0.1:9876"),
+            ("COMET_SERVER_PORT_9876_TCP", "tcp://10.0.0.1:9876"),
+            ("COMET_SERVER_PORT_9876_TCP_ADDR", "10.0.0.1"),
+            ("COMET_SERVER_PORT_9876_TCP_PROTO", "tcp"),
+        ];
+        let c: Demo = load(None, env(&links)).unwrap();
+        assert_eq!(c, Demo::default());
+        // Shapes close to a link but not one stay errors.
+        assert!(load::<Demo>(None, env(&[("COMET_SERVER_PORT_X", "1")])).is_err());
+        assert!(load::<Demo>(None, env(&[("COMET_SERVER_SERVICE", "1")])).is_err());
     }
 
     #[test]
