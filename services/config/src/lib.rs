@@ -92,7 +92,28 @@ where
     }
     let defaults = serde_yaml::to_value(T::default()).map_err(|e| ConfigError(e.to_string()))?;
     apply_env(&mut doc, &defaults, env)?;
-    serde_yaml::from_value(doc).map_err(|e| ConfigError(e.to_string()))
+    // Keys a section leaves out take the process's defaults (e.g. the broker's `store.dir: data/broker`), not
+    // the section type's own `Default`, which may differ per process.
+    let mut merged = defaults;
+    merge(&mut merged, doc);
+    serde_yaml::from_value(merged).map_err(|e| ConfigError(e.to_string()))
+}
+
+/// Overlays `over` on `base`: mappings merge key by key (recursively), anything else replaces.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(base), Value::Mapping(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(slot) => merge(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (slot, value) => *slot = value,
+    }
 }
 
 /// True for the tail of a Kubernetes service-link variable (`SERVICE_HOST`, `SERVICE_PORT[_NAME]`, `PORT`,
@@ -207,6 +228,27 @@ mod tests {
         // Shapes close to a link but not one stay errors.
         assert!(load::<Demo>(None, env(&[("COMET_SERVER_PORT_X", "1")])).is_err());
         assert!(load::<Demo>(None, env(&[("COMET_SERVER_SERVICE", "1")])).is_err());
+    }
+
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+    struct TwoServers {
+        server: Server,
+        other: Server,
+    }
+
+    impl Default for TwoServers {
+        fn default() -> Self {
+            Self { server: Server::default(), other: Server { listen: "0.0.0.0:2".into(), ..Server::default() } }
+        }
+    }
+
+    #[test]
+    fn keys_a_section_leaves_out_take_the_process_defaults_not_the_section_types() {
+        let c: TwoServers = load(None, env(&[("COMET_OTHER_MAX_CONNS", "5")])).unwrap();
+        assert_eq!(c.other.listen, "0.0.0.0:2", "the process default of other.listen survives");
+        assert_eq!(c.other.max_conns, 5);
+        assert_eq!(c.server, Server::default());
     }
 
     #[test]
