@@ -83,6 +83,11 @@ fn flush_loop(inner: &Inner) {
                 tracing::error!(error = %e, "checkpoint failed; recovery after a crash will re-read more data");
             }
             next_checkpoint = now + checkpoint_every;
+            // Full consume-queue and index files leave resident memory too (once each).
+            for q in inner.queues.all() {
+                q.release_full();
+            }
+            inner.index.release_full();
         }
         // Bound resident memory: only the last RESIDENT_WINDOW of the CommitLog stays mapped in (dirty pages
         // included: unmapping a shared mapping's page hands its dirty state to the page cache).

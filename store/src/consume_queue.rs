@@ -58,6 +58,8 @@ struct CqFile {
     /// Queue offset of the first entry.
     first: u64,
     file: MappedFile,
+    /// Unmapped from the process once full (see `ConsumeQueue::release_full`).
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl CqFile {
@@ -127,7 +129,7 @@ impl ConsumeQueue {
             {
                 return Err(foreign(path, "consume-queue files are not contiguous"));
             }
-            files.push(CqFile { first, file });
+            files.push(CqFile { first, file, released: Default::default() });
         }
         // Find the tail: the last file with any trusted entry. Later (empty or untrusted) files are dropped.
         let trusted = |e: Option<CqEntry>| e.is_some_and(|e| e.offset < trusted_end);
@@ -233,7 +235,7 @@ impl ConsumeQueue {
         let path = self.dir.join(offset_name(first));
         let len = self.entries_per_file as usize * CQ_ENTRY_SIZE;
         let file = MappedFile::create(&path, len).map_err(|e| Error::io("create consume queue", &path, e))?;
-        let f = Arc::new(CqFile { first, file });
+        let f = Arc::new(CqFile { first, file, released: Default::default() });
         self.files.write().push(f.clone());
         Ok(f)
     }
@@ -246,6 +248,17 @@ impl ConsumeQueue {
         self.min.store(offset, Ordering::Release);
         self.max.store(offset, Ordering::Release);
         Ok(())
+    }
+
+    /// Unmaps full files (all but the one being written) from the process once; readers fault back what they
+    /// read. Keeps resident memory to the active files instead of every entry ever written.
+    pub(crate) fn release_full(&self) {
+        let files = self.files.read();
+        for f in files.iter().rev().skip(1) {
+            if !f.released.swap(true, Ordering::AcqRel) {
+                f.file.release(0, f.file.len());
+            }
+        }
     }
 
     /// Makes written entries durable.

@@ -71,6 +71,8 @@ struct IndexFile {
     last_offset: AtomicU64,
     first_timestamp: AtomicU64,
     last_timestamp: AtomicU64,
+    /// Unmapped from the process once full (see `KeyIndex::release_full`).
+    released: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -110,6 +112,7 @@ impl IndexFile {
             last_offset: AtomicU64::new(first_offset),
             first_timestamp: AtomicU64::new(u64::MAX),
             last_timestamp: AtomicU64::new(0),
+            released: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -317,6 +320,17 @@ impl KeyIndex {
             f.lookup(hash, begin, end, &mut out, max);
         }
         out
+    }
+
+    /// Unmaps full files (all but the newest) from the process once, so resident memory holds the file being
+    /// written and what lookups touch, not every index file ever written. The page cache keeps them.
+    pub(crate) fn release_full(&self) {
+        let files = self.files.read();
+        for f in files.iter().rev().skip(1) {
+            if !f.released.swap(true, Ordering::AcqRel) {
+                f.file.release(0, f.file.len());
+            }
+        }
     }
 
     /// Flushes the files that can still change.
