@@ -531,6 +531,10 @@ impl StoredMessage {
     pub fn body(&self) -> Bytes {
         self.record.slice(self.layout.body.clone())
     }
+    /// Payload length, without touching the payload (metrics count bytes delivered).
+    pub fn body_len(&self) -> usize {
+        self.layout.body.len()
+    }
     /// Where the record starts in the CommitLog.
     pub fn physical_offset(&self) -> CommitLogOffset {
         CommitLogOffset(self.layout.physical_offset)

@@ -347,6 +347,23 @@ impl Store {
         Some((q.min_offset(), q.max_offset()))
     }
 
+    /// When the message at `offset` of a queue was stored (ms since the epoch), if it is still stored. Reads
+    /// one consume-queue entry and one record header: consumer lag in time, computed at metrics collection.
+    pub fn store_time_at(&self, topic: &str, queue_id: QueueId, offset: QueueOffset) -> Option<u64> {
+        let entry = self.inner.queues.get(topic, queue_id)?.get(offset)?;
+        self.inner.log.store_timestamp_at(entry.offset)
+    }
+
+    /// Store time of the oldest message still stored (ms since the epoch); `None` when the log is empty.
+    pub fn oldest_store_time(&self) -> Option<u64> {
+        let log = &self.inner.log;
+        let min = log.min_offset();
+        if min >= log.end() {
+            return None;
+        }
+        log.store_timestamp_at(min)
+    }
+
     /// The first queue offset whose message was stored at or after `timestamp_ms` (the end if none).
     pub fn offset_by_time(&self, topic: &str, queue_id: QueueId, timestamp_ms: u64) -> Option<QueueOffset> {
         crate::read::offset_by_time(&self.inner, topic, queue_id, timestamp_ms)

@@ -114,6 +114,19 @@ fn keys_ids_and_times_are_searchable() {
     let first = store.read(store.get_messages("T", 0, at, 1, 1 << 20, None).unwrap().messages[0].physical_offset());
     assert!(first.unwrap().store_timestamp() >= ts);
     assert_eq!(store.offset_by_time("T", 0, u64::MAX), Some(QueueOffset(100)));
+
+    // Store times of single entries (consumer lag in time) and of the oldest stored message.
+    assert_eq!(store.store_time_at("T", 0, QueueOffset(50)), Some(results[150].store_timestamp));
+    assert_eq!(store.store_time_at("T", 0, QueueOffset(100)), None, "the end holds no message yet");
+    assert_eq!(store.store_time_at("Other", 0, QueueOffset(0)), None);
+    assert_eq!(store.oldest_store_time(), Some(results[0].store_timestamp));
+}
+
+#[test]
+fn an_empty_store_has_no_oldest_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(store.oldest_store_time(), None);
 }
 
 #[test]
