@@ -90,6 +90,7 @@ async fn heartbeats_list_live_consumers_and_unregistering_removes_them() -> anyh
                 message_model: pb::MessageModel::Clustering.into(),
                 subscriptions: vec![pb::Subscription { topic: "t".into(), expression: "a||b".into() }],
             }],
+            ..Default::default()
         };
         client.heartbeat(heartbeat).await?;
     }

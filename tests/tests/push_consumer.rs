@@ -609,6 +609,7 @@ async fn a_group_refuses_broadcasting_members_when_broadcasting_is_off_and_every
             message_model: pb::MessageModel::Broadcasting.into(),
             subscriptions: vec![pb::Subscription { topic: "push-gate".into(), expression: "*".into() }],
         }],
+        ..Default::default()
     };
     let refused = admin.heartbeat(heartbeat).await.expect_err("broadcasting heartbeat of gate-no-bcast");
     assert!(denied(&refused, "broadcasting consumption is not permitted"), "{refused:?}");

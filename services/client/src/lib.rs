@@ -30,6 +30,11 @@ pub use consumer::{PullConsumer, PullConsumerConfig, PullResult, PullStatus};
 pub use error::{ClientError, ErrorKind};
 pub use message::{Message, ReceivedMessage, SendResult};
 pub use producer::{Producer, ProducerConfig};
+
+/// The SDK's language in heartbeats (RocketMQ's LanguageCode spelling): brokers count connections by it.
+pub const LANGUAGE: &str = "RUST";
+/// The SDK's version in heartbeats: brokers count connections by it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use push::{
     ConsumeFrom, Listener, ListenerResult, MessageModel, PushConsumer, PushConsumerBuilder, PushConsumerConfig,
     QueueStats,

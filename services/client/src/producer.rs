@@ -140,6 +140,8 @@ impl Producer {
             client_id: self.inner.client_id.clone(),
             producer_groups: vec![self.inner.config.group.clone()],
             consumer_groups: Vec::new(),
+            language: crate::LANGUAGE.into(),
+            version: crate::VERSION.into(),
         };
         let timeout = self.inner.config.send_timeout;
         let (mut accepted, mut first_error) = (0, None);

@@ -471,6 +471,8 @@ impl Shared {
                 message_model: model as i32,
                 subscriptions,
             }],
+            language: crate::LANGUAGE.into(),
+            version: crate::VERSION.into(),
         }
     }
 

@@ -7,13 +7,22 @@ use std::collections::{BTreeMap, HashMap};
 use parking_lot::Mutex;
 
 /// How a consumer group consumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum MessageModel {
     /// Each message to one member; offsets on the broker.
     #[default]
     Clustering,
     /// Each member reads everything; offsets on the client.
     Broadcasting,
+}
+
+/// What a client says about itself in heartbeats; only reported in metrics (connections by language).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClientInfo {
+    /// RocketMQ LanguageCode spelling (`RUST`, `JAVA`, ...); empty = unknown.
+    pub language: String,
+    /// Client library version; empty = unknown.
+    pub version: String,
 }
 
 /// A consumer group member as its last heartbeat described it.
@@ -27,6 +36,21 @@ pub struct ConsumerMember {
     pub subscriptions: Vec<(String, String)>,
     /// Last heartbeat, ms since the epoch.
     pub last_heartbeat_ms: u64,
+    /// Language and version.
+    pub info: ClientInfo,
+}
+
+/// Live clients of one kind counted by what metrics label them with (`rocketmq_*_connections`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConnectionCount {
+    /// Consumer group (empty for producers, which are counted over all their groups).
+    pub group: String,
+    /// Consumption model (consumers only).
+    pub model: Option<MessageModel>,
+    /// Language and version.
+    pub info: ClientInfo,
+    /// Live clients.
+    pub count: u64,
 }
 
 /// One consumer group in a heartbeat.
@@ -44,8 +68,8 @@ pub struct ConsumerHeartbeat {
 struct State {
     /// group → client id → member.
     consumers: HashMap<String, BTreeMap<String, ConsumerMember>>,
-    /// group → client id → last heartbeat ms.
-    producers: HashMap<String, BTreeMap<String, u64>>,
+    /// group → client id → (last heartbeat ms, language and version).
+    producers: HashMap<String, BTreeMap<String, (u64, ClientInfo)>>,
 }
 
 /// Client registry.
@@ -62,10 +86,17 @@ impl ClientRegistry {
     }
 
     /// Records a heartbeat of `client_id` for its producer and consumer groups.
-    pub fn heartbeat(&self, client_id: &str, producers: &[String], consumers: Vec<ConsumerHeartbeat>, now_ms: u64) {
+    pub fn heartbeat(
+        &self,
+        client_id: &str,
+        info: &ClientInfo,
+        producers: &[String],
+        consumers: Vec<ConsumerHeartbeat>,
+        now_ms: u64,
+    ) {
         let mut state = self.state.lock();
         for group in producers {
-            state.producers.entry(group.clone()).or_default().insert(client_id.to_owned(), now_ms);
+            state.producers.entry(group.clone()).or_default().insert(client_id.to_owned(), (now_ms, info.clone()));
         }
         for c in consumers {
             let member = ConsumerMember {
@@ -73,6 +104,7 @@ impl ClientRegistry {
                 model: c.model,
                 subscriptions: c.subscriptions,
                 last_heartbeat_ms: now_ms,
+                info: info.clone(),
             };
             state.consumers.entry(c.group).or_default().insert(client_id.to_owned(), member);
         }
@@ -126,12 +158,50 @@ impl ClientRegistry {
         }
         for members in state.producers.values_mut() {
             let before = members.len();
-            members.retain(|_, last| !self.expired(*last, now_ms));
+            members.retain(|_, (last, _)| !self.expired(*last, now_ms));
             removed += before - members.len();
         }
         state.consumers.retain(|_, m| !m.is_empty());
         state.producers.retain(|_, m| !m.is_empty());
         removed
+    }
+
+    /// Live producers by (language, version) (a client in several producer groups counts once) and live
+    /// consumers by (group, model, language, version): the `rocketmq_*_connections` gauges.
+    pub fn connections(&self, now_ms: u64) -> (Vec<ConnectionCount>, Vec<ConnectionCount>) {
+        let state = self.state.lock();
+        let mut producers: BTreeMap<&str, &ClientInfo> = BTreeMap::new();
+        for members in state.producers.values() {
+            for (id, (last, info)) in members {
+                if !self.expired(*last, now_ms) {
+                    producers.insert(id, info);
+                }
+            }
+        }
+        let mut by_info: BTreeMap<&ClientInfo, u64> = BTreeMap::new();
+        for info in producers.into_values() {
+            *by_info.entry(info).or_default() += 1;
+        }
+        let producers = by_info
+            .into_iter()
+            .map(|(info, count)| ConnectionCount { group: String::new(), model: None, info: info.clone(), count })
+            .collect();
+        let mut consumers: BTreeMap<(&str, MessageModel, &ClientInfo), u64> = BTreeMap::new();
+        for (group, members) in &state.consumers {
+            for m in members.values().filter(|m| !self.expired(m.last_heartbeat_ms, now_ms)) {
+                *consumers.entry((group, m.model, &m.info)).or_default() += 1;
+            }
+        }
+        let consumers = consumers
+            .into_iter()
+            .map(|((group, model, info), count)| ConnectionCount {
+                group: group.to_owned(),
+                model: Some(model),
+                info: info.clone(),
+                count,
+            })
+            .collect();
+        (producers, consumers)
     }
 
     fn expired(&self, last_ms: u64, now_ms: u64) -> bool {
@@ -154,13 +224,13 @@ mod tests {
     #[test]
     fn members_are_listed_sorted_and_expire_after_silence() {
         let clients = ClientRegistry::new(120_000);
-        clients.heartbeat("c-b", &[], vec![consumer("g")], 1_000);
-        clients.heartbeat("c-a", &["p".into()], vec![consumer("g")], 50_000);
+        clients.heartbeat("c-b", &ClientInfo::default(), &[], vec![consumer("g")], 1_000);
+        clients.heartbeat("c-a", &ClientInfo::default(), &["p".into()], vec![consumer("g")], 50_000);
         let ids = |now| clients.consumers("g", now).into_iter().map(|m| m.client_id).collect::<Vec<_>>();
         assert_eq!(ids(100_000), ["c-a", "c-b"]);
         assert_eq!(ids(121_001), ["c-a"], "c-b silent for over 120 s");
         assert_eq!(clients.expire(121_001), 1);
-        clients.heartbeat("c-b", &[], vec![consumer("g")], 121_002);
+        clients.heartbeat("c-b", &ClientInfo::default(), &[], vec![consumer("g")], 121_002);
         assert_eq!(ids(121_002), ["c-a", "c-b"], "a heartbeat brings it back");
         assert_eq!(clients.expire(1_000_000), 3, "two consumers and one producer expired");
         assert!(ids(1_000_000).is_empty());
@@ -169,19 +239,40 @@ mod tests {
     #[test]
     fn a_live_broadcasting_member_is_found_until_it_expires() {
         let clients = ClientRegistry::new(1_000);
-        clients.heartbeat("c", &[], vec![consumer("g")], 0);
+        clients.heartbeat("c", &ClientInfo::default(), &[], vec![consumer("g")], 0);
         assert!(!clients.has_live_member_with("g", MessageModel::Broadcasting, 0));
         let broadcasting = ConsumerHeartbeat { model: MessageModel::Broadcasting, ..consumer("g") };
-        clients.heartbeat("b", &[], vec![broadcasting], 0);
+        clients.heartbeat("b", &ClientInfo::default(), &[], vec![broadcasting], 0);
         assert!(clients.has_live_member_with("g", MessageModel::Broadcasting, 1_000));
         assert!(!clients.has_live_member_with("g", MessageModel::Broadcasting, 1_001), "expired");
         assert!(!clients.has_live_member_with("other", MessageModel::Clustering, 0));
     }
 
     #[test]
+    fn connections_count_live_clients_by_language_version_and_group() {
+        let clients = ClientRegistry::new(1_000);
+        let rust = ClientInfo { language: "RUST".into(), version: "0.1.0".into() };
+        let java = ClientInfo { language: "JAVA".into(), version: "5.0.0".into() };
+        clients.heartbeat("p1", &rust, &["pg1".into(), "pg2".into()], vec![], 0);
+        clients.heartbeat("p2", &java, &["pg1".into()], vec![], 0);
+        clients.heartbeat("c1", &rust, &[], vec![consumer("g")], 0);
+        clients.heartbeat("c2", &rust, &[], vec![consumer("g")], 500);
+        let (producers, consumers) = clients.connections(900);
+        let counts = |v: &[ConnectionCount]| {
+            v.iter().map(|c| (c.group.clone(), c.info.language.clone(), c.count)).collect::<Vec<_>>()
+        };
+        assert_eq!(counts(&producers), [(String::new(), "JAVA".into(), 1), (String::new(), "RUST".into(), 1)]);
+        assert_eq!(counts(&consumers), [("g".into(), "RUST".into(), 2)]);
+        assert_eq!(consumers[0].model, Some(MessageModel::Clustering));
+        let (producers, consumers) = clients.connections(1_200);
+        assert!(producers.is_empty(), "silent producers are not counted");
+        assert_eq!(consumers[0].count, 1, "c2 still live");
+    }
+
+    #[test]
     fn unregister_leaves_the_named_groups_or_all() {
         let clients = ClientRegistry::new(120_000);
-        clients.heartbeat("c", &[], vec![consumer("g1"), consumer("g2")], 0);
+        clients.heartbeat("c", &ClientInfo::default(), &[], vec![consumer("g1"), consumer("g2")], 0);
         clients.unregister("c", &["g1".into()]);
         assert!(clients.consumers("g1", 0).is_empty());
         assert_eq!(clients.consumers("g2", 0).len(), 1);

@@ -39,6 +39,9 @@ pub async fn heartbeat(
     if request.client_id.is_empty() || request.client_id.len() > 255 {
         return Err(BrokerError::invalid("client_id", "must be 1..=255 bytes"));
     }
+    if request.language.len() > 32 || request.version.len() > 64 {
+        return Err(BrokerError::invalid("language", "language is at most 32 bytes, version at most 64"));
+    }
     for group in &request.producer_groups {
         check_group(group)?;
     }
@@ -73,7 +76,8 @@ pub async fn heartbeat(
         refused = refused.is_some(), "client heartbeat");
     // A refused member is still recorded, as RocketMQ registers it: the broker then knows the group has a
     // broadcasting member and refuses its pulls (which carry no client id) for as long as it heartbeats.
-    broker.clients.heartbeat(&request.client_id, &request.producer_groups, consumers, now_ms());
+    let info = crate::domain::clients::ClientInfo { language: request.language, version: request.version };
+    broker.clients.heartbeat(&request.client_id, &info, &request.producer_groups, consumers, now_ms());
     match refused {
         Some(error) => Err(error),
         None => Ok(pb::ClientHeartbeatResponse {}),
