@@ -28,6 +28,7 @@ run:
 	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) route demo"; \
 	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) send demo hello --count 3"; \
 	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) consume demo --group tour --from begin"; \
+	echo "  curl -s 127.0.0.1:5557/metrics | grep ^rocketmq_   # broker metrics (NameServer: 127.0.0.1:5558)"; \
 	COMET_BROKER_LISTEN=$(BROKER_ADDR) COMET_BROKER_NAMESERVER_ADDRESSES=$(NAMESRV_ADDR) \
 		$(TARGET_DIR)/release/comet-broker
 
@@ -95,7 +96,7 @@ bench-nameserver:
 	$(CARGO) build --release -p comet-nameserver -p comet
 	@set -euo pipefail; dir=$$(mktemp -d); \
 	COMET_NAMESERVER_LISTEN=127.0.0.1:0 COMET_NAMESERVER_KV_CONFIG_PATH=$$dir/kvConfig.json COMET_LOG_LEVEL=warn \
-		$(TARGET_DIR)/release/comet-nameserver > $$dir/out 2> $$dir/err & pid=$$!; \
+		COMET_METRICS_LISTEN=127.0.0.1:0 $(TARGET_DIR)/release/comet-nameserver > $$dir/out 2> $$dir/err & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -rf $$dir' EXIT; \
 	for _ in $$(seq 200); do grep -q listening $$dir/out && break; sleep 0.05; done; \
 	addr=$$(awk '/listening/ {print $$NF}' $$dir/out); \

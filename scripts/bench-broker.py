@@ -171,14 +171,16 @@ def comet(servers, workdir, flush, sizes, secs, backlog, results, read_side):
         f"nameserver-{flush}",
         [os.path.join(BIN, "comet-nameserver")],
         {"COMET_NAMESERVER_LISTEN": "127.0.0.1:0", "COMET_NAMESERVER_KV_CONFIG_PATH": os.path.join(data, "kv.json"),
-         "COMET_LOG_LEVEL": "warn"},
+         "COMET_LOG_LEVEL": "warn", "COMET_METRICS_LISTEN": "127.0.0.1:0"},
     )
     namesrv = wait_for(ns_out, "listening", ns, "comet-nameserver")
     broker, broker_out = servers.start(
         f"broker-{flush}",
         [os.path.join(BIN, "comet-broker")],
         {"COMET_BROKER_LISTEN": f"127.0.0.1:{free_port()}", "COMET_BROKER_NAMESERVER_ADDRESSES": namesrv,
-         "COMET_STORE_DIR": os.path.join(data, "store"), "COMET_STORE_FLUSH_MODE": flush, "COMET_LOG_LEVEL": "warn"},
+         "COMET_STORE_DIR": os.path.join(data, "store"), "COMET_STORE_FLUSH_MODE": flush, "COMET_LOG_LEVEL": "warn",
+         # Metrics on as by default (the cost is part of what is measured), on a free port.
+         "COMET_METRICS_LISTEN": "127.0.0.1:0"},
     )
     wait_for(broker_out, "listening", broker, "comet-broker")
     time.sleep(0.5)  # first registration

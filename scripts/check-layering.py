@@ -11,20 +11,25 @@ import sys
 # crate -> crates (workspace or external) it must never depend on, directly, in normal or build deps.
 FORBIDDEN = {
     "comet-config": {"comet-model", "comet-proto", "comet-store", "comet-remoting", "comet-nameserver",
-                     "comet-nameserver-client", "comet-broker", "comet-client", "comet", "tonic", "hyper"},
+                     "comet-nameserver-client", "comet-broker", "comet-client", "comet", "comet-telemetry", "tonic",
+                     "hyper"},
+    # Metrics set-up shared by the servers: knows no comet type; serves /metrics on hyper, not on tonic.
+    "comet-telemetry": {"comet-config", "comet-model", "comet-proto", "comet-store", "comet-remoting",
+                        "comet-nameserver", "comet-nameserver-client", "comet-broker", "comet-client", "comet",
+                        "tonic"},
     "comet-model": {"comet-config", "comet-proto", "comet-store", "comet-remoting", "comet-nameserver", "comet-nameserver-client",
-                    "comet-broker", "comet-client", "comet", "tokio", "tonic", "hyper"},
+                    "comet-broker", "comet-client", "comet", "comet-telemetry", "tokio", "tonic", "hyper"},
     "comet-proto": {"comet-model", "comet-store", "comet-remoting", "comet-nameserver", "comet-nameserver-client",
                     "comet-broker", "comet-client", "comet"},
     "comet-remoting": {"comet-proto", "comet-store", "comet-model", "comet-nameserver", "comet-nameserver-client",
                        "comet-broker", "comet-client", "comet"},
     "comet-store": {"comet-proto", "comet-remoting", "comet-nameserver", "comet-nameserver-client", "comet-broker",
-                    "comet-client", "comet", "tokio", "tonic", "hyper"},
+                    "comet-client", "comet", "comet-telemetry", "tokio", "tonic", "hyper"},
     "comet-nameserver": {"comet-broker", "comet-store", "comet-client", "comet", "comet-remoting"},
     "comet-nameserver-client": {"comet-broker", "comet-store", "comet-client", "comet", "comet-nameserver",
                                 "comet-remoting"},
     "comet-broker": {"comet-client", "comet-nameserver", "comet"},
-    "comet-client": {"comet-broker", "comet-nameserver", "comet-store", "comet-remoting"},
+    "comet-client": {"comet-broker", "comet-nameserver", "comet-store", "comet-remoting", "comet-telemetry"},
     "comet": {"comet-broker", "comet-nameserver", "comet-store", "comet-remoting"},
 }
 

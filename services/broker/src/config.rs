@@ -20,6 +20,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Metrics: the Prometheus endpoint (default `0.0.0.0:5557`) and OTLP push.
+    pub metrics: MetricsConfig,
 }
 
 /// Section `broker`.
@@ -63,7 +65,12 @@ pub struct BrokerSection {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { broker: BrokerSection::default(), store: StoreConfig::new("data/broker"), log: LogConfig::default() }
+        Self {
+            broker: BrokerSection::default(),
+            store: StoreConfig::new("data/broker"),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::listening_on(comet_telemetry::BROKER_LISTEN),
+        }
     }
 }
 
@@ -91,6 +98,7 @@ impl Default for BrokerSection {
 }
 
 pub use comet_config::LogConfig;
+pub use comet_telemetry::MetricsConfig;
 
 /// Environment variables that override config keys start with this.
 pub const ENV_PREFIX: &str = comet_config::ENV_PREFIX;
@@ -142,6 +150,7 @@ impl Config {
             return bad("broker.max-inflight-sends", "must be > 0".into());
         }
         self.store.validate().map_err(|e| BrokerError::Config(format!("store: {e}")))?;
+        self.metrics.validate().map_err(|e| BrokerError::Config(e.to_string()))?;
         Ok(())
     }
 
@@ -177,6 +186,26 @@ mod tests {
         assert_eq!(c.broker.default_queue_count, 8);
         assert!(c.broker.nameserver_addresses.is_empty());
         assert_eq!(c.store.dir, std::path::PathBuf::from("data/broker"));
+        assert!(c.metrics.enabled);
+        assert_eq!(c.metrics.listen, "0.0.0.0:5557");
+    }
+
+    #[test]
+    fn metrics_keys_come_from_the_metrics_section_and_its_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("COMET_METRICS_LISTEN", "127.0.0.1:0"),
+                ("COMET_METRICS_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("COMET_STORE_FLUSH_MODE", "sync"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, "127.0.0.1:0");
+        assert_eq!(c.metrics.otlp_endpoint, "http://127.0.0.1:4317");
+        assert_eq!(c.store.dir, std::path::PathBuf::from("data/broker"), "other store keys keep the broker's defaults");
+        assert!(Config::load(None, env(&[("COMET_METRICS_LISTEN", "nowhere")])).is_err());
+        assert!(Config::load(None, env(&[("COMET_METRICS_MAX_TOPIC_LABELS", "0")])).is_err());
     }
 
     #[test]

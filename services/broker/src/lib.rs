@@ -7,6 +7,7 @@
 //! - [`broker`]: the shared state every handler works on; store calls go through [`broker::Broker::blocking`].
 //! - [`domain`]: topic, group, offset and client tables, tag filters, long-poll waiters. Synchronous, unit-tested.
 //! - [`registration`]: registration with the NameServers.
+//! - [`metrics`]: counters on the send and pull paths, gauges computed at collection (consumer lag, store).
 //! - [`config`]: YAML + `COMET_*` environment configuration.
 //!
 //! The binary (`src/main.rs`) only parses arguments, initialises logging and calls [`edge::server::bind`].
@@ -17,6 +18,7 @@ pub mod domain;
 pub mod edge;
 pub mod error;
 pub mod handler;
+pub mod metrics;
 pub mod registration;
 
 pub use config::Config;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::NameServerError;
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Listener, liveness timings, limits.
@@ -22,6 +22,20 @@ pub struct Config {
     pub etcd: EtcdConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Metrics: the Prometheus endpoint (default `0.0.0.0:5558`) and OTLP push.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nameserver: ServerConfig::default(),
+            registry: RegistryConfig::default(),
+            etcd: EtcdConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::listening_on(comet_telemetry::NAMESERVER_LISTEN),
+        }
+    }
 }
 
 /// Section `nameserver`.
@@ -112,6 +126,7 @@ impl Default for EtcdConfig {
 }
 
 pub use comet_config::LogConfig;
+pub use comet_telemetry::MetricsConfig;
 
 /// Environment variables that override config keys start with this.
 pub const ENV_PREFIX: &str = comet_config::ENV_PREFIX;
@@ -163,6 +178,7 @@ impl Config {
                 return bad("nameserver.broker-expiry-ms", "etcd leases need at least 2000 ms".into());
             }
         }
+        self.metrics.validate().map_err(|e| NameServerError::Config(e.to_string()))?;
         Ok(())
     }
 
@@ -195,6 +211,10 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.nameserver.listen, "0.0.0.0:9876");
         assert_eq!(c.broker_expiry(), Duration::from_secs(120));
+        assert_eq!(c.metrics.listen, "0.0.0.0:5558", "next to the broker's 5557, so both run on one host");
+        let c = Config::load(None, env(&[("COMET_METRICS_OTLP_INTERVAL_MS", "1000")])).unwrap();
+        assert_eq!(c.metrics.listen, "0.0.0.0:5558", "setting another metrics key keeps the NameServer's port");
+        assert!(Config::load(None, env(&[("COMET_METRICS_LISTEN", "nowhere")])).is_err());
     }
 
     #[test]

@@ -31,6 +31,9 @@ async fn main() -> anyhow::Result<()> {
     let bound = comet_nameserver::edge::server::bind(config).await?;
     // Readiness line on stdout: scripts and the system-test harness read the bound address (port 0 resolved).
     println!("comet-nameserver listening on {}", bound.local_addr());
+    if let Some(metrics) = bound.metrics_addr() {
+        println!("comet-nameserver metrics on http://{metrics}/metrics");
+    }
     bound.serve(comet_config::shutdown_signal()).await?;
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct BrokerOptions {
     pub no_auto_create: bool,
     /// Extra YAML lines for the `broker:` section, each indented by two spaces.
     pub broker_extra: String,
+    /// Extra YAML lines for the `metrics:` section, each indented by two spaces (its `listen` is always
+    /// 127.0.0.1 port 0, set through the environment, so parallel tests never collide).
+    pub metrics_extra: String,
 }
 
 /// A running broker; killed on drop. Its store directory outlives restarts.
@@ -35,6 +38,7 @@ pub struct BrokerOptions {
 pub struct BrokerProcess {
     process: Process,
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
     config_path: PathBuf,
 }
 
@@ -45,11 +49,12 @@ impl BrokerProcess {
         let yaml = format!(
             "broker:\n  listen: 127.0.0.1:0\n  nameserver-addresses: [{nameservers}]\n  auto-create-topics: {}\n\
              {}store:\n  dir: {}\n  segment-size: 16777216\n  index-slots: 4096\n  index-entries: 65536\n  \
-             consume-queue-file-entries: 100000\n  flush-mode: {}\n",
+             consume-queue-file-entries: 100000\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}",
             !options.no_auto_create,
             options.broker_extra,
             dir.join("store").display(),
             if options.sync_flush { "sync" } else { "async" },
+            options.metrics_extra,
         );
         let config_path = dir.join("broker.yaml");
         std::fs::write(&config_path, yaml)?;
@@ -63,6 +68,7 @@ impl BrokerProcess {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("COMET_")) {
             cmd.env_remove(k);
         }
+        cmd.env("COMET_METRICS_LISTEN", "127.0.0.1:0");
         let n = std::fs::read_dir(config_path.parent().context("config has no dir")?).map(|d| d.count()).unwrap_or(0);
         let log = config_path.with_extension(format!("{n}.log"));
         let mut process = Process::spawn("comet-broker", cmd, &log, true)?;
@@ -73,16 +79,22 @@ impl BrokerProcess {
                 let _ = tx.send(line);
             }
         });
-        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await?;
-        let Ok(line) = line else {
-            bail!("comet-broker printed no readiness line; stderr:\n{}", process.log());
+        // The readiness line with the gRPC address, then the metrics endpoint's.
+        let lines = tokio::task::spawn_blocking(move || {
+            let first = rx.recv_timeout(Duration::from_secs(60))?;
+            Ok::<_, std::sync::mpsc::RecvTimeoutError>((first, rx.recv_timeout(Duration::from_secs(10))?))
+        })
+        .await?;
+        let Ok((line, metrics_line)) = lines else {
+            bail!("comet-broker printed no readiness lines; stderr:\n{}", process.log());
         };
         let addr: SocketAddr = line
             .rsplit(' ')
             .next()
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("unexpected readiness line {line:?}"))?;
-        let broker = Self { process, addr, config_path: config_path.to_owned() };
+        let metrics_addr = super::metrics_address(&metrics_line)?;
+        let broker = Self { process, addr, metrics_addr, config_path: config_path.to_owned() };
         broker.wait_serving().await?;
         Ok(broker)
     }
@@ -102,6 +114,11 @@ impl BrokerProcess {
     /// `host:port` to dial.
     pub fn addr(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `host:port` of its Prometheus `/metrics` endpoint.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// A gRPC client of this broker.

@@ -5,9 +5,20 @@ pub mod broker;
 pub mod broker_process;
 pub mod etcd;
 pub mod nameserver;
+pub mod otlp;
 pub mod process;
+pub mod prometheus;
 
 use std::time::Duration;
+
+/// The address in a server's metrics line (`comet-broker metrics on http://127.0.0.1:PORT/metrics`).
+pub fn metrics_address(line: &str) -> anyhow::Result<std::net::SocketAddr> {
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unexpected metrics line {line:?}"))
+}
 
 /// A free TCP port on 127.0.0.1 (bound then released; only for processes that cannot report their own port).
 pub fn free_port() -> anyhow::Result<u16> {

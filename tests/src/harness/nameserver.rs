@@ -20,6 +20,7 @@ use super::process::Process;
 pub struct NameServer {
     process: Process,
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
     config_path: PathBuf,
 }
 
@@ -60,27 +61,35 @@ impl NameServer {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("COMET_")) {
             cmd.env_remove(k);
         }
+        // Metrics on a free port: parallel tests never collide on the default 5558.
+        cmd.env("COMET_METRICS_LISTEN", "127.0.0.1:0");
         let log = config_path.with_extension("log");
         let mut process = Process::spawn("comet-nameserver", cmd, &log, true)?;
         let stdout = process.child_mut().and_then(|c| c.stdout.take()).context("no stdout")?;
 
-        // The first stdout line is the readiness signal with the bound address; keep draining after it.
+        // The first stdout line is the readiness signal with the bound address, the second the metrics endpoint;
+        // keep draining after them.
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
-        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30))).await?;
-        let Ok(line) = line else {
-            bail!("comet-nameserver printed no readiness line; stderr:\n{}", process.log());
+        let lines = tokio::task::spawn_blocking(move || {
+            let first = rx.recv_timeout(Duration::from_secs(30))?;
+            Ok::<_, std::sync::mpsc::RecvTimeoutError>((first, rx.recv_timeout(Duration::from_secs(10))?))
+        })
+        .await?;
+        let Ok((line, metrics_line)) = lines else {
+            bail!("comet-nameserver printed no readiness lines; stderr:\n{}", process.log());
         };
+        let metrics_addr = super::metrics_address(&metrics_line)?;
         let addr: SocketAddr = line
             .rsplit(' ')
             .next()
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("unexpected readiness line {line:?}"))?;
-        let server = Self { process, addr, config_path: config_path.to_owned() };
+        let server = Self { process, addr, metrics_addr, config_path: config_path.to_owned() };
         server.wait_serving("").await?;
         Ok(server)
     }
@@ -94,6 +103,11 @@ impl NameServer {
     /// `host:port` to dial.
     pub fn addr(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `host:port` of its Prometheus `/metrics` endpoint.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// A failing-over client over just this NameServer.

@@ -54,6 +54,16 @@ impl GroupTable {
         self.groups.lock().get(name).is_some_and(|g| !g.consume_broadcast_enable)
     }
 
+    /// How many groups there are (metrics).
+    pub fn len(&self) -> usize {
+        self.groups.lock().len()
+    }
+
+    /// True without groups.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// All groups, sorted by name.
     pub fn list(&self) -> Vec<GroupConfig> {
         self.groups.lock().values().cloned().collect()

@@ -6,4 +6,5 @@ pub mod groups;
 pub mod long_poll;
 pub mod offsets;
 pub mod persist;
+pub mod pulled;
 pub mod topics;

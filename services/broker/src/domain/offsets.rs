@@ -71,6 +71,19 @@ impl OffsetStore {
         out
     }
 
+    /// Every committed offset: (group, topic, queue id, offset). A copy, so the caller may read the store
+    /// without holding up commits (metrics: consumer lag).
+    pub fn all(&self) -> Vec<(String, String, QueueId, QueueOffset)> {
+        let state = self.state.lock();
+        let mut out = Vec::new();
+        for (k, queues) in &state.table {
+            // Topic and group names cannot contain '@' (comet-model's name rules).
+            let Some((topic, group)) = k.split_once('@') else { continue };
+            out.extend(queues.iter().map(|(q, o)| (group.to_owned(), topic.to_owned(), *q, QueueOffset(*o))));
+        }
+        out
+    }
+
     /// Forgets every group's offsets of a deleted topic.
     pub fn remove_topic(&self, topic: &str) {
         let prefix = format!("{topic}@");
@@ -130,6 +143,10 @@ mod tests {
         assert_eq!(reopened.query("g2", "t", 0), Some(QueueOffset(1)));
         assert_eq!(reopened.query("g2", "t", 1), None);
         assert_eq!(reopened.group_offsets("g1").len(), 2);
+        let mut all = reopened.all();
+        all.sort();
+        assert_eq!(all[0], ("g1".to_owned(), "t".to_owned(), 0, QueueOffset(6)));
+        assert_eq!(all.len(), 3);
     }
 
     #[test]

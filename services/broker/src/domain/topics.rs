@@ -48,6 +48,16 @@ impl TopicTable {
         self.state.lock().topics.get(name).cloned()
     }
 
+    /// How many topics there are (metrics).
+    pub fn len(&self) -> usize {
+        self.state.lock().topics.len()
+    }
+
+    /// True without topics.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// All topics, sorted by name.
     pub fn list(&self) -> Vec<TopicConfig> {
         self.state.lock().topics.values().cloned().collect()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use comet_proto::comet::v1::broker_server::BrokerServer;
+use comet_telemetry::{Identity, RpcMetricsLayer, Telemetry};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -29,25 +30,45 @@ pub struct Bound {
     listener: TcpListener,
     local_addr: SocketAddr,
     broker: Arc<Broker>,
+    telemetry: Telemetry,
 }
 
-/// Binds `broker.listen` and opens the store (recovery runs here, before the readiness line).
+/// Binds `broker.listen` and the metrics endpoint, and opens the store (recovery runs here, before the
+/// readiness line).
 pub async fn bind(config: Config) -> Result<Bound> {
     let address = config.broker.listen.clone();
     let serve_err = |e: std::io::Error| BrokerError::Serve { address: address.clone(), source: Box::new(e) };
     let listener = TcpListener::bind(&address).await.map_err(serve_err)?;
     let local_addr = listener.local_addr().map_err(serve_err)?;
     let advertised = config.advertised_address(local_addr);
-    let broker = tokio::task::spawn_blocking(move || Broker::open(config, advertised))
+    let identity = Identity {
+        service: "comet-broker",
+        instance: advertised.clone(),
+        attributes: vec![
+            ("node_type", "broker".into()),
+            ("cluster", config.broker.cluster_name.clone()),
+            ("node_id", config.broker.broker_name.clone()),
+        ],
+    };
+    let telemetry =
+        Telemetry::start(&config.metrics, identity).await.map_err(|e| BrokerError::Config(e.to_string()))?;
+    let meter = telemetry.meter().clone();
+    let broker = tokio::task::spawn_blocking(move || Broker::open_with_meter(config, advertised, &meter))
         .await
         .map_err(|e| BrokerError::Internal(format!("opening the broker: {e}")))??;
-    Ok(Bound { listener, local_addr, broker })
+    crate::metrics::register_gauges(telemetry.meter(), &broker);
+    Ok(Bound { listener, local_addr, broker, telemetry })
 }
 
 impl Bound {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Address of the Prometheus `/metrics` endpoint, if one is serving.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.telemetry.local_addr()
     }
 
     /// The broker state (for embedding and tests).
@@ -57,7 +78,8 @@ impl Bound {
 
     /// Serves until `shutdown` completes, then shuts down gracefully (see the module doc).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        let Bound { listener, local_addr, broker } = self;
+        let Bound { listener, local_addr, broker, telemetry } = self;
+        let rpc_metrics = RpcMetricsLayer::new(telemetry.meter(), crate::metrics::RPC_METHODS);
         let address = local_addr.to_string();
         let serve_err =
             |e: Box<dyn std::error::Error + Send + Sync>| BrokerError::Serve { address: address.clone(), source: e };
@@ -109,6 +131,7 @@ impl Bound {
 
         tracing::info!(%local_addr, advertised = %broker.advertised, "broker serving");
         let server = Server::builder()
+            .layer(rpc_metrics)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -133,6 +156,8 @@ impl Bound {
         let closed = tokio::task::spawn_blocking(move || closing.close())
             .await
             .map_err(|e| BrokerError::Internal(format!("closing the broker: {e}")))?;
+        // Last: a final OTLP push sees the state at shutdown.
+        telemetry.shutdown().await;
         tracing::info!(%local_addr, "broker stopped");
         served.and(closed)
     }

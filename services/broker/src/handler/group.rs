@@ -25,6 +25,8 @@ pub async fn delete(broker: &Arc<Broker>, request: pb::DeleteGroupRequest) -> Re
         .blocking(move |b| {
             b.groups.delete(&request.group)?;
             b.offsets.remove_group(&request.group);
+            b.pulled.remove_group(&request.group);
+            b.metrics.forget_group(&request.group);
             Ok(())
         })
         .await?;

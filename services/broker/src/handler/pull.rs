@@ -24,6 +24,18 @@ const MAX_BYTES: u32 = 16 << 20;
 
 /// Answers a pull: messages, or a status with the offsets to continue from.
 pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Result<pb::PullMessageResponse> {
+    let (got, from) = read_or_wait(broker, &request).await?;
+    if got.status == GetStatus::Found {
+        // One counter update and one position per answer, never per message.
+        let bytes: usize = got.messages.iter().map(|m| m.body_len()).sum();
+        broker.metrics.pulled(&request.group, &request.topic, got.messages.len() as u64, bytes as u64);
+        broker.pulled.record(&request.group, &request.topic, request.queue_id, got.next_offset.0);
+    }
+    Ok(response(got, from))
+}
+
+/// The read of a pull, parked until messages arrive when there are none: what was read and where from.
+async fn read_or_wait(broker: &Arc<Broker>, request: &pb::PullMessageRequest) -> Result<(GetMessages, QueueOffset)> {
     check_group(&request.group)?;
     check_topic(&request.topic)?;
     let topic = broker.topic(&request.topic)?;
@@ -67,7 +79,7 @@ pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Resu
     let mut from = QueueOffset(request.offset);
     let mut first = read(from).await?;
     if !wants_wait(&first, from) || wait.is_zero() || broker.waiters.is_stopping() {
-        return Ok(response(first, from));
+        return Ok((first, from));
     }
     // Nothing yet: park (bounded), registering interest before each re-read so no arrival is lost.
     let _slot = broker.waiters.park()?;
@@ -79,7 +91,7 @@ pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Resu
         from = next_from(&first, from);
         let arrival = watch.enabled();
         if broker.waiters.is_stopping() {
-            return Ok(response(first, from));
+            return Ok((first, from));
         }
         // After an arrival the messages asked for were just written: resident, so read them in place rather
         // than with a blocking-pool round trip on the produce-to-consume latency path.
@@ -96,7 +108,7 @@ pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Resu
             read(from).await?
         };
         if !wants_wait(&again, from) {
-            return Ok(response(again, from));
+            return Ok((again, from));
         }
         let more_to_scan = again.status == GetStatus::NoMatchedMessage && again.next_offset < again.max_offset;
         first = again;
@@ -111,7 +123,7 @@ pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Resu
         }
     }
     let next = next_from(&first, from);
-    Ok(response(first, next))
+    Ok((first, next))
 }
 
 /// True when the read found nothing to return yet and a parked pull could get more.

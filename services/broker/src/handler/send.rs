@@ -61,7 +61,9 @@ pub async fn send(
         now: now_ms(),
     };
     let mut messages = Vec::with_capacity(request.messages.len());
+    let mut body_bytes = 0u64;
     for (i, m) in request.messages.into_iter().enumerate() {
+        body_bytes += m.body.len() as u64;
         messages.push(target.message(broker, m, i)?);
     }
     // Back-pressure: a full broker answers at once with the one retryable busy status rather than queueing.
@@ -87,6 +89,7 @@ pub async fn send(
             })
             .await?
     };
+    broker.metrics.sent(&request.topic, topic.message_type, results.len() as u64, body_bytes);
     Ok(pb::SendMessageResponse {
         results: results
             .iter()

@@ -30,6 +30,8 @@ pub async fn update(broker: &Arc<Broker>, request: pb::UpdateTopicRequest) -> Re
     let config = config_of(broker, request.topic)?;
     let updated = broker.blocking(move |b| b.topics.update(config, now_ms())).await?;
     broker.topics_changed.notify_one();
+    // Its message type may have changed: the cached metric attributes are rebuilt at the next send.
+    broker.metrics.forget_topic(&updated.name);
     tracing::info!(topic = %updated.name, "topic updated");
     Ok(pb::UpdateTopicResponse { topic: Some(convert::topic_to_proto(&updated)) })
 }
@@ -43,6 +45,8 @@ pub async fn delete(broker: &Arc<Broker>, request: pb::DeleteTopicRequest) -> Re
             b.topics.delete(&topic, now_ms())?;
             b.store.delete_topic(&topic)?;
             b.offsets.remove_topic(&topic);
+            b.pulled.remove_topic(&topic);
+            b.metrics.forget_topic(&topic);
             Ok(())
         })
         .await?;

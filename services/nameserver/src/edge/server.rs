@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use comet_proto::comet::v1::name_server_server::NameServerServer;
+use comet_telemetry::opentelemetry::KeyValue;
+use comet_telemetry::opentelemetry::metrics::{AsyncInstrument, Meter};
+use comet_telemetry::{Identity, RpcMetricsLayer, Telemetry};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -23,21 +26,45 @@ use crate::route::RegistrationLimits;
 /// the last known ones). The overall "" service stays SERVING as long as the process answers.
 pub const HEALTH_SERVICE: &str = "comet.v1.NameServer";
 
-/// A NameServer whose listener is bound: the address is known (port 0 resolved) before serving starts.
+/// gRPC methods of `comet.v1.NameServer`: the `request_code` values of `rocketmq_rpc_latency`.
+pub const RPC_METHODS: &[&str] = &[
+    "RegisterBroker",
+    "Heartbeat",
+    "UnregisterBroker",
+    "QueryRoute",
+    "GetClusterInfo",
+    "ListTopics",
+    "DeleteTopicRoute",
+    "PutKvConfig",
+    "GetKvConfig",
+    "DeleteKvConfig",
+    "ListKvConfig",
+];
+
+/// A NameServer whose listeners (gRPC and metrics) are bound: the addresses are known (port 0 resolved)
+/// before serving starts.
 #[derive(Debug)]
 pub struct Bound {
     listener: TcpListener,
     local_addr: SocketAddr,
     config: Config,
+    telemetry: Telemetry,
 }
 
-/// Binds `nameserver.listen`.
+/// Binds `nameserver.listen` and the metrics endpoint.
 pub async fn bind(config: Config) -> Result<Bound> {
     let address = config.nameserver.listen.clone();
     let serve_err = |e: std::io::Error| NameServerError::Serve { address: address.clone(), source: Box::new(e) };
     let listener = TcpListener::bind(&address).await.map_err(serve_err)?;
     let local_addr = listener.local_addr().map_err(serve_err)?;
-    Ok(Bound { listener, local_addr, config })
+    let identity = Identity {
+        service: "comet-nameserver",
+        instance: comet_telemetry::instance_address(local_addr),
+        attributes: vec![("node_type", "nameserver".into())],
+    };
+    let telemetry =
+        Telemetry::start(&config.metrics, identity).await.map_err(|e| NameServerError::Config(e.to_string()))?;
+    Ok(Bound { listener, local_addr, config, telemetry })
 }
 
 impl Bound {
@@ -46,26 +73,67 @@ impl Bound {
         self.local_addr
     }
 
+    /// Address of the Prometheus `/metrics` endpoint, if one is serving.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.telemetry.local_addr()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and drains in-flight calls.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        match self.config.registry.backend {
-            Backend::Memory => {
-                let registry =
-                    Arc::new(MemoryRegistry::open(self.config.kv_config_path(), self.config.broker_expiry())?);
-                let expiry = registry.spawn_expiry(Duration::from_millis(self.config.nameserver.scan_interval_ms));
-                let served = serve_with(registry, self.listener, self.local_addr, &self.config, shutdown).await;
-                expiry.abort();
-                served
-            }
+        let Bound { listener, local_addr, config, telemetry } = self;
+        let served = match config.registry.backend {
+            Backend::Memory => match MemoryRegistry::open(config.kv_config_path(), config.broker_expiry()) {
+                Ok(registry) => {
+                    let registry = Arc::new(registry);
+                    let expiry = registry.spawn_expiry(Duration::from_millis(config.nameserver.scan_interval_ms));
+                    let served = serve_with(registry, listener, local_addr, &config, &telemetry, shutdown).await;
+                    expiry.abort();
+                    served
+                }
+                Err(e) => Err(e),
+            },
             #[cfg(feature = "etcd")]
-            Backend::Etcd => {
-                let registry = Arc::new(crate::registry::etcd::EtcdRegistry::start(&self.config).await?);
-                serve_with(registry, self.listener, self.local_addr, &self.config, shutdown).await
-            }
+            Backend::Etcd => match crate::registry::etcd::EtcdRegistry::start(&config).await {
+                Ok(registry) => {
+                    serve_with(Arc::new(registry), listener, local_addr, &config, &telemetry, shutdown).await
+                }
+                Err(e) => Err(e),
+            },
             #[cfg(not(feature = "etcd"))]
             Backend::Etcd => Err(NameServerError::Config("etcd support was not compiled in".into())),
-        }
+        };
+        telemetry.shutdown().await;
+        served
     }
+}
+
+/// `rocketmq_nameserver_brokers` and `rocketmq_nameserver_topics`, read from the local route table when a
+/// reader collects. They hold the registry weakly.
+fn register_gauges<R: Registry>(meter: &Meter, registry: &Arc<R>) {
+    let weak = Arc::downgrade(registry);
+    meter
+        .u64_observable_gauge("rocketmq_nameserver_brokers")
+        .with_unit("1")
+        .with_description("Live registered brokers (masters and slaves), by cluster")
+        .with_callback(move |o: &dyn AsyncInstrument<u64>| {
+            if let Some(r) = weak.upgrade() {
+                for (cluster, n) in r.routes().table.read().brokers_by_cluster() {
+                    o.observe(n as u64, &[KeyValue::new("cluster", cluster)]);
+                }
+            }
+        })
+        .build();
+    let weak = Arc::downgrade(registry);
+    meter
+        .u64_observable_gauge("rocketmq_nameserver_topics")
+        .with_unit("1")
+        .with_description("Topics with a route")
+        .with_callback(move |o: &dyn AsyncInstrument<u64>| {
+            if let Some(r) = weak.upgrade() {
+                o.observe(r.routes().table.read().topic_count() as u64, &[]);
+            }
+        })
+        .build();
 }
 
 async fn serve_with<R: Registry>(
@@ -73,8 +141,11 @@ async fn serve_with<R: Registry>(
     listener: TcpListener,
     local_addr: SocketAddr,
     config: &Config,
+    telemetry: &Telemetry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    register_gauges(telemetry.meter(), &registry);
+    let rpc_metrics = RpcMetricsLayer::new(telemetry.meter(), RPC_METHODS);
     let address = local_addr.to_string();
     let serve_err =
         |e: Box<dyn std::error::Error + Send + Sync>| NameServerError::Serve { address: address.clone(), source: e };
@@ -126,6 +197,7 @@ async fn serve_with<R: Registry>(
 
     tracing::info!(%local_addr, backend = ?config.registry.backend, "NameServer serving");
     let server = Server::builder()
+        .layer(rpc_metrics)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -141,4 +213,27 @@ async fn serve_with<R: Registry>(
     health_task.abort();
     tracing::info!(%local_addr, "NameServer stopped");
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_methods_are_exactly_the_nameserver_service_methods() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(comet_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let service = set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter().map(move |s| (f.package(), s)))
+            .find(|(package, s)| *package == "comet.v1" && s.name() == "NameServer")
+            .unwrap()
+            .1;
+        let mut declared: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+        let mut listed = RPC_METHODS.to_vec();
+        declared.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(listed, declared);
+    }
 }

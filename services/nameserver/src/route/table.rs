@@ -337,6 +337,21 @@ impl RouteTable {
         self.live.get(&(broker_name.to_owned(), MASTER_ID)).map(|m| (m.identity.address.clone(), m.ha_address.clone()))
     }
 
+    /// Number of routed topics (metrics).
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Live broker members per cluster (metrics).
+    pub fn brokers_by_cluster(&self) -> BTreeMap<String, usize> {
+        let mut out: BTreeMap<String, usize> = BTreeMap::new();
+        for (name, _) in self.live.keys() {
+            let cluster = self.cluster_of(name).unwrap_or_default();
+            *out.entry(cluster.to_owned()).or_default() += 1;
+        }
+        out
+    }
+
     /// Number of live broker members.
     pub fn broker_count(&self) -> usize {
         self.live.len()

@@ -193,3 +193,17 @@ fn delete_topic_in_one_cluster_keeps_the_other() {
     assert_eq!(route.queues[0].broker_name, "b1");
     assert_eq!(table.topics(Some("c2")), Vec::<String>::new());
 }
+
+#[test]
+fn metric_counts_follow_registrations() {
+    let now = Instant::now();
+    let mut table = RouteTable::new(TIMEOUT);
+    table.register(reg("b1", 0, "m:1", 1, &["t1", "t2"]), now).unwrap();
+    table.register(reg("b1", 1, "s:1", 1, &[]), now).unwrap();
+    table.register(reg("b2", 0, "m:2", 1, &["t2", "t3"]), now).unwrap();
+    assert_eq!(table.topic_count(), 3);
+    assert_eq!(table.brokers_by_cluster().into_iter().collect::<Vec<_>>(), [("c1".to_string(), 3)]);
+    table.unregister(&identity("b2", 0, "m:2"));
+    assert_eq!(table.topic_count(), 2);
+    assert_eq!(table.brokers_by_cluster().get("c1"), Some(&2));
+}

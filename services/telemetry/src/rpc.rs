@@ -1,0 +1,220 @@
+//! `rocketmq_rpc_latency`: a tower layer over a tonic server that times every call by API and gRPC status.
+//! Labels come from fixed tables (the service's method names, the 17 gRPC codes), so a client sending odd
+//! paths cannot add series, and recording builds no strings.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Histogram, Meter};
+use pin_project_lite::pin_project;
+
+/// Name of the RPC latency histogram (RocketMQ's), in milliseconds.
+pub const RPC_LATENCY: &str = "rocketmq_rpc_latency";
+
+/// Bucket bounds of `rocketmq_rpc_latency`, in milliseconds: sub-millisecond sends up to 30 s long polls.
+pub const LATENCY_BOUNDARIES_MS: &[f64] =
+    &[0.5, 1.0, 3.0, 5.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10_000.0, 30_000.0];
+
+/// Methods of the gRPC health and reflection services every server also serves.
+const COMMON_METHODS: &[&str] = &["Check", "Watch", "ServerReflectionInfo"];
+
+/// The `request_code` of a path that names no known method.
+const OTHER_METHOD: &str = "other";
+
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+#[derive(Debug)]
+struct Shared {
+    latency: Histogram<f64>,
+    methods: &'static [&'static str],
+}
+
+impl Shared {
+    fn method(&self, path: &str) -> &'static str {
+        let name = path.rsplit_once('/').map_or(path, |(_, m)| m);
+        self.methods.iter().chain(COMMON_METHODS).find(|m| **m == name).copied().unwrap_or(OTHER_METHOD)
+    }
+
+    fn record(&self, method: &'static str, code: &'static str, start: Instant) {
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        self.latency.record(
+            ms,
+            &[
+                KeyValue::new("protocol_type", "grpc"),
+                KeyValue::new("request_code", method),
+                KeyValue::new("response_code", code),
+            ],
+        );
+    }
+}
+
+/// Adds `rocketmq_rpc_latency` to a tonic server: `Server::builder().layer(RpcMetricsLayer::new(..))`.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer {
+    shared: Arc<Shared>,
+}
+
+impl RpcMetricsLayer {
+    /// Times calls of `methods` (the service's gRPC method names, e.g. `SendMessage`); any other path is
+    /// recorded as `request_code="other"`.
+    pub fn new(meter: &Meter, methods: &'static [&'static str]) -> Self {
+        let latency = meter
+            .f64_histogram(RPC_LATENCY)
+            .with_unit("ms")
+            .with_description(
+                "gRPC call latency in milliseconds, by API (request_code) and gRPC status (response_code)",
+            )
+            .with_boundaries(LATENCY_BOUNDARIES_MS.to_vec())
+            .build();
+        Self { shared: Arc::new(Shared { latency, methods }) }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner, shared: Arc::clone(&self.shared) }
+    }
+}
+
+/// The service [`RpcMetricsLayer`] wraps around the server's routes.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = self.shared.method(request.uri().path());
+        ResponseFuture {
+            inner: self.inner.call(request),
+            method,
+            start: Instant::now(),
+            shared: Arc::clone(&self.shared),
+            done: false,
+        }
+    }
+}
+
+pin_project! {
+    /// Times the wrapped call; a call dropped before it answered (the client went away) counts as CANCELLED.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        method: &'static str,
+        start: Instant,
+        shared: Arc<Shared>,
+        done: bool,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.done {
+                this.shared.record(this.method, "CANCELLED", *this.start);
+            }
+        }
+    }
+}
+
+impl<F, RB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        // Errors travel as trailers-only responses carrying `grpc-status`; a success's status is in the
+        // trailers, after the body, so no header means OK.
+        let code = match &out {
+            Ok(response) => response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .and_then(|n| GRPC_CODES.get(n).copied())
+                .unwrap_or(GRPC_CODES[0]),
+            Err(_) => "UNKNOWN",
+        };
+        *this.done = true;
+        this.shared.record(this.method, code, *this.start);
+        Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MetricsConfig, Telemetry};
+    use tower::{Layer, Service, ServiceExt};
+
+    #[tokio::test]
+    async fn calls_are_timed_by_method_and_status_and_odd_paths_are_other() {
+        let config = MetricsConfig { listen: "127.0.0.1:0".into(), ..MetricsConfig::default() };
+        let identity = crate::Identity { service: "t", instance: "i".into(), attributes: vec![] };
+        let telemetry = Telemetry::start(&config, identity).await.unwrap();
+        let layer = RpcMetricsLayer::new(telemetry.meter(), &["SendMessage"]);
+        let mut svc = layer.layer(tower::service_fn(|req: http::Request<()>| async move {
+            let mut response = http::Response::new(());
+            if req.uri().path().ends_with("Bad") {
+                response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+        for path in
+            ["/comet.v1.Broker/SendMessage", "/comet.v1.Broker/SendMessage", "/x/Bad", "/grpc.health.v1.Health/Check"]
+        {
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            svc.ready().await.unwrap().call(request).await.unwrap();
+        }
+        let text = telemetry.render();
+        let count = |labels: &str| {
+            text.lines()
+                .find(|l| l.starts_with("rocketmq_rpc_latency_count{") && l.contains(labels))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(count("request_code=\"SendMessage\",response_code=\"OK\"").as_deref(), Some("2"), "{text}");
+        assert_eq!(count("request_code=\"other\",response_code=\"RESOURCE_EXHAUSTED\"").as_deref(), Some("1"));
+        assert_eq!(count("request_code=\"Check\"").as_deref(), Some("1"));
+        assert!(text.contains("rocketmq_rpc_latency_bucket{") && text.contains("le=\"0.5\""), "{text}");
+        telemetry.shutdown().await;
+    }
+}
