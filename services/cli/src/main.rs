@@ -68,6 +68,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // `comet consume ... | head` must end quietly when the reader goes away, as Unix tools do, instead of
+    // panicking in println! on EPIPE: restore the default SIGPIPE action Rust's runtime sets to ignore.
+    // SAFETY: signal(2) changes the process-wide disposition atomically; no handler of ours is replaced and
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let addresses: Vec<String> =
         cli.namesrv.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
