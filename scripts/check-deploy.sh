@@ -46,7 +46,7 @@ step() { printf 'check-deploy: %s\n' "$*"; }
 declare -A SETS=(
   [default]=""
   [ha]="-f $CHART/values-ha.yaml"
-  [optional]="--set metrics.serviceMonitor.enabled=true --set-string networkPolicy.grpcFrom[0].podSelector.matchLabels.comet-client=true"
+  [optional]="--set metrics.serviceMonitor.enabled=true --set metrics.grafanaDashboard.enabled=true --set-string networkPolicy.grpcFrom[0].podSelector.matchLabels.comet-client=true"
 )
 
 # 1. helm lint (strict: warnings fail) and helm template per value set.
@@ -104,6 +104,7 @@ for set in default ha; do
   step "checkov kubernetes ($set): $(checkov --framework kubernetes -f "$work/$set.yaml" --skip-check CKV_K8S_43,CKV_K8S_15) (not run: CKV_K8S_43, CKV_K8S_15)"
 done
 step "checkov dockerfile: $(checkov --framework dockerfile -f Dockerfile --skip-check CKV_DOCKER_2) (not run: CKV_DOCKER_2)"
+
 
 # 4. The configuration files the chart renders are what the binaries accept, the probes ask health services the
 # processes serve, and SIGTERM ends them well within terminationGracePeriodSeconds.
@@ -235,11 +236,13 @@ def stop(p, grace, name):
 items = {binary: (d, c, text, spec) for d, c, binary, _, text, _, spec in workloads(renders[0])}
 d, c, text, spec = items["comet-nameserver"]
 ns_proc, ns_addr = start("comet-nameserver", text, {"COMET_NAMESERVER_LISTEN": "127.0.0.1:0",
-                                                    "COMET_NAMESERVER_KV_CONFIG_PATH": f"{work}/kv.json"})
+                                                    "COMET_NAMESERVER_KV_CONFIG_PATH": f"{work}/kv.json",
+                                                    "COMET_METRICS_LISTEN": "127.0.0.1:0"})
 n = probes(c, ns_addr)
 bd, bc, btext, bspec = items["comet-broker"]
 store = tempfile.mkdtemp(dir=work)
 br_proc, br_addr = start("comet-broker", btext, {"COMET_BROKER_LISTEN": "127.0.0.1:0", "COMET_STORE_DIR": store,
+                                                 "COMET_METRICS_LISTEN": "127.0.0.1:0",
                                                  "COMET_BROKER_NAMESERVER_ADDRESSES": ns_addr})
 n += probes(bc, br_addr)
 advertised = yaml.safe_load(btext)["broker"]["advertised-address"]

@@ -88,6 +88,7 @@ DNS name (each must hear every registration); with etcd the Service (they share 
 {{- $_ := set $server "listen" (printf "0.0.0.0:%d" (int .Values.nameserver.port)) -}}
 {{- $_ := set $server "kv-config-path" "/var/lib/comet/nameserver/kvConfig.json" -}}
 {{- $_ := set $config "nameserver" $server -}}
+{{- $_ := set $config "metrics" (include "comet.metrics.config" (dict "root" . "config" $config "what" "nameserver.config") | fromYaml) -}}
 {{- if eq (include "comet.nameserver.backend" .) "etcd" -}}
 {{- $etcd := get $config "etcd" | default dict -}}
 {{- if not $etcd.endpoints -}}
@@ -95,6 +96,18 @@ DNS name (each must hear every registration); with etcd the Service (they share 
 {{- end -}}
 {{- end -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+{{/* The `metrics:` section of a process's config: the /metrics endpoint on the pod's metrics port (the port the
+scrape annotations and the ServiceMonitor name; the binaries' own defaults differ, 5557 broker and 5558 NameServer,
+so that both run on one machine). Call with (dict "root" $ "config" $config "what" "broker.config"). */}}
+{{- define "comet.metrics.config" -}}
+{{- $metrics := get .config "metrics" | default dict -}}
+{{- if hasKey $metrics "listen" -}}
+{{- fail (printf "%s.metrics.listen is set by the chart (metrics.port); remove it" .what) -}}
+{{- end -}}
+{{- $_ := set $metrics "listen" (printf "0.0.0.0:%d" (int .root.Values.metrics.port)) -}}
+{{- toYaml $metrics -}}
 {{- end -}}
 
 {{/* A broker group's configuration file (docs/configuration.md, "Broker"). Call with (dict "root" $ "group" $g). */}}
@@ -122,6 +135,7 @@ DNS name (each must hear every registration); with etcd the Service (they share 
 {{- $_ := set $store "dir" "/var/lib/comet/store" -}}
 {{- $_ := set $config "broker" $broker -}}
 {{- $_ := set $config "store" $store -}}
+{{- $_ := set $config "metrics" (include "comet.metrics.config" (dict "root" $root "config" $config "what" "broker.config") | fromYaml) -}}
 {{- toYaml $config -}}
 {{- end -}}
 
