@@ -218,3 +218,69 @@ mod tests {
         telemetry.shutdown().await;
     }
 }
+
+/// What instrumentation adds per request, single-threaded, measured in release mode:
+/// `cargo test --release -p comet-telemetry overhead -- --ignored --nocapture` (docs/benchmarks.md, "Metrics").
+#[cfg(test)]
+mod overhead {
+    use std::future::Future;
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    use opentelemetry::KeyValue;
+    use tower::{Layer, Service};
+
+    use super::RpcMetricsLayer;
+    use crate::{Identity, MetricsConfig, Telemetry};
+
+    fn per_op(n: u32, mut f: impl FnMut()) -> f64 {
+        for _ in 0..n / 10 {
+            f();
+        }
+        let start = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        start.elapsed().as_nanos() as f64 / f64::from(n)
+    }
+
+    #[tokio::test]
+    #[ignore = "a measurement, not a check: run in release with --ignored --nocapture"]
+    async fn overhead() {
+        let config = MetricsConfig { listen: "127.0.0.1:0".into(), ..MetricsConfig::default() };
+        let identity = Identity { service: "bench", instance: "i".into(), attributes: vec![] };
+        let telemetry = Telemetry::start(&config, identity).await.unwrap();
+        let meter = telemetry.meter();
+        let n = 2_000_000;
+
+        // BrokerMetrics::sent: two counter adds with a cached two-attribute set.
+        let messages = meter.u64_counter("m_total").build();
+        let bytes = meter.u64_counter("b_total").build();
+        let attrs = [KeyValue::new("topic", "some-topic"), KeyValue::new("message_type", "normal")];
+        let sent = per_op(n, || {
+            messages.add(64, black_box(&attrs));
+            bytes.add(65_536, black_box(&attrs));
+        });
+
+        // The RPC layer around a service that answers at once, against the bare service.
+        let ready =
+            |_: http::Request<()>| std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(())));
+        let mut bare = tower::service_fn(ready);
+        let mut timed = RpcMetricsLayer::new(meter, &["SendMessage", "PullMessage"]).layer(tower::service_fn(ready));
+        let request = || http::Request::builder().uri("/comet.v1.Broker/SendMessage").body(()).unwrap();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let bare_ns = per_op(n, || {
+            let mut f = std::pin::pin!(bare.call(request()));
+            assert!(f.as_mut().poll(&mut cx).is_ready());
+        });
+        let timed_ns = per_op(n, || {
+            let mut f = std::pin::pin!(timed.call(request()));
+            assert!(f.as_mut().poll(&mut cx).is_ready());
+        });
+        println!(
+            "per request: sent() counters {sent:.0} ns; RPC layer {:.0} ns (timed {timed_ns:.0} - bare {bare_ns:.0})",
+            timed_ns - bare_ns
+        );
+        telemetry.shutdown().await;
+    }
+}
