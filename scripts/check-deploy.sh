@@ -105,6 +105,23 @@ for set in default ha; do
 done
 step "checkov dockerfile: $(checkov --framework dockerfile -f Dockerfile --skip-check CKV_DOCKER_2) (not run: CKV_DOCKER_2)"
 
+# 3b. The Grafana dashboard is valid JSON, its ConfigMap carries it verbatim, and every series it queries is in the
+# metrics reference of docs/operations.md (so a renamed metric cannot leave an empty panel behind).
+dashboard_check=$(python3 - "$CHART/dashboards/comet-overview.json" docs/operations.md "$work/optional.yaml" <<'PY'
+import json, re, sys
+dash = json.load(open(sys.argv[1]))
+exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+used = {re.sub(r"_(bucket|count|sum)$", "", m) for e in exprs for m in re.findall(r"rocketmq_[a-z_]+", e)}
+documented = set(re.findall(r"`(rocketmq_[a-z_]+)`", open(sys.argv[2]).read()))
+missing = sorted(used - documented)
+if missing:
+    sys.exit(f"dashboard queries series not in docs/operations.md: {', '.join(missing)}")
+if '"uid": "comet-overview"' not in open(sys.argv[3]).read():
+    sys.exit("the optional render has no dashboard ConfigMap carrying the dashboard")
+print(f"{len(exprs)} queries over {len(used)} documented series")
+PY
+) || { echo "check-deploy: $dashboard_check" >&2; exit 1; }
+step "Grafana dashboard: $dashboard_check; rendered into its ConfigMap"
 
 # 4. The configuration files the chart renders are what the binaries accept, the probes ask health services the
 # processes serve, and SIGTERM ends them well within terminationGracePeriodSeconds.
