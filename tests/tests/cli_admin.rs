@@ -148,12 +148,16 @@ async fn message_get_and_message_find_return_a_sent_message() -> anyhow::Result<
         .ok_or_else(|| anyhow::anyhow!("no message id in {sent}"))?
         .to_owned();
 
+    // The id and key indexes are written when the message is dispatched, which may trail the acknowledgement by
+    // a moment (an async-flush send is answered once the record is in the CommitLog).
+    wait_until("message found by id", Duration::from_secs(10), || async {
+        comet(&ns, &["message", "get", &id]).await.is_ok()
+    })
+    .await?;
     let got = comet(&ns, &["message", "get", &id]).await?;
     assert!(got.contains(&id) && got.contains("find me") && got.contains("TagA") && got.contains("order-7"), "{got}");
     let got_json = comet(&ns, &["message", "get", &id, "--json"]).await?;
     assert!(got_json.contains("\"store_timestamp_millis\""), "{got_json}");
-
-    // The key index is written when the message is dispatched, which may trail the send by a moment.
     wait_until("message found by key", Duration::from_secs(10), || async {
         comet(&ns, &["message", "find", "--topic", "lookup-topic", "--key", "order-7"])
             .await
