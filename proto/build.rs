@@ -1,5 +1,5 @@
 //! Compiles every `.proto` of the crate with protox (pure Rust, so no `protoc` is needed) and exports the
-//! encoded descriptor set for gRPC server reflection.
+//! encoded descriptor set for gRPC server reflection, and each service's method names (metrics label them).
 
 use prost::Message;
 
@@ -14,6 +14,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
+    let mut methods = String::new();
+    for file in &fds.file {
+        for service in &file.service {
+            let names: Vec<String> = service.method.iter().map(|m| format!("{:?}", m.name())).collect();
+            methods.push_str(&format!(
+                "/// Method names of `{}.{}`, in declaration order.\npub const {}_METHODS: &[&str] = &[{}];\n",
+                file.package(),
+                service.name(),
+                service.name().to_uppercase(),
+                names.join(", ")
+            ));
+        }
+    }
+    std::fs::write(out.join("methods.rs"), methods)?;
     // `bytes` fields of Comet's own API are `bytes::Bytes`, so message bodies are shared, not copied, between the
     // store's mapped records and the gRPC encoder.
     tonic_prost_build::configure().bytes(".comet.v1").build_server(true).build_client(true).compile_fds(fds)?;

@@ -6,6 +6,12 @@
 /// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 
+/// Each service's gRPC method names, generated from the protos (`BROKER_METHODS`, `NAMESERVER_METHODS`): the
+/// bounded `request_code` label values of the RPC metrics, which cannot drift from the services.
+pub mod methods {
+    include!(concat!(env!("OUT_DIR"), "/methods.rs"));
+}
+
 /// Comet's own gRPC API (`package comet.*`).
 pub mod comet {
     /// Version 1 of Comet's own API: the NameServer and Broker services and their messages.

@@ -27,19 +27,7 @@ use crate::route::RegistrationLimits;
 pub const HEALTH_SERVICE: &str = "comet.v1.NameServer";
 
 /// gRPC methods of `comet.v1.NameServer`: the `request_code` values of `rocketmq_rpc_latency`.
-pub const RPC_METHODS: &[&str] = &[
-    "RegisterBroker",
-    "Heartbeat",
-    "UnregisterBroker",
-    "QueryRoute",
-    "GetClusterInfo",
-    "ListTopics",
-    "DeleteTopicRoute",
-    "PutKvConfig",
-    "GetKvConfig",
-    "DeleteKvConfig",
-    "ListKvConfig",
-];
+pub const RPC_METHODS: &[&str] = comet_proto::methods::NAMESERVER_METHODS;
 
 /// A NameServer whose listeners (gRPC and metrics) are bound: the addresses are known (port 0 resolved)
 /// before serving starts.
@@ -213,27 +201,4 @@ async fn serve_with<R: Registry>(
     health_task.abort();
     tracing::info!(%local_addr, "NameServer stopped");
     served
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rpc_methods_are_exactly_the_nameserver_service_methods() {
-        use prost::Message;
-        let set = prost_types::FileDescriptorSet::decode(comet_proto::FILE_DESCRIPTOR_SET).unwrap();
-        let service = set
-            .file
-            .iter()
-            .flat_map(|f| f.service.iter().map(move |s| (f.package(), s)))
-            .find(|(package, s)| *package == "comet.v1" && s.name() == "NameServer")
-            .unwrap()
-            .1;
-        let mut declared: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
-        let mut listed = RPC_METHODS.to_vec();
-        declared.sort_unstable();
-        listed.sort_unstable();
-        assert_eq!(listed, declared);
-    }
 }
