@@ -267,14 +267,19 @@ async fn three_members_of_a_group_share_eight_queues_and_consume_every_message_e
     let sent = started.elapsed();
     tally.wait_all("100 000 messages over three members").await?;
     eprintln!("sent {MANY} in {sent:?}, all consumed after {:?}", started.elapsed());
-    // Shut down first (listener calls in progress finish), so a late duplicate would be counted.
-    for member in members {
-        member.shutdown().await;
-    }
+    // Exactly once while the membership is stable: give a late duplicate time to show (two rebalance polls).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     tally.check(true)?;
     let per_member: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     assert!(per_member.iter().all(|&n| n > 0), "every member consumed its share: {per_member:?}");
     assert_eq!(per_member.iter().sum::<usize>(), MANY, "{per_member:?}");
+    // Members leaving one by one is a membership change: a queue can move to a member that reads the broker's
+    // committed offset before the leaver's final commit lands (at-least-once, as in RocketMQ), so from here on
+    // re-deliveries are allowed but nothing may be lost or invented.
+    for member in members {
+        member.shutdown().await;
+    }
+    tally.check(false)?;
     Ok(())
 }
 
