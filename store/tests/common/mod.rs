@@ -7,10 +7,12 @@ use bytes::Bytes;
 use comet_store::{FlushMode, NewMessage, StoreConfig};
 
 /// A configuration with small files so tests exercise roll-over, with background timers slowed down so they
-/// do not interfere with explicit calls.
+/// do not interfere with explicit calls. Disk usage is measured against a simulated 1 TiB capacity: the real
+/// filesystem of a CI machine may be fuller than the clean watermark, which would delete young segments.
 pub fn config(dir: &Path) -> StoreConfig {
     StoreConfig {
         segment_size: 64 * 1024,
+        disk_capacity_bytes: Some(1 << 40),
         max_message_size: 16 * 1024,
         consume_queue_file_entries: 128,
         index_slots: 64,
