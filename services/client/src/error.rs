@@ -100,6 +100,20 @@ impl ClientError {
         }
     }
 
+    /// A transport failure: the broker did not answer (connection refused or broken, UNAVAILABLE, no answer in
+    /// time), as opposed to an answer (busy, invalid, refused). Consumers then fail over to another member of the
+    /// broker group and pass this one over for a back-off.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Timeout { .. } => true,
+            // UNKNOWN is tonic's "transport error" for a connection that broke under a call (see `kind`).
+            ClientError::Broker { code, .. } => {
+                matches!(code, Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled)
+            }
+            _ => false,
+        }
+    }
+
     /// Shorthand for `kind() == ErrorKind::Retryable`.
     pub fn is_retryable(&self) -> bool {
         self.kind() == ErrorKind::Retryable
@@ -148,6 +162,17 @@ mod tests {
         let timeout = ClientError::Timeout { op: "SendMessage", broker: "b:1".into(), after: Duration::from_secs(3) };
         assert!(timeout.is_retryable());
         assert_eq!(timeout.broker(), Some("b:1"));
+    }
+
+    #[test]
+    fn only_transport_failures_count_as_unreachable() {
+        assert!(broker(Code::Unavailable, "connection refused").is_unreachable());
+        assert!(broker(Code::Unknown, "transport error").is_unreachable());
+        let timeout = ClientError::Timeout { op: "pull", broker: "b:1".into(), after: Duration::from_secs(3) };
+        assert!(timeout.is_unreachable());
+        assert!(!broker(Code::ResourceExhausted, "broker busy").is_unreachable(), "busy is an answer");
+        assert!(!broker(Code::FailedPrecondition, "this broker is a slave").is_unreachable());
+        assert!(!broker(Code::PermissionDenied, "group disabled").is_unreachable());
     }
 
     #[test]

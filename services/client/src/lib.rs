@@ -18,16 +18,21 @@ mod admin;
 mod channels;
 mod consumer;
 mod error;
+mod fault;
+mod member;
 mod message;
 mod producer;
 mod push;
 mod rebalance;
 mod route;
+#[cfg(test)]
+mod testing;
 
 pub use admin::{Admin, MasterBroker};
 pub use comet_model::MessageQueue;
 pub use consumer::{PullConsumer, PullConsumerConfig, PullResult, PullStatus};
 pub use error::{ClientError, ErrorKind};
+pub use member::ReadPreference;
 pub use message::{Message, ReceivedMessage, SendResult};
 pub use producer::{Producer, ProducerConfig};
 

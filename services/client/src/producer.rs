@@ -5,7 +5,6 @@
 //! previous attempt of the same send failed on. When every broker is isolated the walk takes any queue not on
 //! the broker that just failed, so sends never stop only because every broker had a hiccup.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::channels::Channels;
 use crate::error::ClientError;
+use crate::fault::Faults;
 use crate::message::{Message, SendResult};
 use crate::route::{Routes, TopicRoute};
 use comet_model::{MASTER_ID, MessageQueue};
@@ -76,8 +76,8 @@ struct Inner {
     routes: Arc<Routes>,
     channels: Channels,
     next_queue: AtomicUsize,
-    /// Broker name -> until when it is avoided.
-    faults: Mutex<HashMap<String, Instant>>,
+    /// Broker names that failed recently, avoided for `fault_isolation`.
+    faults: Faults,
     /// The heartbeat task; it holds only a weak reference, and is stopped when the last clone goes away.
     heartbeats: Mutex<Option<JoinHandle<()>>>,
 }
@@ -111,13 +111,14 @@ impl Producer {
         // `comet send` runs, do not all begin on queue 0.
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos() as usize).unwrap_or(0);
         let interval = config.heartbeat_interval;
+        let faults = Faults::new(config.fault_isolation);
         let inner = Arc::new(Inner {
             config,
             client_id: crate::new_client_id(),
             routes,
             channels,
             next_queue: AtomicUsize::new(start),
-            faults: Mutex::new(HashMap::new()),
+            faults,
             heartbeats: Mutex::new(None),
         });
         if !interval.is_zero() {
@@ -259,7 +260,8 @@ impl Producer {
             Err(e) => return Err((e, None)),
         };
         let queue = self.pick(op, outgoing.topic, &route, avoid).map_err(|e| (e, None))?;
-        let address = route.masters.get(&queue.broker_name).cloned().unwrap_or_default();
+        // Writable queues are only those of broker groups with a master: sends never go to a slave.
+        let address = route.master(&queue.broker_name).unwrap_or_default().to_owned();
         self.send_to(op, outgoing, &queue.broker_name, &address, Some(queue.queue_id)).await
     }
 
@@ -354,11 +356,7 @@ impl Producer {
         }
         let start = self.inner.next_queue.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let isolated: Vec<String> = {
-            let mut faults = self.inner.faults.lock();
-            faults.retain(|_, until| *until > now);
-            faults.keys().cloned().collect()
-        };
+        let isolated = self.inner.faults.down_at(now);
         let candidates = (0..queues.len()).map(|i| &queues[start.wrapping_add(i) % queues.len()]);
         let not_avoided = |q: &&MessageQueue| avoid != Some(q.broker_name.as_str());
         let chosen = candidates
@@ -371,8 +369,7 @@ impl Producer {
     }
 
     fn isolate(&self, broker_name: &str) {
-        let until = Instant::now() + self.inner.config.fault_isolation;
-        self.inner.faults.lock().insert(broker_name.to_owned(), until);
+        self.inner.faults.mark(broker_name);
     }
 }
 
@@ -417,7 +414,7 @@ mod tests {
     fn route(brokers: &[(&str, u32)]) -> TopicRoute {
         let mut route = TopicRoute::default();
         for (name, n) in brokers {
-            route.masters.insert((*name).into(), format!("{name}:1"));
+            route.brokers.entry((*name).into()).or_default().insert(MASTER_ID, format!("{name}:1"));
             route.writable.extend((0..*n).map(|id| MessageQueue {
                 topic: "t".into(),
                 broker_name: (*name).into(),
@@ -450,6 +447,31 @@ mod tests {
         );
         let only_a = route(&[("a", 2)]);
         assert_eq!(p.pick("send", "t", &only_a, Some("a")).unwrap().broker_name, "a", "no other broker: still sends");
+    }
+
+    #[tokio::test]
+    async fn sends_go_to_the_master_only_and_fail_rather_than_reach_a_slave() {
+        use crate::testing::{FakeBroker, FakeNameServer};
+        let (master, slave) = (FakeBroker::start(0), FakeBroker::start(0));
+        let ns = FakeNameServer::start("b", &[(0, &master.address), (1, &slave.address)]);
+        let producer = |ns: &FakeNameServer| {
+            let mut config = ProducerConfig::new(vec![ns.address.clone()], "pg");
+            config.heartbeat_interval = Duration::ZERO;
+            Producer::new(config).unwrap()
+        };
+        let p = producer(&ns);
+        for _ in 0..5 {
+            assert_eq!(p.send(Message::new("t", "x")).await.unwrap().broker_address, master.address);
+        }
+        master.set_unavailable(true);
+        let error = p.send(Message::new("t", "x")).await.unwrap_err();
+        assert!(error.is_retryable() && error.broker() == Some(master.address.as_str()), "{error}");
+        assert_eq!(slave.state.lock().sends, 0, "a slave never gets a send, even with its master down");
+
+        let slave_only = FakeNameServer::start("b", &[(1, &slave.address)]);
+        let error = producer(&slave_only).send(Message::new("t", "x")).await.unwrap_err();
+        assert!(matches!(error, ClientError::NoQueue { what: "writable", .. }), "{error}");
+        assert_eq!(slave.state.lock().sends, 0);
     }
 
     #[tokio::test]

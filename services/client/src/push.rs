@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::consumer::{PullConsumer, PullConsumerConfig, PullStatus};
 use crate::error::ClientError;
+use crate::fault::Faults;
+use crate::member::ReadPreference;
 use crate::message::ReceivedMessage;
 use crate::rebalance::{OffsetWindow, allocate_averagely};
 
@@ -87,6 +89,11 @@ pub struct PushConsumerConfig {
     pub shutdown_timeout: Duration,
     /// How old a cached route may get (default 30 s).
     pub route_refresh: Duration,
+    /// Which member of each broker group pulls, consumer lists and commits go to (default: the master, a slave
+    /// while it is down); heartbeats go to every member either way. See [`ReadPreference`].
+    pub read_preference: ReadPreference,
+    /// How long a member that failed in transport is passed over before it is tried again (default 5 s).
+    pub failover_backoff: Duration,
     /// Settings of the NameServer client (addresses are taken from `nameservers`).
     pub nameserver_client: Option<ClientConfig>,
 }
@@ -112,6 +119,8 @@ impl PushConsumerConfig {
             retry_backoff: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
             route_refresh: Duration::from_secs(30),
+            read_preference: ReadPreference::Master,
+            failover_backoff: Duration::from_secs(5),
             nameserver_client: None,
         }
     }
@@ -139,6 +148,12 @@ impl PushConsumerBuilder {
     /// Where queues without a committed offset start (default: their end).
     pub fn consume_from(mut self, from: ConsumeFrom) -> Self {
         self.config.consume_from = from;
+        self
+    }
+
+    /// Which member of each broker group to read from (default: the master, a slave while it is down).
+    pub fn read_preference(mut self, preference: ReadPreference) -> Self {
+        self.config.read_preference = preference;
         self
     }
 
@@ -192,6 +207,8 @@ struct QueueState {
     peak_messages: AtomicUsize,
     peak_bytes: AtomicUsize,
     pauses: AtomicU64,
+    /// Address of the member (master or slave) that answered the last pull.
+    read_from: Mutex<String>,
 }
 
 impl QueueState {
@@ -203,6 +220,7 @@ impl QueueState {
             peak_messages: AtomicUsize::new(0),
             peak_bytes: AtomicUsize::new(0),
             pauses: AtomicU64::new(0),
+            read_from: Mutex::new(String::new()),
         }
     }
 }
@@ -226,6 +244,9 @@ pub struct QueueStats {
     pub next_offset: u64,
     /// What a commit would record now: the lowest unacknowledged offset, else `next_offset`.
     pub committable_offset: u64,
+    /// Address of the broker group member (master or slave) that answered the queue's last pull (empty before the
+    /// first answer), so an application can see a fail-over to a slave.
+    pub broker_address: String,
 }
 
 struct Assigned {
@@ -262,13 +283,17 @@ impl PushConsumer {
 
     async fn start(config: PushConsumerConfig, listener: Listener) -> Result<Self, ClientError> {
         let mut pullers = HashMap::new();
+        // A member down for one topic is down for all: the topics' pull consumers share one fault tracker.
+        let faults = Arc::new(Faults::new(config.failover_backoff));
         for (topic, expression) in &config.subscriptions {
             // One pull consumer per topic because the tag expression is a pull consumer setting.
             let mut pull = PullConsumerConfig::new(config.nameservers.clone(), config.group.clone());
             pull.tag_expression = expression.clone();
             pull.route_refresh = config.route_refresh;
+            pull.read_preference = config.read_preference;
+            pull.failover_backoff = config.failover_backoff;
             pull.nameserver_client = config.nameserver_client.clone();
-            pullers.insert(topic.clone(), PullConsumer::new(pull)?);
+            pullers.insert(topic.clone(), PullConsumer::with_faults(pull, Arc::clone(&faults))?);
         }
         // Unique per consumer, also among several in one process (the system tests run three).
         let client_id = crate::new_client_id();
@@ -350,6 +375,7 @@ impl PushConsumer {
                     flow_control_pauses: state.pauses.load(Ordering::Relaxed),
                     next_offset: window.next_pull(),
                     committable_offset: window.committable(),
+                    broker_address: state.read_from.lock().clone(),
                 }
             })
             .collect();
@@ -476,15 +502,16 @@ impl Shared {
         }
     }
 
-    /// Every master address hosting a subscribed topic (with the pull consumer of one topic it hosts).
-    async fn brokers(&self) -> Vec<(String, PullConsumer)> {
-        let mut out: Vec<(String, PullConsumer)> = Vec::new();
+    /// Every member (master and slaves) of the broker groups hosting a subscribed topic, each with its broker id
+    /// and the pull consumer of one topic it hosts.
+    async fn brokers(&self) -> Vec<(u64, String, PullConsumer)> {
+        let mut out: Vec<(u64, String, PullConsumer)> = Vec::new();
         for (topic, puller) in &self.pullers {
-            match puller.broker_addresses(topic).await {
+            match puller.member_addresses(topic).await {
                 Ok(addresses) => {
-                    for a in addresses {
-                        if !out.iter().any(|(b, _)| *b == a) {
-                            out.push((a, puller.clone()));
+                    for (id, address) in addresses {
+                        if !out.iter().any(|(_, known, _)| *known == address) {
+                            out.push((id, address, puller.clone()));
                         }
                     }
                 }
@@ -494,21 +521,24 @@ impl Shared {
         out
     }
 
-    /// Heartbeats to every broker of the subscribed topics. Transient failures are logged (the next heartbeat
-    /// tries again); the first refusal (a permanent error: invalid group, broadcasting not allowed) is returned.
+    /// Heartbeats to every member of the broker groups of the subscribed topics (slaves too, so a slave knows
+    /// the group's members when its master dies). Transient failures are logged (the next heartbeat tries again;
+    /// an unreachable member is marked down); the first refusal (a permanent error: invalid group, broadcasting
+    /// not allowed) is returned. A slave refusing with FAILED_PRECONDITION (something only a master does, such as
+    /// creating the group) is logged only: the master, or the copy of its config, decides.
     async fn heartbeat(&self) -> Result<(), ClientError> {
         let request = self.heartbeat_request();
         let timeout = Duration::from_secs(3);
+        let heartbeat = |mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>| {
+            let request = request.clone();
+            async move { client.heartbeat(request).await }
+        };
         let mut refused = None;
-        for (address, puller) in self.brokers().await {
-            let Ok(mut client) = puller.broker_client(&address) else { continue };
-            let error = match tokio::time::timeout(timeout, client.heartbeat(request.clone())).await {
-                Ok(Ok(_)) => continue,
-                Ok(Err(status)) => ClientError::broker_status("heartbeat", &address, &status),
-                Err(_) => ClientError::Timeout { op: "heartbeat", broker: address.clone(), after: timeout },
-            };
-            if error.is_retryable() {
-                tracing::warn!(broker = address, %error, "heartbeat failed");
+        for (id, address, puller) in self.brokers().await {
+            let Err(error) = puller.call_member("heartbeat", &address, timeout, &heartbeat).await else { continue };
+            let slave_only = id != comet_model::MASTER_ID && error.code() == tonic::Code::FailedPrecondition;
+            if error.is_retryable() || slave_only {
+                tracing::warn!(broker = address, broker_id = id, %error, "heartbeat failed");
             } else {
                 refused.get_or_insert(error);
             }
@@ -516,24 +546,26 @@ impl Shared {
         refused.map_or(Ok(()), Err)
     }
 
+    /// Leaves the group on every member, so the others re-balance at once.
     async fn unregister(&self) {
         let request =
             pb::UnregisterClientRequest { client_id: self.client_id.clone(), groups: vec![self.config.group.clone()] };
-        for (address, puller) in self.brokers().await {
-            let Ok(mut client) = puller.broker_client(&address) else { continue };
-            let _ = tokio::time::timeout(Duration::from_secs(3), client.unregister_client(request.clone())).await;
+        let unregister = |mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>| {
+            let request = request.clone();
+            async move { client.unregister_client(request).await }
+        };
+        for (_, address, puller) in self.brokers().await {
+            let _ = puller.call_member("unregister_client", &address, Duration::from_secs(3), &unregister).await;
         }
     }
 
-    /// The group's live members as the first answering broker of `topic` sees them.
+    /// The group's live members as the first answering broker group of `topic` sees them, each asked at the
+    /// member its reads go to (the next member on a transport failure).
     async fn members(&self, topic: &str, puller: &PullConsumer) -> Option<Vec<String>> {
-        let request = pb::GetConsumerListRequest { group: self.config.group.clone() };
-        for address in puller.broker_addresses(topic).await.ok()? {
-            let Ok(mut client) = puller.broker_client(&address) else { continue };
-            if let Ok(Ok(answer)) =
-                tokio::time::timeout(Duration::from_secs(3), client.get_consumer_list(request.clone())).await
-            {
-                return Some(answer.into_inner().client_ids);
+        for broker_name in puller.broker_names(topic).await.ok()? {
+            match puller.consumer_list(topic, &broker_name).await {
+                Ok(members) => return Some(members),
+                Err(error) => tracing::debug!(topic, broker_name, %error, "consumer list unavailable"),
             }
         }
         None
@@ -697,6 +729,16 @@ impl Shared {
                     continue;
                 }
             };
+            {
+                let mut read_from = state.read_from.lock();
+                if *read_from != result.broker_address {
+                    if !read_from.is_empty() {
+                        tracing::info!(%queue, from = %read_from, to = %result.broker_address,
+                            broker_id = result.broker_id, "queue now read from another member of its broker group");
+                    }
+                    read_from.clone_from(&result.broker_address);
+                }
+            }
             let mut window = state.window.lock();
             match result.status {
                 PullStatus::Found | PullStatus::NoNewMessage => {
@@ -780,6 +822,63 @@ mod tests {
     fn unix_millis() -> u64 {
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
         since.map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_consumer_heartbeats_every_member_and_keeps_consuming_from_the_slave_while_the_master_is_down() {
+        use crate::testing::{FakeBroker, FakeNameServer};
+        let (master, slave) = (FakeBroker::start(100), FakeBroker::start(100));
+        let ns = FakeNameServer::start("b", &[(0, &master.address), (1, &slave.address)]);
+        let seen = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let listener_seen = Arc::clone(&seen);
+        let consumer = PushConsumer::builder(vec![ns.address.clone()], "g")
+            .subscribe("t", "*")
+            .consume_from(ConsumeFrom::FirstOffset)
+            .threads(1)
+            .configure(|c| {
+                c.failover_backoff = Duration::from_millis(300);
+                c.rebalance_interval = Duration::from_millis(100);
+                c.pull_wait = Duration::from_millis(50);
+                c.commit_interval = Duration::from_millis(100);
+                c.heartbeat_interval = Duration::from_millis(200);
+            })
+            .listener(move |m| {
+                listener_seen.lock().push(m.queue_offset);
+                Ok(())
+            })
+            .start()
+            .await
+            .unwrap();
+        let id = consumer.client_id().to_owned();
+        assert!(master.state.lock().heartbeats.contains(&id) && slave.state.lock().heartbeats.contains(&id));
+        eventually("the first 100 messages", || seen.lock().len() == 100).await;
+        assert!(master.state.lock().consumer_lists > 0);
+        assert_eq!(slave.state.lock().consumer_lists, 0, "the consumer list comes from the member read from");
+        assert_eq!(consumer.queue_stats()[0].broker_address, master.address);
+
+        master.set_unavailable(true);
+        // More messages, replicated to the slave.
+        master.state.lock().max = 200;
+        slave.state.lock().max = 200;
+        eventually("200 messages", || seen.lock().len() >= 200).await;
+        assert_eq!(consumer.queue_stats()[0].broker_address, slave.address);
+        eventually("commit 200 on the slave", || slave.state.lock().commits.last() == Some(&200)).await;
+        assert!(slave.state.lock().consumer_lists > 0, "re-balance asks the slave while the master is down");
+
+        master.set_unavailable(false);
+        eventually("reads back on the master", || consumer.queue_stats()[0].broker_address == master.address).await;
+        consumer.shutdown().await;
+        assert_eq!(master.state.lock().commits.last(), Some(&200), "the master gets the offset once it is back");
+        let seen = seen.lock().clone();
+        assert_eq!(seen, (0..200).collect::<Vec<u64>>(), "every message once, in order: none lost, none skipped");
     }
 
     #[test]

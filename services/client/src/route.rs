@@ -5,7 +5,7 @@
 //! route. Only a topic seen for the first time waits for the NameServer. After a failure the caller marks the
 //! route stale ([`Routes::invalidate`]) so the next use refreshes it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,46 +16,74 @@ use parking_lot::Mutex;
 
 use crate::error::ClientError;
 
-/// A topic's queues and the master address of every broker name hosting them.
+/// The members of one broker group (a broker name): the master (broker id 0) and its slaves (ids >= 1), each with
+/// its gRPC address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BrokerMembers {
+    by_id: BTreeMap<u64, String>,
+}
+
+impl BrokerMembers {
+    /// Adds (or replaces) member `id` at `address`.
+    pub(crate) fn insert(&mut self, id: u64, address: impl Into<String>) {
+        self.by_id.insert(id, address.into());
+    }
+
+    /// The master's address, if the route lists one.
+    pub(crate) fn master(&self) -> Option<&str> {
+        self.by_id.get(&MASTER_ID).map(String::as_str)
+    }
+
+    /// Every member, by broker id (the master first, then the slaves lowest id first).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &str)> + '_ {
+        self.by_id.iter().map(|(id, address)| (*id, address.as_str()))
+    }
+}
+
+/// A topic's queues and the members (master and slaves) of every broker name hosting them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TopicRoute {
-    /// Queues producers may write: WRITE permission and a master address.
+    /// Queues producers may write: WRITE permission and a master address (slaves never take writes).
     pub(crate) writable: Vec<MessageQueue>,
-    /// Queues consumers may read: READ permission and a master address.
+    /// Queues consumers may read: READ permission and at least one member address (a slave serves reads while
+    /// its master is gone from the route).
     pub(crate) readable: Vec<MessageQueue>,
-    /// Broker name -> master address.
-    pub(crate) masters: HashMap<String, String>,
+    /// Broker name -> its members.
+    pub(crate) brokers: HashMap<String, BrokerMembers>,
 }
 
 impl TopicRoute {
     /// The usable parts of a NameServer answer, queues sorted by broker name then id.
     pub(crate) fn from_wire(topic: &str, route: &pb::QueryRouteResponse) -> Self {
-        let masters: HashMap<String, String> = route
-            .brokers
-            .iter()
-            .filter_map(|b| b.addresses.get(&MASTER_ID).map(|a| (b.broker_name.clone(), a.clone())))
-            .filter(|(_, address)| !address.is_empty())
-            .collect();
+        let mut brokers: HashMap<String, BrokerMembers> = HashMap::new();
+        for b in &route.brokers {
+            for (id, address) in b.addresses.iter().filter(|(_, address)| !address.is_empty()) {
+                brokers.entry(b.broker_name.clone()).or_default().insert(*id, address.clone());
+            }
+        }
         let mut writable = Vec::new();
         let mut readable = Vec::new();
         let mut queues: Vec<&pb::QueueData> = route.queues.iter().collect();
         queues.sort_by(|a, b| a.broker_name.cmp(&b.broker_name));
         for q in queues {
-            if !masters.contains_key(&q.broker_name) {
-                continue;
-            }
+            let Some(members) = brokers.get(&q.broker_name) else { continue };
             // Unknown permission bits: treat as no permission rather than guess.
             let perm = Permission::try_from(q.perm).ok();
             let queue =
                 |queue_id| MessageQueue { topic: topic.to_owned(), broker_name: q.broker_name.clone(), queue_id };
-            if perm.is_some_and(Permission::is_writable) {
+            if members.master().is_some() && perm.is_some_and(Permission::is_writable) {
                 writable.extend((0..q.write_queue_nums).map(queue));
             }
             if perm.is_some_and(Permission::is_readable) {
                 readable.extend((0..q.read_queue_nums).map(queue));
             }
         }
-        Self { writable, readable, masters }
+        Self { writable, readable, brokers }
+    }
+
+    /// The master address of `broker_name` (where sends go), if the route lists one.
+    pub(crate) fn master(&self, broker_name: &str) -> Option<&str> {
+        self.brokers.get(broker_name).and_then(BrokerMembers::master)
     }
 }
 
@@ -133,8 +161,12 @@ impl Routes {
 
     /// The master addresses of every cached route, sorted and deduplicated (where producer heartbeats go).
     pub(crate) fn cached_masters(&self) -> Vec<String> {
-        let mut addresses: Vec<String> =
-            self.cache.lock().values().flat_map(|e| e.route.masters.values().cloned()).collect();
+        let mut addresses: Vec<String> = self
+            .cache
+            .lock()
+            .values()
+            .flat_map(|e| e.route.brokers.values().filter_map(|m| m.master().map(str::to_owned)))
+            .collect();
         addresses.sort();
         addresses.dedup();
         addresses
@@ -176,7 +208,7 @@ mod tests {
         let nameserver = NameServerClient::connect(&["127.0.0.1:1"]).unwrap();
         let routes = Routes::new(nameserver, Duration::ZERO);
         let mut cached = TopicRoute::default();
-        cached.masters.insert("a".into(), "a:1".into());
+        cached.brokers.entry("a".into()).or_default().insert(0, "a:1");
         cached.writable.push(MessageQueue { topic: "t".into(), broker_name: "a".into(), queue_id: 0 });
         let entry = Entry { route: Arc::new(cached.clone()), fetched: Instant::now(), stale: true, refreshing: false };
         routes.cache.lock().insert("t".into(), entry);
@@ -189,18 +221,46 @@ mod tests {
     }
 
     #[test]
-    fn only_queues_with_the_permission_and_a_master_are_usable() {
+    fn writes_need_a_master_reads_any_member() {
         let wire = pb::QueryRouteResponse {
             topic: "t".into(),
             queues: vec![queue_data("b", 2, 3, 6), queue_data("a", 1, 1, 4), queue_data("slave-only", 4, 4, 6)],
-            brokers: vec![broker("a", &[(0, "a:1")]), broker("b", &[(0, "b:1")]), broker("slave-only", &[(1, "s:1")])],
+            brokers: vec![
+                broker("a", &[(0, "a:1")]),
+                broker("b", &[(0, "b:0"), (2, "b:2"), (1, "b:1")]),
+                broker("slave-only", &[(1, "s:1"), (0, "")]),
+            ],
         };
         let route = TopicRoute::from_wire("t", &wire);
         let names =
             |qs: &[MessageQueue]| qs.iter().map(|q| format!("{}:{}", q.broker_name, q.queue_id)).collect::<Vec<_>>();
         assert_eq!(names(&route.writable), ["b:0", "b:1", "b:2"], "a is read-only, slave-only has no master");
-        assert_eq!(names(&route.readable), ["a:0", "b:0", "b:1"]);
-        assert_eq!(route.masters.get("a").map(String::as_str), Some("a:1"));
-        assert!(!route.masters.contains_key("slave-only"));
+        assert_eq!(
+            names(&route.readable),
+            ["a:0", "b:0", "b:1", "slave-only:0", "slave-only:1", "slave-only:2", "slave-only:3"]
+        );
+        assert_eq!(route.master("a"), Some("a:1"));
+        assert_eq!(route.master("slave-only"), None, "an empty address is no member");
+        let b: Vec<(u64, &str)> = route.brokers["b"].iter().collect();
+        assert_eq!(b, [(0, "b:0"), (1, "b:1"), (2, "b:2")], "every member kept, by id");
+    }
+
+    #[tokio::test]
+    async fn producer_heartbeat_addresses_are_masters_only() {
+        let nameserver = NameServerClient::connect(&["127.0.0.1:1"]).unwrap();
+        let routes = Routes::new(nameserver, Duration::from_secs(30));
+        let wire = pb::QueryRouteResponse {
+            topic: "t".into(),
+            queues: vec![queue_data("a", 1, 1, 6), queue_data("s", 1, 1, 6)],
+            brokers: vec![broker("a", &[(0, "a:0"), (1, "a:1")]), broker("s", &[(1, "s:1")])],
+        };
+        let entry = Entry {
+            route: Arc::new(TopicRoute::from_wire("t", &wire)),
+            fetched: Instant::now(),
+            stale: false,
+            refreshing: false,
+        };
+        routes.cache.lock().insert("t".into(), entry);
+        assert_eq!(routes.cached_masters(), ["a:0"]);
     }
 }
