@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comet_client::{
     ConsumeFrom, ListenerResult, Message, MessageModel, MessageQueue, Producer, ProducerConfig, PullConsumer,
-    PullConsumerConfig, PushConsumer, ReceivedMessage,
+    PullConsumerConfig, PushConsumer, ReadPreference, ReceivedMessage,
 };
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -50,6 +50,24 @@ pub enum StartAt {
     End,
 }
 
+/// Which member of each broker group `comet consume` reads from (the SDK's `ReadPreference`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReadFrom {
+    /// The master; a slave while the master is down or gone from the route.
+    Master,
+    /// A slave (messages arrive after replication); the master when no slave is live.
+    Slave,
+}
+
+impl From<ReadFrom> for ReadPreference {
+    fn from(read_from: ReadFrom) -> Self {
+        match read_from {
+            ReadFrom::Master => ReadPreference::Master,
+            ReadFrom::Slave => ReadPreference::Slave,
+        }
+    }
+}
+
 /// Arguments of `comet consume`.
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
@@ -80,6 +98,10 @@ pub struct ConsumeArgs {
     /// With --broadcast: the offsets file (default: comet-offsets-<group>.txt in the current directory).
     #[arg(long, requires = "broadcast")]
     offset_file: Option<PathBuf>,
+    /// Which member of each broker group to read from; either way reads move to another member while the
+    /// chosen one is unreachable.
+    #[arg(long, value_enum, default_value = "master")]
+    read_from: ReadFrom,
 }
 
 /// Sends the body `count` times and prints where each message was stored.
@@ -121,6 +143,7 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
     }
     let mut config = PullConsumerConfig::new(namesrv.to_vec(), args.group);
     config.tag_expression = args.tags;
+    config.read_preference = args.read_from.into();
     let consumer = PullConsumer::new(config)?;
     let queues = consumer.queues(&args.topic).await?;
     anyhow::ensure!(!queues.is_empty(), "topic {} has no readable queue", args.topic);
@@ -197,6 +220,7 @@ async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Res
         .offset_file(offset_file.clone())
         .consume_from(from)
         .threads(1)
+        .read_preference(args.read_from.into())
         .configure(|c| c.commit_interval = commit_interval)
         .listener(listener)
         .start()
