@@ -339,7 +339,7 @@ impl PullConsumer {
         result
     }
 
-    /// The member of `broker_name` a call in `order` goes to now (unit tests check the choice through it).
+    /// The member of a broker group a call in `order` goes to now, skipping `tried` and members marked down.
     fn member(&self, members: &crate::route::BrokerMembers, order: Order, tried: &[String]) -> Option<Member> {
         let now = Instant::now();
         choose(members, order, |address| self.inner.faults.is_down_at(address, now), tried)

@@ -649,10 +649,14 @@ impl Shared {
                 MessageModel::Clustering => {
                     let Some(members) = self.members(topic, puller).await else { continue };
                     if !members.contains(&self.client_id) {
-                        // Our heartbeat has not landed (or expired): say hello again before taking queues.
+                        // Our heartbeat has not landed, expired, or went to a member that restarted since (reads
+                        // may just have moved back to a master that lost its client list): say hello again and
+                        // re-balance at the next round with a list that has us, instead of releasing every queue
+                        // on a list that is probably missing other members too.
                         if let Err(error) = self.heartbeat().await {
                             tracing::error!(group = %self.config.group, %error, "heartbeat refused");
                         }
+                        continue;
                     }
                     allocate_averagely(&queues, &members, &self.client_id)
                 }
@@ -879,6 +883,33 @@ mod tests {
         assert_eq!(master.state.lock().commits.last(), Some(&200), "the master gets the offset once it is back");
         let seen = seen.lock().clone();
         assert_eq!(seen, (0..200).collect::<Vec<u64>>(), "every message once, in order: none lost, none skipped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_missing_from_the_list_of_a_restarted_broker_heartbeats_and_keeps_its_queues() {
+        use crate::testing::{FakeBroker, FakeNameServer};
+        let broker = FakeBroker::start(0);
+        let ns = FakeNameServer::start("b", &[(0, &broker.address)]);
+        let consumer = PushConsumer::builder(vec![ns.address.clone()], "g")
+            .subscribe("t", "*")
+            .configure(|c| {
+                c.rebalance_interval = Duration::from_millis(50);
+                c.pull_wait = Duration::from_millis(20);
+            })
+            .listener(|_| Ok(()))
+            .start()
+            .await
+            .unwrap();
+        eventually("the queue assigned", || consumer.assigned_queues().len() == 1).await;
+        // The broker restarts: it forgets every client.
+        broker.state.lock().heartbeats.clear();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            assert_eq!(consumer.assigned_queues().len(), 1, "the queue is kept while the member list is missing us");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(broker.state.lock().heartbeats.contains(&consumer.client_id().to_owned()), "said hello again");
+        consumer.shutdown().await;
     }
 
     #[test]
