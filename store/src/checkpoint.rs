@@ -78,6 +78,16 @@ impl CheckpointFile {
         }
     }
 
+    /// Durably deletes the checkpoint: derived data is then rebuilt from the whole log at the next start-up.
+    pub(crate) fn remove(&self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("remove checkpoint", &self.path, e)),
+        }
+        sync_parent_dir(&self.path).map_err(|e| Error::io("sync directory", &self.path, e))
+    }
+
     /// Durably replaces the checkpoint.
     pub(crate) fn store(&self, c: &Checkpoint) -> Result<()> {
         let io = |op, e| Error::io(op, &self.path, e);

@@ -19,7 +19,7 @@ use comet_model::{QueueId, QueueOffset};
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::file::{MappedFile, offset_name, parse_offset_name, sync_parent_dir};
+use crate::file::{MappedFile, offset_name, parse_offset_name, remove_if_empty, sync_parent_dir};
 
 /// Size of one consume-queue entry in bytes.
 pub const CQ_ENTRY_SIZE: usize = 20;
@@ -115,6 +115,9 @@ impl ConsumeQueue {
             let Some(first) = entry.file_name().to_str().and_then(parse_offset_name) else {
                 return Err(foreign(path, "consume-queue file names are 20-digit queue offsets"));
             };
+            if remove_if_empty(&path).map_err(|e| Error::io("inspect consume queue", &path, e))? {
+                continue;
+            }
             found.push((first, path));
         }
         found.sort();
@@ -203,15 +206,21 @@ impl ConsumeQueue {
     /// Appends the entry for queue offset `offset`. Dispatcher only.
     ///
     /// Re-dispatching an entry that is already present is a no-op; a gap (entries missing before `offset`)
-    /// restarts the queue at `offset`, because readers must never see a hole.
+    /// restarts the queue at `offset`, because readers must never see a hole. A queue without entries starts
+    /// wherever its first record says: a replica whose log restarted at a later base (its master's older data
+    /// was deleted) sees the queue's later records only.
     pub(crate) fn put(&self, offset: QueueOffset, entry: CqEntry) -> Result<()> {
         let max = self.max.load(Ordering::Acquire);
         if offset.0 < max {
             return Ok(());
         }
         if offset.0 > max {
-            tracing::error!(dir = %self.dir.display(), expected = max, got = offset.0,
-                "consume queue has a gap; restarting it at the new offset");
+            if self.files.read().is_empty() {
+                tracing::debug!(dir = %self.dir.display(), first = offset.0, "consume queue starts past 0");
+            } else {
+                tracing::error!(dir = %self.dir.display(), expected = max, got = offset.0,
+                    "consume queue has a gap; restarting it at the new offset");
+            }
             self.reset_to(offset.0)?;
         }
         let last = self.files.read().last().cloned();
@@ -300,6 +309,51 @@ impl ConsumeQueue {
             }
         }
         self.min.fetch_max(lo, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Drops every entry that points at or above CommitLog offset `to` (the log was truncated there): `max`
+    /// moves down, files wholly above it are deleted (never the first: its name keeps where the queue starts
+    /// across restarts) and the rest of the last file is zeroed durably, so recovery cannot bring the entries
+    /// back. Entries point into the log in order, so they form a suffix. The caller holds the dispatcher lock.
+    pub(crate) fn truncate(&self, to: u64) -> Result<()> {
+        let max = self.max.load(Ordering::Acquire);
+        let first = self.files.read().first().map_or(max, |f| f.first).min(max);
+        let (mut lo, mut hi) = (first, max);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.file_for(mid).and_then(|f| f.entry(mid)).is_some_and(|e| e.offset < to) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo >= max {
+            return Ok(());
+        }
+        // Readers first: scans stop at the new end.
+        self.max.store(lo, Ordering::Release);
+        self.min.fetch_min(lo, Ordering::AcqRel);
+        let removed = {
+            let mut files = self.files.write();
+            let keep = files.iter().position(|f| f.first >= lo).map_or(files.len(), |i| i.max(1));
+            files.split_off(keep)
+        };
+        for f in removed.iter().rev() {
+            match std::fs::remove_file(f.file.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // the topic was deleted meanwhile
+                Err(e) => return Err(Error::io("remove", f.file.path(), e)),
+            }
+        }
+        let last = self.files.read().last().cloned();
+        if let Some(f) = last {
+            let pos = (lo.saturating_sub(f.first) as usize * CQ_ENTRY_SIZE).min(f.file.len());
+            f.file.cut(pos).map_err(|e| Error::io("truncate consume queue", f.file.path(), e))?;
+            if !removed.is_empty() {
+                sync_parent_dir(f.file.path()).map_err(|e| Error::io("sync", &self.dir, e))?;
+            }
+        }
         Ok(())
     }
 
@@ -400,6 +454,22 @@ impl ConsumeQueues {
     /// Bytes of consume-queue files on disk.
     pub(crate) fn disk_bytes(&self) -> u64 {
         self.all().iter().map(|q| q.disk_bytes()).sum()
+    }
+
+    /// Removes every queue from disk and memory: the log restarted empty. Readers holding a queue keep reading
+    /// their (unlinked) files, whose entries point at deleted records.
+    pub(crate) fn clear(&self) -> Result<()> {
+        drop(std::mem::take(&mut *self.map.write()));
+        let entries = std::fs::read_dir(&self.root).map_err(|e| Error::io("list", &self.root, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io("list", &self.root, e))?.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove consume queues", &path, e)),
+            }
+        }
+        sync_parent_dir(&self.root.join("x")).map_err(|e| Error::io("sync", &self.root, e))
     }
 
     /// Removes every queue of `topic` from disk and memory (topic deletion).

@@ -38,9 +38,16 @@ impl Inner {
     }
 
     /// Dispatches up to `BATCH` records, then tells waiting consumers; returns how many it did.
-    // Hot path: no allocation per record (touched queues are few), no logging.
     pub(crate) fn dispatch_some(&self) -> Result<usize> {
-        let limit = self.visible_end();
+        // Held per batch: a truncation takes it to stop dispatch while it cuts the log and the derived data.
+        let _dispatching = self.dispatching.lock();
+        self.dispatch_up_to(u64::MAX)
+    }
+
+    /// Dispatches up to `BATCH` records below `cap`; the caller holds the dispatcher lock.
+    // Hot path: no allocation per record (touched queues are few), no logging.
+    pub(crate) fn dispatch_up_to(&self, cap: u64) -> Result<usize> {
+        let limit = self.visible_end().min(cap);
         let mut pos = self.dispatched.load(Ordering::Acquire);
         if pos >= limit {
             return Ok(0);

@@ -96,6 +96,52 @@ pub enum Error {
         /// Which key and why.
         reason: String,
     },
+    /// Replicated bytes do not start where this log ends: the slave would leave a hole or overwrite data.
+    #[error("replicated bytes start at commit-log offset {got} but this log ends at {expected}; nothing was written")]
+    ReplicaGap {
+        /// The end of this log: where the next chunk must start.
+        expected: CommitLogOffset,
+        /// Where the chunk claims to start.
+        got: CommitLogOffset,
+    },
+    /// A replicated chunk is not a run of whole, intact records at their own offsets; nothing was written.
+    #[error("replicated bytes rejected at commit-log offset {offset}: {reason}; nothing was written")]
+    ReplicaRejected {
+        /// The CommitLog offset of the first offending byte (the record or marker that failed).
+        offset: CommitLogOffset,
+        /// Which check failed.
+        reason: String,
+    },
+    /// Replicated data does not line up with this store's segments: master and slave segment sizes differ.
+    #[error(
+        "segment-size mismatch at commit-log offset {offset}: {reason}; master and slave must use the same \
+         segment-size (this store's is {segment_size})"
+    )]
+    SegmentMismatch {
+        /// The offset that does not fit.
+        offset: CommitLogOffset,
+        /// This store's segment size.
+        segment_size: u64,
+        /// What does not line up.
+        reason: String,
+    },
+    /// An operation that must start at a record boundary (truncate, record walk, raw read) was given an offset
+    /// inside a record or marker.
+    #[error("commit-log offset {offset} is not a record boundary: {reason}")]
+    NotRecordBoundary {
+        /// The offset asked for.
+        offset: CommitLogOffset,
+        /// What was found there.
+        reason: String,
+    },
+    /// A truncation (replication) removed appended bytes before they became durable.
+    #[error("commit-log bytes below {offset} were truncated away (the log now ends at {end}) before they were durable")]
+    Truncated {
+        /// The end of the append that waited.
+        offset: CommitLogOffset,
+        /// The end of the log after the truncation.
+        end: CommitLogOffset,
+    },
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,

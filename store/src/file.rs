@@ -198,6 +198,28 @@ impl MappedFile {
         Ok(())
     }
 
+    /// Lowers the readable prefix to `pos` (a truncation): readers can no longer start reading at or above it.
+    /// Slices handed out earlier stay valid; the caller decides what happens to the bytes.
+    pub(crate) fn unpublish(&self, pos: usize) {
+        self.published.fetch_min(pos, Ordering::AcqRel);
+        self.flushed.fetch_min(pos, Ordering::AcqRel);
+    }
+
+    /// Truncation of a file written in place (consume queues): forgets and zeroes `[from, published)`, durably,
+    /// so neither a reader nor recovery can find the stale bytes again. The caller is the file's only writer.
+    /// A reader that loaded the old published end just before may still see the bytes change: callers check
+    /// what they read (consume-queue entries are verified against the record they point at).
+    pub(crate) fn cut(&self, from: usize) -> io::Result<()> {
+        let old = self.published();
+        if from >= old {
+            return Ok(());
+        }
+        self.unpublish(from);
+        zero_range(&self.file, &self.map, from, old - from)?;
+        self.map.flush_range(from, old - from)?;
+        self.file.sync_all()
+    }
+
     /// Marks `[0, pos)` as validated, readable and durable. Only for start-up.
     pub(crate) fn set_recovered(&mut self, pos: usize) {
         *self.published.get_mut() = pos;
@@ -242,10 +264,23 @@ fn zero_range(file: &File, map: &MmapRaw, from: usize, len: usize) -> io::Result
     if unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, off, n) } == 0 {
         return Ok(());
     }
-    // SAFETY: in bounds of the mapping (`from + len == map length` at every call site, checked by the caller's
-    // arithmetic); recovery runs before any reader or writer exists.
+    // SAFETY: in bounds of the mapping (`from + len` is at most the map length at every call site, checked by the
+    // caller's arithmetic). Recovery runs before any reader or writer exists; `cut` runs as the file's only writer
+    // on bytes it has just unpublished, so no new reader can start on them.
     unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(from), 0, len) };
     Ok(())
+}
+
+/// Deletes `path` if it is an empty file and says so: a process killed between creating a data file and
+/// reserving its space leaves one behind. It holds no data, and opening it would fail ("empty file").
+pub(crate) fn remove_if_empty(path: &Path) -> io::Result<bool> {
+    if std::fs::metadata(path)?.len() != 0 {
+        return Ok(false);
+    }
+    std::fs::remove_file(path)?;
+    sync_parent_dir(path)?;
+    tracing::warn!(path = %path.display(), "removed an empty file left by an interrupted creation");
+    Ok(true)
 }
 
 /// fsyncs the directory holding `path`, so a created, renamed or deleted entry is durable.

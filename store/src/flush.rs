@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use comet_model::CommitLogOffset;
+
 use crate::commitlog::CommitLog;
 use crate::error::{Error, Result};
 
@@ -103,6 +105,24 @@ impl GroupCommit {
         self.done.notify_all();
     }
 
+    /// Waits for a flush in progress and holds off new ones until `resume`: a truncation moves the log's end
+    /// down, and a flush that started before it would otherwise report the old end as durable.
+    pub(crate) fn pause(&self) {
+        let mut st = self.state.lock();
+        while st.flushing {
+            self.done.wait(&mut st);
+        }
+        st.flushing = true;
+    }
+
+    /// Ends a `pause`: everything below `flushed` is durable (a truncation made it so).
+    pub(crate) fn resume(&self, flushed: u64) {
+        let mut st = self.state.lock();
+        st.flushing = false;
+        self.flushed.store(flushed, Ordering::Release);
+        self.done.notify_all();
+    }
+
     /// Returns once `[.., target)` is durable, flushing as the leader of a group if nobody else is.
     pub(crate) fn wait_durable(&self, log: &CommitLog, target: u64) -> Result<()> {
         let mut st = self.state.lock();
@@ -112,6 +132,10 @@ impl GroupCommit {
             }
             if self.flushed() >= target {
                 return Ok(());
+            }
+            if !st.flushing && target > log.end() {
+                // A truncation removed these bytes before they became durable: they never will.
+                return Err(Error::Truncated { offset: CommitLogOffset(target), end: CommitLogOffset(log.end()) });
             }
             if st.flushing {
                 self.done.wait(&mut st);

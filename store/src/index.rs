@@ -204,8 +204,10 @@ impl IndexFile {
 
     fn write_entry(&self, i: u32, bytes: &[u8; ENTRY_LEN]) {
         let pos = self.entry_pos(i);
-        // SAFETY: entry `i` is in bounds (i <= capacity), is not yet reachable from any slot or chain (it is at or
-        // past `next`, or recovery runs alone), and the dispatcher is the only writer.
+        // SAFETY: entry `i` is in bounds (i <= capacity), is not reachable from any slot or chain (it is at or past
+        // `next`, recovery runs alone, or truncation has just moved every slot below it), and the dispatcher (or a
+        // truncation holding its lock) is the only writer. A lookup that loaded a slot before a truncation may
+        // still read an entry being zeroed: lookups only produce candidates, checked against the record.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.file.as_ptr().add(pos), ENTRY_LEN) };
     }
 
@@ -227,6 +229,39 @@ impl IndexFile {
         true
     }
 
+    /// Drops the entries pointing at or above CommitLog offset `to` (a suffix: entries are added in log order):
+    /// slots are moved back along their chains past them, then the entries are zeroed and the file flushed, so
+    /// neither a lookup nor recovery finds them again. Dispatcher lock held (no concurrent `add`).
+    fn truncate(&self, to: u64) -> std::io::Result<()> {
+        let next = self.next.load(Ordering::Acquire);
+        let (mut lo, mut hi) = (1u32, next);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry(mid).is_some_and(|e| e.offset < to) { lo = mid + 1 } else { hi = mid }
+        }
+        if lo >= next {
+            return Ok(());
+        }
+        for s in 0..self.slots {
+            let slot = self.slot(s);
+            let mut i = slot.load(Ordering::Acquire);
+            while i >= lo {
+                // Chains only point backwards; anything else is corruption: drop the chain rather than loop.
+                i = self.entry(i).map_or(0, |e| if e.prev < i { e.prev } else { 0 });
+            }
+            slot.store(i, Ordering::Release);
+        }
+        self.next.store(lo, Ordering::Release);
+        for i in lo..next {
+            self.write_entry(i, &[0u8; ENTRY_LEN]);
+        }
+        if let Some(last) = self.entry(lo - 1) {
+            self.last_offset.store(last.offset, Ordering::Release);
+            self.last_timestamp.store(last.timestamp, Ordering::Release);
+        }
+        self.file.flush_all()
+    }
+
     fn lookup(&self, hash: u64, begin: u64, end: u64, out: &mut Vec<u64>, max: usize) {
         let mut i = self.slot(self.slot_of(hash)).load(Ordering::Acquire);
         while i != 0 && out.len() < max {
@@ -240,6 +275,14 @@ impl IndexFile {
             }
             i = e.prev;
         }
+    }
+}
+
+fn remove_index_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove index file", path, e)),
     }
 }
 
@@ -274,7 +317,11 @@ impl KeyIndex {
                     reason: "foreign file in the index directory (names are 20-digit offsets)".into(),
                 });
             };
-            found.push((first, entry.path()));
+            let path = entry.path();
+            if crate::file::remove_if_empty(&path).map_err(|e| Error::io("inspect index file", &path, e))? {
+                continue;
+            }
+            found.push((first, path));
         }
         found.sort();
         let mut files = Vec::new();
@@ -355,6 +402,36 @@ impl KeyIndex {
             self.files.write().retain(|f| !Arc::ptr_eq(f, &victim));
             std::fs::remove_file(victim.file.path()).map_err(|e| Error::io("remove", victim.file.path(), e))?;
         }
+    }
+
+    /// Forgets every entry pointing at or above CommitLog offset `to` (the log was truncated there): files that
+    /// start there or later are deleted, the newest remaining one is cut. The caller holds the dispatcher lock.
+    pub(crate) fn truncate(&self, to: u64) -> Result<()> {
+        let removed = {
+            let mut files = self.files.write();
+            let keep = files.iter().position(|f| f.entry(1).is_none_or(|e| e.offset >= to)).unwrap_or(files.len());
+            files.split_off(keep)
+        };
+        for f in removed.iter().rev() {
+            remove_index_file(f.file.path())?;
+        }
+        if !removed.is_empty() {
+            crate::file::sync_parent_dir(&self.dir.join("x")).map_err(|e| Error::io("sync", &self.dir, e))?;
+        }
+        let last = self.files.read().last().cloned();
+        match last {
+            Some(f) => f.truncate(to).map_err(|e| Error::io("truncate index", f.file.path(), e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes every index file: the log restarted empty.
+    pub(crate) fn clear(&self) -> Result<()> {
+        let removed = std::mem::take(&mut *self.files.write());
+        for f in removed.iter().rev() {
+            remove_index_file(f.file.path())?;
+        }
+        crate::file::sync_parent_dir(&self.dir.join("x")).map_err(|e| Error::io("sync", &self.dir, e))
     }
 
     /// Bytes of index files on disk.

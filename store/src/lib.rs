@@ -9,6 +9,8 @@
 //! - `dispatch`, `consume_queue`, `index`: derived data, rebuilt from the CommitLog when needed.
 //! - `checkpoint`: how far derived data is durable, so crash recovery re-reads only what came after.
 //! - `retention`: time- and space-based deletion, disk-full refusal.
+//! - `replication`: cutting the log back for a slave (`truncate`, `restart_at`); the raw chunk path
+//!   (`append_raw`, `read_raw`) lives in `commitlog/raw.rs`.
 //! - `store`: the facade, [`Store`].
 //!
 //! The API is synchronous (no async runtime inside); `Store` is `Send + Sync` and cheap to clone, and appends
@@ -31,6 +33,7 @@ mod flush;
 mod index;
 mod read;
 pub mod record;
+mod replication;
 mod retention;
 mod store;
 

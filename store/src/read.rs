@@ -49,6 +49,7 @@ pub(crate) fn get_messages(
     let mut scanned = 0usize;
     let mut failure = None;
     let mut moved = false;
+    let mut gone = false;
     q.scan(from, |offset, entry| {
         if messages.len() >= max_count.max(1) || scanned >= MAX_SCAN {
             return false;
@@ -62,12 +63,20 @@ pub(crate) fn get_messages(
             return true;
         }
         match inner.log.read(CommitLogOffset(entry.offset)) {
-            Ok(m) => {
+            // The record must be the one the entry stands for: an entry read while a truncation cuts the queue
+            // may point anywhere.
+            Ok(m) if m.queue_offset() == offset && m.queue_id() == queue_id && m.topic() == topic => {
                 if filter.is_none_or(|f| f.matches(&m)) {
                     bytes += m.size();
                     messages.push(m);
                 }
                 true
+            }
+            Ok(_) | Err(Error::NoRecord { .. }) => {
+                // Cut by a concurrent truncation (replication): the queue ends before this entry.
+                gone = true;
+                next = offset;
+                false
             }
             Err(Error::OffsetMoved { .. }) => {
                 moved = true;
@@ -87,6 +96,11 @@ pub(crate) fn get_messages(
         q.trim(inner.log.min_offset())?;
         let min = q.min_offset();
         return Ok(answer(GetStatus::OffsetMoved, Vec::new(), min));
+    }
+    if gone && messages.is_empty() {
+        let max = q.max_offset();
+        let status = if from > max { GetStatus::OffsetOverflow } else { GetStatus::NoNewMessage };
+        return Ok(answer(status, Vec::new(), from.min(max)));
     }
     let status = if !messages.is_empty() {
         GetStatus::Found

@@ -469,6 +469,16 @@ pub(crate) fn store_timestamp(buf: &[u8]) -> Option<u64> {
     read_u64(buf, OFF_STORE_TS)
 }
 
+/// Reads just the physical-offset field of a record (a cheap "does a record start here" check for walkers).
+pub(crate) fn physical_offset(buf: &[u8]) -> Option<u64> {
+    read_u64(buf, OFF_PHYSICAL)
+}
+
+/// Reads the `remaining` field of an end marker (the bytes it covers, itself included).
+pub(crate) fn end_marker_covers(buf: &[u8]) -> Option<u32> {
+    read_u32(buf, OFF_SIZE)
+}
+
 /// A stored message: the record bytes (a zero-copy view into the CommitLog map) and its decoded fields.
 #[derive(Clone, Debug)]
 pub struct StoredMessage {

@@ -113,7 +113,7 @@ pub(crate) struct Inner {
     pub(crate) queues: ConsumeQueues,
     pub(crate) index: KeyIndex,
     pub(crate) commit: GroupCommit,
-    checkpoint: CheckpointFile,
+    pub(crate) checkpoint: CheckpointFile,
     /// Everything below is in consume queues and the index.
     pub(crate) dispatched: AtomicU64,
     pub(crate) disk_full: AtomicBool,
@@ -127,8 +127,13 @@ pub(crate) struct Inner {
     pub(crate) warmer: Mutex<Option<std::thread::Thread>>,
     /// Set by small appends: the warmer only works when asked.
     pub(crate) warm_requested: AtomicBool,
-    /// Serialises retention passes (background thread and explicit calls).
+    /// Serialises retention passes (background thread and explicit calls) and truncations.
     pub(crate) cleaning: Mutex<()>,
+    /// Held by the dispatcher for each batch, and by a truncation for all of it.
+    pub(crate) dispatching: Mutex<()>,
+    /// Serialises checkpoint writes with truncations (a checkpoint computed before a truncation must not land
+    /// after it).
+    pub(crate) checkpointing: Mutex<()>,
     /// Held for the life of the store: the directory lock.
     _lock: File,
 }
@@ -247,6 +252,8 @@ impl Store {
             warmer: Mutex::new(None),
             warm_requested: AtomicBool::new(false),
             cleaning: Mutex::new(()),
+            dispatching: Mutex::new(()),
+            checkpointing: Mutex::new(()),
             _lock: lock,
             config,
         });
@@ -380,10 +387,18 @@ impl Store {
     ) -> Result<Vec<StoredMessage>> {
         let offsets = self.inner.index.lookup(IndexKey::Key { topic, key }, max, begin_ms, end_ms);
         let mut out = Vec::with_capacity(offsets.len());
+        // Index entries are candidates: the record read must carry the key and lie in the time range (a
+        // truncated log may hold a different record at an indexed offset now, or none).
         for off in offsets {
             match self.inner.log.read(CommitLogOffset(off)) {
-                Ok(m) if m.topic() == topic && m.key_list().any(|k| k == key) => out.push(m),
-                Ok(_) | Err(Error::OffsetMoved { .. }) => {}
+                Ok(m)
+                    if m.topic() == topic
+                        && (begin_ms..=end_ms).contains(&m.store_timestamp())
+                        && m.key_list().any(|k| k == key) =>
+                {
+                    out.push(m)
+                }
+                Ok(_) | Err(Error::OffsetMoved { .. } | Error::NoRecord { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -395,7 +410,7 @@ impl Store {
         for off in self.inner.index.lookup(IndexKey::Id(msg_id), 16, 0, u64::MAX) {
             match self.inner.log.read(CommitLogOffset(off)) {
                 Ok(m) if m.msg_id() == msg_id => return Ok(Some(m)),
-                Ok(_) | Err(Error::OffsetMoved { .. }) => {}
+                Ok(_) | Err(Error::OffsetMoved { .. } | Error::NoRecord { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -428,9 +443,87 @@ impl Store {
         *self.inner.listener.write() = Some(listener);
     }
 
-    /// Raw CommitLog bytes from `from` (at most `max`, within one segment), for replication.
+    /// Raw CommitLog bytes from `from` for a slave's `append_raw`: whole records (at most `max` bytes, but at
+    /// least one record however large) or the end-of-segment marker, never across a segment boundary. `from`
+    /// must be a record boundary (a slave's end always is); `None` at the end of the log.
     pub fn read_raw(&self, from: CommitLogOffset, max: usize) -> Result<Option<Bytes>> {
         self.inner.log.read_raw(from.0, max)
+    }
+
+    /// Appends a chunk from the master's `read_raw` verbatim at the same offset, so this slave's CommitLog stays
+    /// byte-identical to the master's; returns the new end. `at` must be this log's end ([`Error::ReplicaGap`]);
+    /// the whole chunk is validated first (whole records at their own offsets with valid CRCs, optionally an end
+    /// marker filling the segment), so a bad chunk writes nothing ([`Error::ReplicaRejected`],
+    /// [`Error::SegmentMismatch`]). Consume queues, index and arrival listeners follow as for `append`; in sync
+    /// flush mode it returns once the chunk is durable. Serialised with `append` by the writer lock.
+    pub fn append_raw(&self, at: CommitLogOffset, bytes: &[u8]) -> Result<CommitLogOffset> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        let end = match inner.config.flush_mode {
+            FlushMode::Sync => {
+                let _in_flight = inner.commit.begin_append();
+                inner.log.append_raw(at.0, bytes)
+            }
+            FlushMode::Async => inner.log.append_raw(at.0, bytes),
+        };
+        let end = end.map_err(|e| inner.on_write_error(e))?;
+        if inner.config.flush_mode == FlushMode::Sync {
+            inner.commit.wait_durable(&inner.log, end)?;
+        }
+        inner.wake_dispatcher();
+        Ok(CommitLogOffset(end))
+    }
+
+    /// Cuts the log back to `to` so a slave whose log diverged from its master's (a tail the master never had)
+    /// can refetch from there. `to >= end` is a no-op; a `to` inside the log must be a record boundary
+    /// ([`Error::NotRecordBoundary`]) and everything from it on is removed from the CommitLog, the consume queues
+    /// and the index, durably, before this returns; `to` below the oldest data (or any `to` on an empty store)
+    /// is [`Store::restart_at`]. Readers of removed data get `NoRecord`/`OffsetMoved`/empty results. Must not
+    /// race appends whose data it removes (a sync append waiting for it fails with [`Error::Truncated`]): the
+    /// replication client runs it between its own `append_raw` calls.
+    pub fn truncate(&self, to: CommitLogOffset) -> Result<()> {
+        self.inner.truncate(to.0)
+    }
+
+    /// Deletes every message and restarts the log empty at `base` (a multiple of `segment-size`,
+    /// [`Error::SegmentMismatch`] otherwise), for a slave whose log ends before its master's oldest data or
+    /// shares none of it. Consume queues restart at the queue offsets of the first records that arrive.
+    pub fn restart_at(&self, base: CommitLogOffset) -> Result<()> {
+        self.inner.restart_at(base.0)
+    }
+
+    /// End of the CommitLog (where the next append lands), cheaply: a replication position.
+    pub fn end_offset(&self) -> CommitLogOffset {
+        CommitLogOffset(self.inner.log.end())
+    }
+
+    /// Oldest CommitLog offset still stored, cheaply: below it a slave must restart.
+    pub fn min_offset(&self) -> CommitLogOffset {
+        CommitLogOffset(self.inner.log.min_offset())
+    }
+
+    /// Size of a CommitLog segment: master and slave must agree on it for byte-identical logs.
+    pub fn segment_size(&self) -> u64 {
+        self.inner.log.segment_size()
+    }
+
+    /// Base offsets of the stored CommitLog segments, oldest first: where divergence searches start walking.
+    pub fn segment_bases(&self) -> Vec<CommitLogOffset> {
+        self.inner.log.segment_bases().into_iter().map(CommitLogOffset).collect()
+    }
+
+    /// Start and size of every record starting in `[from, to)` (`to` clamped to the end), following end markers
+    /// into the next segment, for comparing records with the master's. `from` must be a record boundary or a
+    /// segment base ([`Error::NotRecordBoundary`]; checked by the record's own offset field there).
+    pub fn record_spans(&self, from: CommitLogOffset, to: CommitLogOffset) -> Result<Vec<(CommitLogOffset, u32)>> {
+        let spans = self.inner.log.record_spans(from.0, to.0)?;
+        Ok(spans.into_iter().map(|(o, n)| (CommitLogOffset(o), n)).collect())
+    }
+
+    /// CRC-32C of the raw bytes `[from, from + len)`, to compare a range with the master's without moving it;
+    /// `None` unless all of it is stored in one segment.
+    pub fn crc_range(&self, from: CommitLogOffset, len: u32) -> Result<Option<u32>> {
+        Ok(self.inner.log.crc_range(from.0, len))
     }
 
     /// Topics with their queue ids.
@@ -524,7 +617,7 @@ pub struct VerifyReport {
 }
 
 impl Inner {
-    fn check_writable(&self) -> Result<()> {
+    pub(crate) fn check_writable(&self) -> Result<()> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -541,7 +634,7 @@ impl Inner {
     }
 
     /// Classifies a write failure: a full disk is retryable, other I/O errors poison the store.
-    fn on_write_error(&self, e: Error) -> Error {
+    pub(crate) fn on_write_error(&self, e: Error) -> Error {
         match e {
             Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
                 self.disk_full.store(true, Ordering::Release);
@@ -564,7 +657,13 @@ impl Inner {
 
     /// Flushes derived data and records how far it reaches.
     pub(crate) fn write_checkpoint(&self) -> Result<()> {
-        let dispatched = self.dispatched.load(Ordering::Acquire).min(self.commit.flushed());
+        let _checkpointing = self.checkpointing.lock();
+        self.store_checkpoint(u64::MAX)
+    }
+
+    /// `write_checkpoint` claiming no more than `cap`; the caller holds the checkpoint lock.
+    pub(crate) fn store_checkpoint(&self, cap: u64) -> Result<()> {
+        let dispatched = self.dispatched.load(Ordering::Acquire).min(self.commit.flushed()).min(cap);
         for q in self.queues.all() {
             q.flush().map_err(|e| Error::io("flush consume queue", &self.root, e))?;
         }

@@ -236,3 +236,20 @@ fn a_lost_checkpoint_rebuilds_queues_and_index_from_the_log() {
     assert!(store.query_by_id("id-0-123").unwrap().is_some());
     std::thread::sleep(Duration::from_millis(1));
 }
+
+#[test]
+fn empty_files_left_by_an_interrupted_creation_are_removed_at_start_up() {
+    // A process killed between creating a data file and reserving its space leaves an empty file behind.
+    let dir = tempfile::tempdir().unwrap();
+    let offs = fill(dir.path(), 300);
+    let seg_size = config(dir.path()).segment_size;
+    let next_segment = (offs[299] / seg_size + 1) * seg_size;
+    std::fs::write(dir.path().join("commitlog").join(format!("{next_segment:020}")), b"").unwrap();
+    std::fs::write(dir.path().join("consumequeue/T/0").join(format!("{:020}", 100_000)), b"").unwrap();
+    std::fs::write(dir.path().join("index").join(format!("{:020}", offs[299] + 1)), b"").unwrap();
+    std::fs::write(dir.path().join("abort"), b"").unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(store.queue_range("T", 0), Some((QueueOffset(0), QueueOffset(300))));
+    assert_eq!(store.read(CommitLogOffset(offs[299])).unwrap().body(), body(0, 299));
+    assert_eq!(store.append(&message("T", 0, 300)).unwrap().queue_offset, QueueOffset(300));
+}

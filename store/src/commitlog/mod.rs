@@ -4,6 +4,7 @@
 //! into the map; readers never take it. `end` is the published end of the log: every byte below it is a
 //! complete record or an end-of-segment marker.
 
+mod raw;
 mod recovery;
 mod segment;
 
@@ -13,9 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use comet_model::{CommitLogOffset, QueueId, QueueOffset};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 pub(crate) use segment::Segment;
 use segment::SegmentSlice;
@@ -49,6 +49,9 @@ struct Writer {
     /// Encoding buffer, reused across appends (grows to the largest batch seen).
     buf: Vec<u8>,
 }
+
+/// The writer lock, held across a truncation so no append can interleave with it.
+pub(crate) struct WriterGuard<'a>(MutexGuard<'a, Writer>);
 
 /// The append-only log of all messages.
 pub(crate) struct CommitLog {
@@ -88,6 +91,21 @@ pub(crate) enum Step {
 }
 
 impl CommitLog {
+    /// Size of new segments (the configured `segment-size`).
+    pub(crate) fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// Base offsets of the stored segments, oldest first.
+    pub(crate) fn segment_bases(&self) -> Vec<u64> {
+        self.segments.read().iter().map(|s| s.base()).collect()
+    }
+
+    /// Takes the writer lock for a multi-step change of the log (truncation).
+    pub(crate) fn writer(&self) -> WriterGuard<'_> {
+        WriterGuard(self.writer.lock())
+    }
+
     /// Smallest offset still stored.
     pub(crate) fn min_offset(&self) -> u64 {
         self.min.load(Ordering::Acquire)
@@ -215,22 +233,25 @@ impl CommitLog {
         }
     }
 
-    /// Closes the active segment with an end marker and starts the next one.
+    /// Closes the active segment with an end marker and starts the next one. A segment that a replicated chunk
+    /// already closed (its marker fills it and the write position is its limit) gets no second marker.
     fn roll(&self, w: &mut Writer) -> Result<()> {
         let next_base = w.active.limit();
         // Create the next file first: if the disk is full nothing changes and the append fails cleanly.
         let next = Arc::new(Segment::create(&self.dir, next_base, self.segment_size)?);
         let old = w.active.clone();
-        let rel = old.rel(w.pos);
-        let remaining = old.size() - rel;
-        // The append invariant keeps at least END_MARKER_LEN bytes free, so the marker always fits.
-        let mut marker = [0u8; END_MARKER_LEN];
-        record::encode_end_marker(&mut marker, remaining);
-        if let Err(e) = old.file().write_at(rel, &marker) {
-            let _ = std::fs::remove_file(next.path()); // so the next roll can create it again
-            return Err(Error::io("write end marker", old.path(), e));
+        if w.pos < old.limit() {
+            let rel = old.rel(w.pos);
+            let remaining = old.size() - rel;
+            // The append invariant keeps at least END_MARKER_LEN bytes free, so the marker always fits.
+            let mut marker = [0u8; END_MARKER_LEN];
+            record::encode_end_marker(&mut marker, remaining);
+            if let Err(e) = old.file().write_at(rel, &marker) {
+                let _ = std::fs::remove_file(next.path()); // so the next roll can create it again
+                return Err(Error::io("write end marker", old.path(), e));
+            }
+            old.file().publish(old.size());
         }
-        old.file().publish(old.size());
         self.segments.write().push(next.clone());
         w.active = next;
         w.pos = next_base;
@@ -263,8 +284,13 @@ impl CommitLog {
             _ => return Err(Error::NoRecord { offset }),
         };
         let corrupt = |reason: String| Error::Corrupt { path: seg.path().to_owned(), offset: rel as u64, reason };
-        let bytes = SegmentSlice::bytes(&seg, rel, size)
-            .ok_or_else(|| corrupt(format!("record of {size} bytes runs past the end of the log")))?;
+        let Some(bytes) = SegmentSlice::bytes(&seg, rel, size) else {
+            // A truncation (replication) may have just cut the log under us.
+            if offset.0 >= self.end() || seg.file().published() <= rel {
+                return Err(Error::NoRecord { offset });
+            }
+            return Err(corrupt(format!("record of {size} bytes runs past the end of the log")));
+        };
         let msg = StoredMessage::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
         if msg.physical_offset() != offset {
             return Err(corrupt(format!("record claims offset {}", msg.physical_offset())));
@@ -276,22 +302,6 @@ impl CommitLog {
     pub(crate) fn store_timestamp_at(&self, offset: u64) -> Option<u64> {
         let seg = self.segment_for(offset)?;
         record::store_timestamp(seg.file().bytes(seg.rel(offset), record::HEADER_LEN)?)
-    }
-
-    /// Raw published bytes from `from`, at most `max` and never across a segment boundary (for replication).
-    pub(crate) fn read_raw(&self, from: u64, max: usize) -> Result<Option<Bytes>> {
-        let min = self.min_offset();
-        if from < min {
-            return Err(Error::OffsetMoved { requested: CommitLogOffset(from), min: CommitLogOffset(min) });
-        }
-        let end = self.end();
-        if from >= end {
-            return Ok(None);
-        }
-        let Some(seg) = self.segment_for(from) else { return Ok(None) };
-        let rel = seg.rel(from);
-        let len = ((end.min(seg.limit()) - from) as usize).min(max);
-        Ok(SegmentSlice::bytes(&seg, rel, len))
     }
 
     /// Looks at the log at `offset` for a walker (dispatcher): a record, a jump to the next segment, or the end.

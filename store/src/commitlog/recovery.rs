@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use super::{CommitLog, Segment, Writer};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
-use crate::file::{parse_offset_name, sync_parent_dir};
+use crate::file::{parse_offset_name, remove_if_empty, sync_parent_dir};
 use crate::record::{self, Frame, Layout};
 
 /// The opened log and what recovery found.
@@ -35,6 +35,13 @@ impl CommitLog {
     /// crash everything past the tail is zeroed, because a lost page can hide stale records behind it.
     pub(crate) fn open(dir: &Path, config: &StoreConfig, start: Option<u64>, crashed: bool) -> Result<Recovered> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        // A truncation that crashed before renaming its segment copy into place: the original is still there.
+        let tmp = super::raw::rewrite_tmp_path(dir);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => tracing::warn!(path = %tmp.display(), "removed an unfinished truncation copy"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &tmp, e)),
+        }
         let mut segments = list_segments(dir)?;
         if segments.is_empty() {
             segments.push(Segment::create(dir, 0, config.segment_size)?);
@@ -141,6 +148,11 @@ enum Scan {
 
 /// Walks the records of `seg` from `pos` and reports where the valid log stops.
 fn scan_segment(seg: &Segment, mut pos: u64) -> Scan {
+    if pos == seg.limit() {
+        // The checkpoint is this segment's limit: a replicated end marker closed it and no record (hence no next
+        // segment) came after.
+        return Scan::Next;
+    }
     loop {
         let rel = seg.rel(pos);
         let Some(head) = seg.file().bytes_unchecked_for_recovery(rel, 8) else {
@@ -219,6 +231,9 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
                 reason: "foreign file in the CommitLog directory (segment names are 20-digit offsets)".into(),
             });
         };
+        if remove_if_empty(&path).map_err(|e| Error::io("inspect segment", &path, e))? {
+            continue;
+        }
         found.push((base, path));
     }
     found.sort();

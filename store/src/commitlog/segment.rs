@@ -29,6 +29,50 @@ impl Segment {
         Ok(Self { base, file })
     }
 
+    /// A new file for this segment holding only its first `keep` bytes (zeros after), put in place of the old one
+    /// with an atomic rename. Truncation uses it instead of zeroing in place: readers still holding bytes of the
+    /// old file keep intact bytes (its inode lives on until they drop them), and a crash leaves either file whole.
+    /// `tmp` must be outside the CommitLog directory (start-up refuses foreign names there).
+    pub(crate) fn rewrite_prefix(&self, keep: usize, tmp: &Path) -> Result<Self> {
+        use std::io::{Read, Write};
+        let keep = keep.min(self.size());
+        match std::fs::remove_file(tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove stale file", tmp, e)),
+        }
+        // Preallocated like every segment, so later appends cannot hit ENOSPC through the map.
+        drop(MappedFile::create(tmp, self.size()).map_err(|e| Error::io("create segment copy", tmp, e))?);
+        let copy = || -> std::io::Result<()> {
+            let mut dst = std::fs::OpenOptions::new().write(true).open(tmp)?;
+            if keep > 0 {
+                // A separate descriptor: the mapped file's own is only used positionally. `io::copy` between
+                // files uses copy_file_range, so the bytes move inside the kernel (or are shared, on reflink
+                // filesystems).
+                let mut src = std::fs::File::open(self.path())?.take(keep as u64);
+                let copied = std::io::copy(&mut src, &mut dst)?;
+                if copied != keep as u64 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("copied {copied} of {keep} bytes"),
+                    ));
+                }
+            }
+            dst.flush()?;
+            dst.sync_all()
+        };
+        if let Err(e) = copy() {
+            let _ = std::fs::remove_file(tmp);
+            return Err(Error::io("copy segment prefix", self.path(), e));
+        }
+        std::fs::rename(tmp, self.path()).map_err(|e| Error::io("replace segment", self.path(), e))?;
+        crate::file::sync_parent_dir(self.path()).map_err(|e| Error::io("sync", self.path(), e))?;
+        crate::file::sync_parent_dir(tmp).map_err(|e| Error::io("sync", tmp, e))?;
+        let mut fresh = Self::open(self.path().to_owned(), self.base)?;
+        fresh.file_mut().set_recovered(keep);
+        Ok(fresh)
+    }
+
     /// Offset of the first byte.
     pub(crate) fn base(&self) -> u64 {
         self.base
