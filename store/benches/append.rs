@@ -1,8 +1,11 @@
 //! Store benchmark: append throughput across body sizes, writer counts, batching and flush modes, each beside
 //! the raw sequential-write bandwidth of the same disk measured in the same run, plus recovery times.
 //!
-//! `cargo bench -p comet-store --bench append -- [--seconds S] [--recovery-gib G] [--dir DIR]`
-//! (`make bench-store`). Prints a Markdown report for docs/benchmarks.md.
+//! Also the slave's side of replication: `append_raw` of 4 MiB `read_raw` chunks of 1 KiB records, beside
+//! `read_raw` itself (the master's side) on the same machine.
+//!
+//! `cargo bench -p comet-store --bench append -- [--seconds S] [--recovery-gib G] [--replication-mib M]
+//! [--dir DIR]` (`make bench-store`). Prints a Markdown report for docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::fs::OpenOptions;
@@ -27,17 +30,28 @@ struct Args {
     no_raw: bool,
     seconds: f64,
     recovery_gib: u64,
+    /// Size of the log replicated by the replication case (0 skips it).
+    replication_mib: u64,
     dir: PathBuf,
 }
 
 fn args() -> Args {
-    let mut a =
-        Args { filter: None, no_raw: false, seconds: 2.0, recovery_gib: 4, dir: PathBuf::from("target/bench-store") };
+    let mut a = Args {
+        filter: None,
+        no_raw: false,
+        seconds: 2.0,
+        recovery_gib: 4,
+        replication_mib: 1024,
+        dir: PathBuf::from("target/bench-store"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--seconds" => a.seconds = it.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--recovery-gib" => a.recovery_gib = it.next().and_then(|v| v.parse().ok()).expect("--recovery-gib N"),
+            "--replication-mib" => {
+                a.replication_mib = it.next().and_then(|v| v.parse().ok()).expect("--replication-mib N")
+            }
             "--filter" => a.filter = it.next(),
             "--no-raw" => a.no_raw = true,
             "--dir" => a.dir = PathBuf::from(it.next().expect("--dir DIR")),
@@ -110,6 +124,9 @@ fn main() {
     println!("appends/s with one `write`+`fdatasync` per message (what a store without group commit could do).\n");
     if a.filter.as_deref().is_none_or(|f| f == "read") {
         read(&a.dir);
+    }
+    if a.replication_mib > 0 && a.filter.as_deref().is_none_or(|f| f == "replication") {
+        replication(&a.dir, a.replication_mib);
     }
     if a.recovery_gib > 0 {
         recovery(&a.dir, a.recovery_gib);
@@ -276,6 +293,82 @@ fn read(root: &Path) {
     );
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Replication: a master holding `mib` MiB of 1 KiB records is read with `read_raw` in 4 MiB chunks (zero copy,
+/// then with the copy a network send costs), and the chunks are appended to a slave with `append_raw` (async
+/// flush, then sync flush: an fsync per chunk), until the slave's dispatcher has followed (consume queues and
+/// index, as a pull on the slave would need).
+fn replication(root: &Path, mib: u64) {
+    const CHUNK: usize = 4 << 20;
+    let master_dir = root.join("repl-master");
+    let _ = std::fs::remove_dir_all(&master_dir);
+    let master = Store::open(config(&master_dir, FlushMode::Async)).unwrap();
+    let msgs: Vec<NewMessage> = (0..BATCH).map(|w| message(w % 8, 1024)).collect();
+    while master.end_offset().0 < mib << 20 {
+        master.append_batch(&msgs).unwrap();
+    }
+    master.flush().unwrap();
+    let end = master.end_offset();
+    let read_pass = |copy: bool| {
+        let start = Instant::now();
+        let (mut at, mut chunks, mut sum) = (comet_model::CommitLogOffset(0), Vec::new(), 0u64);
+        while let Some(chunk) = master.read_raw(at, CHUNK).unwrap() {
+            at = comet_model::CommitLogOffset(at.0 + chunk.len() as u64);
+            if copy {
+                let owned = chunk.to_vec();
+                sum += u64::from(owned[owned.len() - 1]);
+            }
+            chunks.push(chunk);
+        }
+        assert_eq!(at, end);
+        std::hint::black_box(sum);
+        (start.elapsed().as_secs_f64(), chunks)
+    };
+    let (read_secs, chunks) = read_pass(false);
+    let (copy_secs, _) = read_pass(true);
+    println!("## Replication (slave side)\n");
+    println!(
+        "{} MiB of 1 KiB records (batches of {BATCH}), {} chunks of at most 4 MiB from `read_raw`.\n",
+        end.0 >> 20,
+        chunks.len()
+    );
+    println!("| case | MB/s | chunks/s |");
+    println!("|---|---:|---:|");
+    let row = |case: &str, secs: f64| {
+        println!("| {case} | {:.0} | {:.0} |", end.0 as f64 / secs / 1e6, chunks.len() as f64 / secs);
+    };
+    row("`read_raw` 4 MiB (master side, zero copy, page cache)", read_secs);
+    row("`read_raw` 4 MiB + copy into an owned buffer", copy_secs);
+    // The first pass into fresh files measured far slower than later ones (page-cache reclaim after the master's
+    // fill): it warms up and is not reported.
+    for (i, flush) in [FlushMode::Async, FlushMode::Async, FlushMode::Sync].into_iter().enumerate() {
+        let dir = root.join("repl-slave");
+        let _ = std::fs::remove_dir_all(&dir);
+        settle();
+        let slave = Store::open(config(&dir, flush)).unwrap();
+        let start = Instant::now();
+        let mut at = comet_model::CommitLogOffset(0);
+        for chunk in &chunks {
+            at = slave.append_raw(at, chunk).unwrap();
+        }
+        let appended = start.elapsed().as_secs_f64();
+        while slave.stats().dispatched_offset < end {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let dispatched = start.elapsed().as_secs_f64();
+        let mode = if flush == FlushMode::Sync { "sync" } else { "async" };
+        drop(slave);
+        let _ = std::fs::remove_dir_all(&dir);
+        if i == 0 {
+            continue;
+        }
+        row(&format!("`append_raw` 4 MiB, {mode} flush (validate + one pwrite per chunk)"), appended);
+        row(&format!("`append_raw` 4 MiB, {mode} flush, until dispatched to queues and index"), dispatched);
+    }
+    println!();
+    drop(master);
+    let _ = std::fs::remove_dir_all(&master_dir);
 }
 
 fn recovery(root: &Path, gib: u64) {
