@@ -4,17 +4,21 @@
 //! append or flush interleaves with them.
 //!
 //! Crash safety of `truncate`: before anything changes, the log is made durable to its end, dispatched up to
-//! the cut and checkpointed at the cut (a lower bound, as true of the old log as of the new one). Then the
-//! segments above the cut are deleted newest first, the segment holding the cut is replaced by a copy of its
-//! bytes below it (atomic rename), and consume-queue and index entries pointing at or above the cut are zeroed
-//! durably. A crash at any step recovers from the cut: the old tail (or a prefix of it, ending at a segment
+//! the cut and checkpointed at the cut (a lower bound, as true of the old log as of the new one), and a copy of
+//! the segment holding the cut, its bytes below it, is written beside the CommitLog directory. Then the segments
+//! above the cut are deleted newest first, the copy is renamed over the segment holding the cut, and
+//! consume-queue and index entries pointing at or above the cut are zeroed durably. A crash at any step recovers from the cut: the old tail (or a prefix of it, ending at a segment
 //! boundary) if the segment was not replaced yet, nothing of it if it was; derived data above the checkpoint is
 //! rebuilt from the log either way.
 //!
-//! Crash safety of `restart_at`: the checkpoint goes first (a missing checkpoint makes recovery rebuild all
-//! derived data from whatever log is left), then consume queues, index and segments (newest first), then the new
-//! segment is created and a checkpoint written at its base. A crash in between leaves a consistent store (the
-//! old log or a prefix of it, or an empty log at 0) that the replication handshake restarts again.
+//! Crash safety of `restart_at`: the new segment is prepared first (beside the CommitLog directory), then the
+//! checkpoint goes (a missing checkpoint makes recovery rebuild all derived data from whatever log is left), then
+//! consume queues, index and segments (newest first); the new segment is renamed into place and a checkpoint
+//! written at its base. A crash in between leaves a consistent store (the old log or a prefix of it, or an empty
+//! log at 0) that the replication handshake restarts again.
+//!
+//! Both prepare the one file they need disk space for before changing anything, so a full disk makes them fail
+//! cleanly; a failure after that poisons the store (memory and disk may disagree until a reopen recovers).
 
 use std::sync::atomic::Ordering;
 
@@ -64,6 +68,7 @@ impl Inner {
             });
         }
         self.store_checkpoint(to)?;
+        self.log.prepare_cut(&mut w, to)?;
         self.commit.pause();
         let cut = (|| {
             self.log.cut(&mut w, to)?;
@@ -106,6 +111,7 @@ impl Inner {
                 reason: "the log can only restart at a segment boundary (a multiple of the segment size)".into(),
             });
         }
+        self.log.prepare_restart(w)?;
         self.checkpoint.remove()?;
         self.commit.pause();
         let result = (|| {

@@ -19,8 +19,8 @@ use super::{CommitLog, QueueOffsetTable, Segment, WriterGuard};
 use crate::error::{Error, Result};
 use crate::record::{self, END_MARKER_LEN, Frame, HEADER_LEN, Layout};
 
-/// Where truncation builds the replacement of a segment before renaming it into place: beside the CommitLog
-/// directory, never inside it (start-up refuses foreign names there). A leftover is removed at start-up.
+/// Where truncation and restart build the replacement of a segment before renaming it into place: beside the
+/// CommitLog directory, never inside it (start-up refuses foreign names there). A leftover is removed at start-up.
 pub(crate) fn rewrite_tmp_path(dir: &Path) -> PathBuf {
     dir.with_file_name("commitlog-truncate.tmp")
 }
@@ -297,9 +297,20 @@ impl CommitLog {
         Ok(())
     }
 
-    /// Cuts the log back to `to` (a checked record boundary inside the stored log): every segment above the one
-    /// holding `to` is deleted, and that one is replaced by a copy of its bytes below `to` (zeros after), so
-    /// recovery can never find the old records again and readers holding old bytes keep intact ones.
+    /// First step of `cut`, changing nothing: writes the replacement of the segment holding `to` (its bytes
+    /// below `to`) beside the CommitLog directory. Fails cleanly, for example on a full disk.
+    pub(crate) fn prepare_cut(&self, _w: &mut WriterGuard<'_>, to: u64) -> Result<()> {
+        let tail = self.segment_for(to).ok_or_else(|| Error::NotRecordBoundary {
+            offset: CommitLogOffset(to),
+            reason: "no stored segment holds it".into(),
+        })?;
+        tail.write_prefix_copy(tail.rel(to), &rewrite_tmp_path(&self.dir))
+    }
+
+    /// Cuts the log back to `to` (a checked record boundary inside the stored log, `prepare_cut` done): every
+    /// segment above the one holding `to` is deleted, and that one is replaced by the prepared copy of its bytes
+    /// below `to` (zeros after), so recovery can never find the old records again and readers holding old bytes
+    /// keep intact ones.
     pub(crate) fn cut(&self, w: &mut WriterGuard<'_>, to: u64) -> Result<()> {
         let w = &mut w.0;
         let segs: Vec<Arc<Segment>> = self.segments.read().clone();
@@ -320,7 +331,8 @@ impl CommitLog {
             remove_segment_file(s)?;
         }
         crate::file::sync_parent_dir(tail.path()).map_err(|e| Error::io("sync", &self.dir, e))?;
-        let fresh = Arc::new(tail.rewrite_prefix(keep, &rewrite_tmp_path(&self.dir))?);
+        let tmp = rewrite_tmp_path(&self.dir);
+        let fresh = Arc::new(Segment::install(&tmp, tail.path().to_owned(), tail.base(), keep)?);
         self.segments.write()[i] = fresh.clone();
         w.active = fresh;
         w.pos = to;
@@ -330,8 +342,13 @@ impl CommitLog {
         Ok(())
     }
 
+    /// First step of `restart`, changing nothing: writes the new empty segment beside the CommitLog directory.
+    pub(crate) fn prepare_restart(&self, _w: &mut WriterGuard<'_>) -> Result<()> {
+        Segment::write_empty(&rewrite_tmp_path(&self.dir), self.segment_size)
+    }
+
     /// Deletes every segment and restarts the log empty at `base` (a multiple of the segment size, checked by
-    /// the caller) with a fresh segment there.
+    /// the caller; `prepare_restart` done) with the prepared segment there.
     pub(crate) fn restart(&self, w: &mut WriterGuard<'_>, base: u64) -> Result<()> {
         let w = &mut w.0;
         // Readers find no segment from here on (NoRecord), then the new positions.
@@ -341,8 +358,8 @@ impl CommitLog {
         for s in old.iter().rev() {
             remove_segment_file(s)?;
         }
-        crate::file::sync_parent_dir(&self.dir.join("x")).map_err(|e| Error::io("sync", &self.dir, e))?;
-        let fresh = Arc::new(Segment::create(&self.dir, base, self.segment_size)?);
+        let path = self.dir.join(crate::file::offset_name(base));
+        let fresh = Arc::new(Segment::install(&rewrite_tmp_path(&self.dir), path, base, 0)?);
         self.segments.write().push(fresh.clone());
         w.active = fresh;
         w.pos = base;

@@ -29,20 +29,16 @@ impl Segment {
         Ok(Self { base, file })
     }
 
-    /// A new file for this segment holding only its first `keep` bytes (zeros after), put in place of the old one
-    /// with an atomic rename. Truncation uses it instead of zeroing in place: readers still holding bytes of the
-    /// old file keep intact bytes (its inode lives on until they drop them), and a crash leaves either file whole.
-    /// `tmp` must be outside the CommitLog directory (start-up refuses foreign names there).
-    pub(crate) fn rewrite_prefix(&self, keep: usize, tmp: &Path) -> Result<Self> {
+    /// Writes at `tmp` a new file for this segment holding only its first `keep` bytes (zeros after),
+    /// preallocated and fsynced, for [`Segment::install`] to put in its place. Truncation uses this instead of
+    /// zeroing in place: readers still holding bytes of the old file keep intact bytes (its inode lives on until
+    /// they drop them), and a crash leaves either file whole. It is also the only step of a truncation that needs
+    /// disk space, so it runs before anything is changed. `tmp` must be outside the CommitLog directory
+    /// (start-up refuses foreign names there).
+    pub(crate) fn write_prefix_copy(&self, keep: usize, tmp: &Path) -> Result<()> {
         use std::io::{Read, Write};
         let keep = keep.min(self.size());
-        match std::fs::remove_file(tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove stale file", tmp, e)),
-        }
-        // Preallocated like every segment, so later appends cannot hit ENOSPC through the map.
-        drop(MappedFile::create(tmp, self.size()).map_err(|e| Error::io("create segment copy", tmp, e))?);
+        create_preallocated(tmp, self.size())?;
         let copy = || -> std::io::Result<()> {
             let mut dst = std::fs::OpenOptions::new().write(true).open(tmp)?;
             if keep > 0 {
@@ -61,16 +57,26 @@ impl Segment {
             dst.flush()?;
             dst.sync_all()
         };
-        if let Err(e) = copy() {
+        copy().map_err(|e| {
             let _ = std::fs::remove_file(tmp);
-            return Err(Error::io("copy segment prefix", self.path(), e));
-        }
-        std::fs::rename(tmp, self.path()).map_err(|e| Error::io("replace segment", self.path(), e))?;
-        crate::file::sync_parent_dir(self.path()).map_err(|e| Error::io("sync", self.path(), e))?;
+            Error::io("copy segment prefix", self.path(), e)
+        })
+    }
+
+    /// Writes at `tmp` an empty preallocated segment file of `size` bytes, for [`Segment::install`].
+    pub(crate) fn write_empty(tmp: &Path, size: u64) -> Result<()> {
+        create_preallocated(tmp, usize::try_from(size).unwrap_or(usize::MAX))
+    }
+
+    /// Renames the file prepared at `tmp` to `path` (atomically replacing a segment there, if any) and opens it
+    /// as the segment starting at `base`, its first `valid` bytes readable.
+    pub(crate) fn install(tmp: &Path, path: PathBuf, base: u64, valid: usize) -> Result<Self> {
+        std::fs::rename(tmp, &path).map_err(|e| Error::io("install segment", &path, e))?;
+        crate::file::sync_parent_dir(&path).map_err(|e| Error::io("sync", &path, e))?;
         crate::file::sync_parent_dir(tmp).map_err(|e| Error::io("sync", tmp, e))?;
-        let mut fresh = Self::open(self.path().to_owned(), self.base)?;
-        fresh.file_mut().set_recovered(keep);
-        Ok(fresh)
+        let mut seg = Self::open(path, base)?;
+        seg.file_mut().set_recovered(valid);
+        Ok(seg)
     }
 
     /// Offset of the first byte.
@@ -126,4 +132,15 @@ impl SegmentSlice {
         segment.file.bytes(pos, len)?;
         Some(Bytes::from_owner(SegmentSlice { segment: segment.clone(), pos, len }))
     }
+}
+
+/// Creates `path` (replacing a leftover) with `len` bytes reserved.
+fn create_preallocated(path: &Path, len: usize) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove stale file", path, e)),
+    }
+    drop(MappedFile::create(path, len).map_err(|e| Error::io("create segment file", path, e))?);
+    Ok(())
 }
