@@ -351,7 +351,11 @@ impl ConsumeQueue {
             let pos = (lo.saturating_sub(f.first) as usize * CQ_ENTRY_SIZE).min(f.file.len());
             f.file.cut(pos).map_err(|e| Error::io("truncate consume queue", f.file.path(), e))?;
             if !removed.is_empty() {
-                sync_parent_dir(f.file.path()).map_err(|e| Error::io("sync", &self.dir, e))?;
+                match sync_parent_dir(f.file.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // the topic was deleted meanwhile
+                    Err(e) => return Err(Error::io("sync", &self.dir, e)),
+                }
             }
         }
         Ok(())
@@ -527,6 +531,43 @@ mod tests {
         assert_eq!(q.min_offset(), QueueOffset(21));
         assert_eq!(q.get(QueueOffset(20)), None);
         assert_eq!(q.files.read().len(), 2, "the first file (entries 0..16) is gone");
+        Ok(())
+    }
+
+    #[test]
+    fn truncation_drops_entries_at_and_above_the_cut_and_survives_reopen() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let qs = ConsumeQueues::open(dir.path(), 16, u64::MAX, false)?;
+        let q = qs.get_or_create("T", 0);
+        for i in 0..40u64 {
+            q.put(QueueOffset(i), e(i * 100))?;
+        }
+        q.truncate(2050)?;
+        assert_eq!((q.min_offset(), q.max_offset()), (QueueOffset(0), QueueOffset(21)));
+        assert_eq!(q.get(QueueOffset(20)), Some(e(2000)));
+        assert_eq!(q.get(QueueOffset(21)), None);
+        assert_eq!(q.files.read().len(), 2, "the file of entries 32.. is gone");
+        q.put(QueueOffset(21), e(2100 + 7))?;
+        q.put(QueueOffset(22), e(2200 + 7))?;
+        q.flush().map_err(|x| Error::io("flush", dir.path(), x))?;
+        drop((q, qs));
+        let qs = ConsumeQueues::open(dir.path(), 16, u64::MAX, false)?;
+        let q = qs.get("T", 0).ok_or(Error::Closed)?;
+        assert_eq!(q.max_offset(), QueueOffset(23), "no stale entry comes back");
+        assert_eq!(q.get(QueueOffset(22)), Some(e(2207)));
+        // Cut below everything: the queue is empty but keeps its first file, and so its position.
+        q.truncate(0)?;
+        assert_eq!((q.min_offset(), q.max_offset()), (QueueOffset(0), QueueOffset(0)));
+        // A queue that starts past 0 (its earlier records are not in this log) keeps its start across reopen.
+        let late = qs.get_or_create("T", 1);
+        late.put(QueueOffset(1000), e(5))?;
+        late.flush().map_err(|x| Error::io("flush", dir.path(), x))?;
+        drop((q, late, qs));
+        let qs = ConsumeQueues::open(dir.path(), 16, u64::MAX, false)?;
+        let late = qs.get("T", 1).ok_or(Error::Closed)?;
+        assert_eq!((late.min_offset(), late.max_offset()), (QueueOffset(1000), QueueOffset(1001)));
+        qs.clear()?;
+        assert!(qs.get("T", 1).is_none() && qs.topics().is_empty());
         Ok(())
     }
 

@@ -470,4 +470,37 @@ mod tests {
         assert_eq!(idx.lookup(IndexKey::Key { topic: "T", key: "k3" }, 2, 0, u64::MAX), vec![530, 430]);
         Ok(())
     }
+
+    #[test]
+    fn truncation_forgets_entries_at_and_above_the_cut_durably() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let idx = KeyIndex::open(dir.path(), 16, 32, u64::MAX, false)?;
+        for i in 0..100u64 {
+            idx.add(IndexKey::Key { topic: "T", key: &format!("k{}", i % 10) }, i * 10, 1000 + i)?;
+            idx.add(IndexKey::Id(&format!("id{i}")), i * 10, 1000 + i)?;
+        }
+        let files = idx.files.read().len();
+        idx.truncate(555)?;
+        assert!(idx.files.read().len() < files, "files wholly above the cut are deleted");
+        let k3 = |idx: &KeyIndex| idx.lookup(IndexKey::Key { topic: "T", key: "k3" }, 100, 0, u64::MAX);
+        assert_eq!(k3(&idx), vec![530, 430, 330, 230, 130, 30]);
+        assert!(idx.lookup(IndexKey::Id("id56"), 10, 0, u64::MAX).is_empty());
+        assert_eq!(idx.lookup(IndexKey::Id("id55"), 10, 0, u64::MAX), vec![550]);
+        // New entries at the same offsets (a refetched tail) are found, the old ones never again.
+        idx.add(IndexKey::Key { topic: "T", key: "new" }, 560, 5000)?;
+        assert_eq!(idx.lookup(IndexKey::Key { topic: "T", key: "new" }, 10, 0, u64::MAX), vec![560]);
+        assert!(idx.lookup(IndexKey::Id("id60"), 10, 0, u64::MAX).is_empty());
+        idx.flush().map_err(|e| Error::io("flush", dir.path(), e))?;
+        drop(idx);
+        // Reopened trusting everything (as after a clean shutdown past the old end): still gone.
+        let idx = KeyIndex::open(dir.path(), 16, 32, u64::MAX, false)?;
+        assert_eq!(k3(&idx), vec![530, 430, 330, 230, 130, 30]);
+        assert!(idx.lookup(IndexKey::Id("id70"), 10, 0, u64::MAX).is_empty());
+        assert_eq!(idx.lookup(IndexKey::Key { topic: "T", key: "new" }, 10, 0, u64::MAX), vec![560]);
+        idx.clear()?;
+        assert!(k3(&idx).is_empty());
+        idx.add(IndexKey::Id("again"), 7, 1)?;
+        assert_eq!(idx.lookup(IndexKey::Id("again"), 10, 0, u64::MAX), vec![7]);
+        Ok(())
+    }
 }
