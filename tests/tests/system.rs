@@ -6,6 +6,7 @@ mod broker_messaging;
 mod cli_admin;
 mod cli_bench;
 mod client;
+mod ha;
 mod metrics;
 mod nameserver_etcd;
 mod nameserver_memory;

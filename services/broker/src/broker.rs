@@ -18,6 +18,7 @@ use crate::domain::offsets::OffsetStore;
 use crate::domain::pulled::PulledOffsets;
 use crate::domain::topics::TopicTable;
 use crate::error::{BrokerError, Result};
+use crate::ha::Replication;
 use crate::metrics::BrokerMetrics;
 
 /// Everything a request needs. Cheap to share (`Arc<Broker>`).
@@ -46,6 +47,8 @@ pub struct Broker {
     pub pulled: PulledOffsets,
     /// Send and pull counters (docs/operations.md, "Metrics").
     pub metrics: BrokerMetrics,
+    /// Master/slave replication: sync-send waits, slave sessions, the slave's progress.
+    pub ha: Arc<Replication>,
     ids: MessageIds,
     next_queue: AtomicU64,
 }
@@ -131,7 +134,8 @@ impl Broker {
         let groups = GroupTable::open(meta.join("groups.json"))?;
         let offsets = OffsetStore::open(meta.join("consumer-offsets.json"))?;
         let waiters = Arc::new(PullWaiters::new(config.broker.max_parked_pulls));
-        store.set_arrival_listener(Arc::clone(&waiters) as Arc<dyn comet_store::ArrivalListener>);
+        let ha = Arc::new(Replication::new(&config));
+        store.set_arrival_listener(Arc::new(Arrivals { waiters: Arc::clone(&waiters), ha: Arc::clone(&ha) }));
         let broker = Broker {
             advertised: advertised.clone(),
             store,
@@ -144,6 +148,7 @@ impl Broker {
             topics_changed: Notify::new(),
             pulled: PulledOffsets::default(),
             metrics: BrokerMetrics::new(meter, &config.metrics),
+            ha,
             ids: MessageIds::new(&advertised, now_ms()),
             next_queue: AtomicU64::new(0),
             config,
@@ -202,6 +207,17 @@ impl Broker {
         Ok(topic)
     }
 
+    /// Refuses a write (send, topic or group change) on a slave: its data and metadata come from its master.
+    pub fn require_master(&self, what: &'static str) -> Result<()> {
+        if self.config.is_slave() {
+            return Err(BrokerError::NotMaster {
+                what,
+                broker: format!("{} (broker id {})", self.config.broker.broker_name, self.config.broker.broker_id),
+            });
+        }
+        Ok(())
+    }
+
     /// An existing topic's config.
     pub fn topic(&self, name: &str) -> Result<TopicConfig> {
         self.topics.get(name).ok_or_else(|| BrokerError::TopicNotFound { topic: name.to_owned() })
@@ -212,6 +228,20 @@ impl Broker {
         let flushed = self.offsets.flush();
         let closed = self.store.clone().close().map_err(BrokerError::from);
         flushed.and(closed)
+    }
+}
+
+/// The store's arrival listener: wakes parked long polls and parked slave fetches.
+struct Arrivals {
+    waiters: Arc<PullWaiters>,
+    ha: Arc<Replication>,
+}
+
+impl comet_store::ArrivalListener for Arrivals {
+    // Hot path (dispatcher thread): no allocation, no blocking.
+    fn on_arrival(&self, topic: &str, queue_id: comet_model::QueueId, max_offset: comet_model::QueueOffset) {
+        self.waiters.on_arrival(topic, queue_id, max_offset);
+        self.ha.on_appended();
     }
 }
 

@@ -22,7 +22,76 @@ pub struct Config {
     pub log: LogConfig,
     /// Metrics: the Prometheus endpoint (default `0.0.0.0:5557`) and OTLP push.
     pub metrics: MetricsConfig,
+    /// Master/slave replication over the remoting channel (off by default).
+    pub ha: HaSection,
 }
+
+/// How a master acknowledges sends when it has slaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationMode {
+    /// Acknowledge after the master's own store (and flush, per `store.flush-mode`); slaves catch up behind.
+    #[default]
+    Async,
+    /// Acknowledge only once `ha.sync-replicas` slaves hold the message; fail the send if they do not in time.
+    Sync,
+}
+
+/// Section `ha`: a master (broker id 0) listens for its slaves; a slave (broker id > 0) copies the master's
+/// CommitLog and metadata. Both sides must hold the same `secret` and `store.segment-size`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HaSection {
+    /// Master: where slaves connect (`ip:port`, port 0 = a free port); empty = no replication listener.
+    pub listen: String,
+    /// Master: the `host:port` slaves are told (registered with the NameServers as the HA address). Empty = the
+    /// listen address, unspecified IP replaced by 127.0.0.1.
+    pub advertised_address: String,
+    /// Slave: the master's HA address (`host:port`). Required when `broker.broker-id` > 0.
+    pub master_address: String,
+    /// Shared secret proving a peer is a member of this broker group (HMAC-SHA256 challenge; never sent in
+    /// clear). Required whenever replication is on; at least 16 bytes. Prefer `COMET_HA_SECRET` over the file.
+    pub secret: String,
+    /// Master: `async` or `sync`.
+    pub replication: ReplicationMode,
+    /// Master, sync mode: slaves that must hold a message before its send is acknowledged.
+    pub sync_replicas: usize,
+    /// Master, sync mode: longest a send waits for its slaves before failing (the message stays stored on the
+    /// master).
+    pub sync_timeout_ms: u64,
+    /// Largest CommitLog chunk per transfer.
+    pub chunk_bytes: usize,
+    /// Master: a slave further behind than this is reported out of sync.
+    pub max_lag_bytes: u64,
+    /// Slave: how often topics, subscription groups and consumer offsets are copied from the master.
+    pub metadata_sync_interval_ms: u64,
+    /// Slave: how long a parked fetch waits at the master for new data (also the liveness probe interval).
+    pub fetch_wait_ms: u64,
+    /// Longest wait for any one HA request (connect, handshake, transfer) before the connection is dropped.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HaSection {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            advertised_address: String::new(),
+            master_address: String::new(),
+            secret: String::new(),
+            replication: ReplicationMode::Async,
+            sync_replicas: 1,
+            sync_timeout_ms: 3_000,
+            chunk_bytes: 4 << 20,
+            max_lag_bytes: 256 << 20,
+            metadata_sync_interval_ms: 2_000,
+            fetch_wait_ms: 1_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Shortest `ha.secret` accepted.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// Section `broker`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,6 +139,7 @@ impl Default for Config {
             store: StoreConfig::new("data/broker"),
             log: LogConfig::default(),
             metrics: MetricsConfig::listening_on(comet_telemetry::BROKER_LISTEN),
+            ha: HaSection::default(),
         }
     }
 }
@@ -149,24 +219,99 @@ impl Config {
         if b.max_inflight_sends == 0 {
             return bad("broker.max-inflight-sends", "must be > 0".into());
         }
+        self.validate_ha()?;
         self.store.validate().map_err(|e| BrokerError::Config(format!("store: {e}")))?;
         self.metrics.validate().map_err(|e| BrokerError::Config(e.to_string()))?;
         Ok(())
     }
 
+    fn validate_ha(&self) -> Result<(), BrokerError> {
+        let bad = |key: &str, why: String| Err(BrokerError::Config(format!("{key}: {why}")));
+        let (b, ha) = (&self.broker, &self.ha);
+        let slave = b.broker_id != comet_model::MASTER_ID;
+        if slave && ha.master_address.is_empty() {
+            return bad("ha.master-address", format!("required for a slave (broker-id {})", b.broker_id));
+        }
+        if !slave && !ha.master_address.is_empty() {
+            return bad("ha.master-address", "only slaves (broker-id > 0) follow a master".into());
+        }
+        if slave && !ha.listen.is_empty() {
+            return bad("ha.listen", "only a master (broker-id 0) listens for slaves".into());
+        }
+        if !ha.master_address.is_empty() && !ha.master_address.contains(':') {
+            return bad("ha.master-address", format!("{:?} is not host:port", ha.master_address));
+        }
+        if !ha.listen.is_empty()
+            && let Err(e) = ha.listen.parse::<SocketAddr>()
+        {
+            return bad("ha.listen", format!("{:?} is not ip:port ({e})", ha.listen));
+        }
+        if !ha.advertised_address.is_empty() && !ha.advertised_address.contains(':') {
+            return bad("ha.advertised-address", format!("{:?} is not host:port", ha.advertised_address));
+        }
+        if self.replicates() && ha.secret.len() < MIN_SECRET_LEN {
+            return bad("ha.secret", format!("replication needs a shared secret of at least {MIN_SECRET_LEN} bytes"));
+        }
+        if ha.replication == ReplicationMode::Sync && ha.listen.is_empty() {
+            return bad("ha.replication", "sync replication needs ha.listen (a master with slaves)".into());
+        }
+        if ha.sync_replicas == 0 {
+            return bad("ha.sync-replicas", "must be > 0".into());
+        }
+        // A chunk plus its frame header must fit the remoting channel's frame limit.
+        let max_chunk = comet_remoting::frame::DEFAULT_MAX_FRAME_SIZE - 64 * 1024;
+        if ha.chunk_bytes < 64 * 1024 || ha.chunk_bytes > max_chunk {
+            return bad("ha.chunk-bytes", format!("must be 65536..={max_chunk}"));
+        }
+        for (key, value) in [
+            ("ha.sync-timeout-ms", ha.sync_timeout_ms),
+            ("ha.metadata-sync-interval-ms", ha.metadata_sync_interval_ms),
+            ("ha.fetch-wait-ms", ha.fetch_wait_ms),
+            ("ha.request-timeout-ms", ha.request_timeout_ms),
+        ] {
+            if value == 0 {
+                return bad(key, "must be > 0".into());
+            }
+        }
+        if ha.fetch_wait_ms >= ha.request_timeout_ms {
+            return bad("ha.fetch-wait-ms", "must be shorter than ha.request-timeout-ms".into());
+        }
+        Ok(())
+    }
+
+    /// True when this broker takes part in replication (a master listening for slaves, or a slave).
+    pub fn replicates(&self) -> bool {
+        !self.ha.listen.is_empty() || self.broker.broker_id != comet_model::MASTER_ID
+    }
+
+    /// True for a slave (broker id > 0): it copies its master and refuses writes.
+    pub fn is_slave(&self) -> bool {
+        self.broker.broker_id != comet_model::MASTER_ID
+    }
+
     /// The advertised address given the address actually bound.
     pub fn advertised_address(&self, bound: SocketAddr) -> String {
-        if !self.broker.advertised_address.is_empty() {
-            return self.broker.advertised_address.clone();
-        }
-        let ip = if bound.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { bound.ip() };
-        SocketAddr::new(ip, bound.port()).to_string()
+        advertise(&self.broker.advertised_address, bound)
+    }
+
+    /// The HA address slaves are told, given the HA listener's bound address.
+    pub fn ha_advertised_address(&self, bound: SocketAddr) -> String {
+        advertise(&self.ha.advertised_address, bound)
     }
 
     /// Client expiry as a duration.
     pub fn client_expiry(&self) -> Duration {
         Duration::from_millis(self.broker.client_expiry_ms)
     }
+}
+
+/// `configured` if set, else `bound` with an unspecified IP replaced by loopback.
+fn advertise(configured: &str, bound: SocketAddr) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let ip = if bound.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { bound.ip() };
+    SocketAddr::new(ip, bound.port()).to_string()
 }
 
 #[cfg(test)]
@@ -238,6 +383,27 @@ mod tests {
         assert!(Config::load(None, env(&[("COMET_BROKER_DEFAULT_QUEUE_COUNT", "0")])).is_err());
         assert!(Config::load(None, env(&[("COMET_BROKER_BROKER_NAME", "bad name")])).is_err());
         assert!(Config::load(None, env(&[("COMET_STORE_SEGMENT_SIZE", "10")])).is_err());
+    }
+
+    #[test]
+    fn replication_settings_are_checked_against_the_role() {
+        let secret = ("COMET_HA_SECRET", "0123456789abcdef");
+        let slave =
+            Config::load(None, env(&[("COMET_BROKER_BROKER_ID", "1"), ("COMET_HA_MASTER_ADDRESS", "m:10912"), secret]))
+                .unwrap();
+        assert!(slave.is_slave() && slave.replicates());
+        let err = |pairs: &[(&str, &str)]| Config::load(None, env(pairs)).unwrap_err().to_string();
+        assert!(err(&[("COMET_BROKER_BROKER_ID", "1"), secret]).contains("ha.master-address"));
+        assert!(err(&[("COMET_HA_LISTEN", "127.0.0.1:0")]).contains("ha.secret"));
+        assert!(err(&[("COMET_HA_LISTEN", "127.0.0.1:0"), ("COMET_HA_SECRET", "short")]).contains("ha.secret"));
+        assert!(err(&[("COMET_HA_REPLICATION", "sync")]).contains("ha.replication"));
+        assert!(err(&[("COMET_HA_MASTER_ADDRESS", "m:1"), secret]).contains("only slaves"));
+        let master =
+            Config::load(None, env(&[("COMET_HA_LISTEN", "127.0.0.1:0"), ("COMET_HA_REPLICATION", "sync"), secret]))
+                .unwrap();
+        assert_eq!(master.ha.replication, ReplicationMode::Sync);
+        assert!(!master.is_slave() && master.replicates());
+        assert!(!Config::default().replicates());
     }
 
     #[test]

@@ -72,6 +72,21 @@ pub enum BrokerError {
     /// The store refuses writes because the disk is full; retryable once space returns.
     #[error("broker busy: {0}")]
     DiskFull(#[source] comet_store::Error),
+    /// A write sent to a slave; its data and metadata come from its master.
+    #[error("{what} refused: {broker} is a slave; send it to the master")]
+    NotMaster {
+        /// `send`, `topic change`, `group change`.
+        what: &'static str,
+        /// The slave's broker name and id.
+        broker: String,
+    },
+    /// Sync replication: not enough slaves acknowledged the message in time. It is stored on the master (and
+    /// may be delivered); a retry may store it twice.
+    #[error("replication failed: {reason}; the message is stored on the master but not confirmed on its slaves")]
+    Replication {
+        /// How many slaves were connected or acknowledged.
+        reason: String,
+    },
     /// The broker is shutting down; retry on another broker.
     #[error("broker is shutting down")]
     ShuttingDown,
@@ -113,7 +128,13 @@ impl BrokerError {
 
     /// True when the same request can succeed later without being changed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BrokerError::Busy { .. } | BrokerError::DiskFull(_) | BrokerError::ShuttingDown)
+        matches!(
+            self,
+            BrokerError::Busy { .. }
+                | BrokerError::DiskFull(_)
+                | BrokerError::ShuttingDown
+                | BrokerError::Replication { .. }
+        )
     }
 }
 

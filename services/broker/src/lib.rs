@@ -7,6 +7,7 @@
 //! - [`broker`]: the shared state every handler works on; store calls go through [`broker::Broker::blocking`].
 //! - [`domain`]: topic, group, offset and client tables, tag filters, long-poll waiters. Synchronous, unit-tested.
 //! - [`registration`]: registration with the NameServers.
+//! - [`ha`]: master/slave replication over comet-remoting (HA listener, slave loop, sync-send waits).
 //! - [`metrics`]: counters on the send and pull paths, gauges computed at collection (consumer lag, store).
 //! - [`config`]: YAML + `COMET_*` environment configuration.
 //!
@@ -17,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod edge;
 pub mod error;
+pub mod ha;
 pub mod handler;
 pub mod metrics;
 pub mod registration;

@@ -31,6 +31,9 @@ async fn main() -> anyhow::Result<()> {
     let bound = comet_broker::edge::server::bind(config).await.context("starting the broker")?;
     // Readiness line on stdout: scripts and the system-test harness read the bound address (port 0 resolved).
     println!("comet-broker listening on {}", bound.local_addr());
+    if let Some(ha) = bound.ha_addr() {
+        println!("comet-broker HA listening on {ha}");
+    }
     if let Some(metrics) = bound.metrics_addr() {
         println!("comet-broker metrics on http://{metrics}/metrics");
     }

@@ -326,6 +326,41 @@ pub fn register_gauges(meter: &Meter, broker: &Arc<Broker>) {
         },
     );
     gauge(
+        "rocketmq_replication_lag_bytes",
+        "By",
+        "Master: CommitLog bytes a connected slave does not hold yet, per slave broker id",
+        |b, o| {
+            let end = b.store.end_offset().0;
+            for (id, _, acked, _) in b.ha.slaves() {
+                o.observe(end.saturating_sub(acked), &[KeyValue::new("slave_broker_id", id.to_string())]);
+            }
+        },
+    );
+    gauge(
+        "rocketmq_replication_slaves_in_sync",
+        "1",
+        "Master with an HA listener: connected slaves within ha.max-lag-bytes (sync sends need ha.sync-replicas)",
+        |b, o| {
+            if !b.ha.ha_address().is_empty() {
+                let end = b.store.end_offset().0;
+                let n = b.ha.slaves().iter().filter(|(_, _, acked, _)| b.ha.in_sync(*acked, end)).count();
+                o.observe(n as u64, &[]);
+            }
+        },
+    );
+    gauge(
+        "rocketmq_replication_master_lag_bytes",
+        "By",
+        "Slave: CommitLog bytes behind the master's end at its last answer (absent while disconnected)",
+        |b, o| {
+            let f = &b.ha.follower;
+            if b.config.is_slave() && f.connected.load(std::sync::atomic::Ordering::Acquire) {
+                let master_end = f.master_end.load(std::sync::atomic::Ordering::Acquire);
+                o.observe(master_end.saturating_sub(b.store.end_offset().0), &[]);
+            }
+        },
+    );
+    gauge(
         "rocketmq_storage_message_reserve_time",
         "ms",
         "Age of the oldest stored message in ms: how far back consumers can still rewind",

@@ -44,7 +44,7 @@ async fn register_all(broker: &Broker, client: &NameServerClient) {
     let (version, topics) = broker.topics.snapshot();
     let header = pb::RegisterBrokerHeader {
         broker: Some(identity(broker)),
-        ha_address: String::new(),
+        ha_address: broker.ha.ha_address().to_owned(),
         data_version: Some(version_to_proto(version)),
         topic_count: 0,
         heartbeat_timeout_millis: 0,

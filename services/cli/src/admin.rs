@@ -11,13 +11,13 @@ use comet_proto::comet::v1 as pb;
 pub struct Target {
     /// Only this broker (`host:port`) instead of every master broker of the cluster.
     #[arg(long, global = true)]
-    broker: Option<String>,
+    pub(crate) broker: Option<String>,
     /// Only master brokers of this cluster (default: every cluster).
     #[arg(long, global = true)]
-    cluster: Option<String>,
+    pub(crate) cluster: Option<String>,
     /// JSON (one object per line) instead of tables.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Topic permission on the broker.

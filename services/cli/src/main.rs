@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod inspect;
 mod messaging;
+mod replication;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +53,13 @@ enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// Broker replication status: roles, CommitLog ends, slaves and their lag.
+    Broker {
+        #[command(subcommand)]
+        command: replication::BrokerCommand,
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// Look messages up by id, by key or by store time.
     Message {
         #[command(subcommand)]
@@ -87,6 +95,7 @@ async fn main() -> std::process::ExitCode {
         Command::Topic { command, target } => admin::topic(command, target, &addresses).await,
         Command::Group { command, target } => admin::group(command, target, &addresses).await,
         Command::Message { command, target } => admin::message(command, target, &addresses).await,
+        Command::Broker { command, target } => replication::run(command, target, &addresses).await,
         Command::Bench { target } => bench::run(target, &addresses).await,
     };
     // A user-facing message with its causes, not a backtrace (RUST_BACKTRACE may be set in the environment).

@@ -31,6 +31,8 @@ pub struct BrokerOptions {
     /// Extra YAML lines for the `metrics:` section, each indented by two spaces (its `listen` is always
     /// 127.0.0.1 port 0, set through the environment, so parallel tests never collide).
     pub metrics_extra: String,
+    /// YAML lines for the `ha:` section, each indented by two spaces (empty = no replication).
+    pub ha: String,
 }
 
 /// A running broker; killed on drop. Its store directory outlives restarts.
@@ -39,22 +41,25 @@ pub struct BrokerProcess {
     process: Process,
     addr: SocketAddr,
     metrics_addr: SocketAddr,
+    ha_addr: Option<SocketAddr>,
     config_path: PathBuf,
 }
 
 impl BrokerProcess {
     /// Starts a broker with its store under `dir/store`.
     pub async fn start(dir: &Path, options: &BrokerOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
         let nameservers = options.nameservers.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
         let yaml = format!(
             "broker:\n  listen: 127.0.0.1:0\n  nameserver-addresses: [{nameservers}]\n  auto-create-topics: {}\n\
              {}store:\n  dir: {}\n  segment-size: 16777216\n  index-slots: 4096\n  index-entries: 65536\n  \
-             consume-queue-file-entries: 100000\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}",
+             consume-queue-file-entries: 100000\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}ha:\n{}",
             !options.no_auto_create,
             options.broker_extra,
             dir.join("store").display(),
             if options.sync_flush { "sync" } else { "async" },
             options.metrics_extra,
+            if options.ha.is_empty() { "  listen: \"\"\n" } else { &options.ha },
         );
         let config_path = dir.join("broker.yaml");
         std::fs::write(&config_path, yaml)?;
@@ -79,14 +84,27 @@ impl BrokerProcess {
                 let _ = tx.send(line);
             }
         });
-        // The readiness line with the gRPC address, then the metrics endpoint's.
+        // The readiness line with the gRPC address, the HA listener's (masters with slaves), then the metrics
+        // endpoint's.
         let lines = tokio::task::spawn_blocking(move || {
             let first = rx.recv_timeout(Duration::from_secs(60))?;
-            Ok::<_, std::sync::mpsc::RecvTimeoutError>((first, rx.recv_timeout(Duration::from_secs(10))?))
+            let mut next = rx.recv_timeout(Duration::from_secs(10))?;
+            let mut ha = None;
+            if next.contains("HA listening on") {
+                ha = Some(next);
+                next = rx.recv_timeout(Duration::from_secs(10))?;
+            }
+            Ok::<_, std::sync::mpsc::RecvTimeoutError>((first, ha, next))
         })
         .await?;
-        let Ok((line, metrics_line)) = lines else {
+        let Ok((line, ha_line, metrics_line)) = lines else {
             bail!("comet-broker printed no readiness lines; stderr:\n{}", process.log());
+        };
+        let ha_addr = match ha_line {
+            Some(l) => {
+                Some(l.rsplit(' ').next().and_then(|a| a.parse().ok()).with_context(|| format!("bad HA line {l:?}"))?)
+            }
+            None => None,
         };
         let addr: SocketAddr = line
             .rsplit(' ')
@@ -94,7 +112,7 @@ impl BrokerProcess {
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("unexpected readiness line {line:?}"))?;
         let metrics_addr = super::metrics_address(&metrics_line)?;
-        let broker = Self { process, addr, metrics_addr, config_path: config_path.to_owned() };
+        let broker = Self { process, addr, metrics_addr, ha_addr, config_path: config_path.to_owned() };
         broker.wait_serving().await?;
         Ok(broker)
     }
@@ -114,6 +132,16 @@ impl BrokerProcess {
     /// `host:port` to dial.
     pub fn addr(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `host:port` of its HA listener (a master with `ha.listen`).
+    pub fn ha_addr(&self) -> Option<SocketAddr> {
+        self.ha_addr
+    }
+
+    /// The directory of its store.
+    pub fn store_dir(&self) -> PathBuf {
+        self.config_path.with_file_name("store")
     }
 
     /// `host:port` of its Prometheus `/metrics` endpoint.

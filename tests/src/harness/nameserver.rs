@@ -48,6 +48,7 @@ impl NameServer {
 
     /// Starts a NameServer with this exact YAML config (written to a fresh file in `dir`).
     pub async fn with_config(dir: &Path, yaml: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let config_path = dir.join(format!("nameserver-{n}.yaml"));
         std::fs::write(&config_path, yaml)?;

@@ -91,6 +91,18 @@ impl GroupTable {
         }
     }
 
+    /// Takes the master's groups wholesale (a slave's metadata sync); true if anything changed.
+    pub fn replace_all(&self, configs: Vec<GroupConfig>) -> Result<bool> {
+        let next: BTreeMap<String, GroupConfig> = configs.into_iter().map(|g| (g.name.clone(), g)).collect();
+        let mut groups = self.groups.lock();
+        if *groups == next {
+            return Ok(false);
+        }
+        persist::store(&self.path, &next)?;
+        *groups = next;
+        Ok(true)
+    }
+
     /// Removes a group; [`BrokerError::GroupNotFound`] if it does not exist.
     pub fn delete(&self, name: &str) -> Result<()> {
         let mut groups = self.groups.lock();

@@ -102,6 +102,20 @@ impl OffsetStore {
         state.dirty |= state.table.len() != before;
     }
 
+    /// Takes the master's offsets wholesale (a slave's metadata sync): (group, topic, queue id, offset). Commits
+    /// made on the slave while its master was unreachable are replaced by the master's once it answers again.
+    pub fn replace_all(&self, entries: Vec<(String, String, QueueId, u64)>) {
+        let mut table = OffsetTable::new();
+        for (group, topic, queue_id, offset) in entries {
+            table.entry(key(&group, &topic)).or_default().insert(queue_id, offset);
+        }
+        let mut state = self.state.lock();
+        if state.table != table {
+            state.table = table;
+            state.dirty = true;
+        }
+    }
+
     /// Writes the offsets if they changed since the last flush. Blocking: call it off the async runtime.
     pub fn flush(&self) -> Result<()> {
         let _writer = self.flushing.lock();

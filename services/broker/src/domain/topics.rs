@@ -124,6 +124,20 @@ impl TopicTable {
         })
     }
 
+    /// Takes the master's topics and data version wholesale (a slave's metadata sync); true if anything changed.
+    /// Written before it is live, like every change.
+    pub fn replace_all(&self, version: DataVersion, topics: Vec<TopicConfig>) -> Result<bool> {
+        let mut state = self.state.lock();
+        let topics: BTreeMap<String, TopicConfig> = topics.into_iter().map(|t| (t.name.clone(), t)).collect();
+        if state.data_version == version && state.topics == topics {
+            return Ok(false);
+        }
+        let next = TopicsFile { data_version: version, topics };
+        persist::store(&self.path, &next)?;
+        *state = next;
+        Ok(true)
+    }
+
     /// Applies `edit` to a copy, persists it with a bumped version, and only then makes it live: a failed write
     /// leaves memory and file unchanged.
     fn change(
@@ -156,6 +170,20 @@ mod tests {
             perm: Permission::READ_WRITE,
             message_type: MessageType::Normal,
         }
+    }
+
+    #[test]
+    fn replace_all_adopts_the_masters_version_and_topics_and_reports_no_change_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topics.json");
+        let table = TopicTable::open(path.clone()).unwrap();
+        table.create(topic("local", 1), 1).unwrap();
+        let version = DataVersion { state_version: 7, timestamp_millis: 9, counter: 3 };
+        assert!(table.replace_all(version, vec![topic("a", 2), topic("b", 4)]).unwrap());
+        assert!(!table.replace_all(version, vec![topic("b", 4), topic("a", 2)]).unwrap());
+        let reopened = TopicTable::open(path).unwrap();
+        assert_eq!(reopened.data_version(), version);
+        assert_eq!(reopened.list(), vec![topic("a", 2), topic("b", 4)]);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub struct Bound {
     local_addr: SocketAddr,
     broker: Arc<Broker>,
     telemetry: Telemetry,
+    ha: Option<comet_remoting::Server>,
 }
 
 /// Binds `broker.listen` and the metrics endpoint, and opens the store (recovery runs here, before the
@@ -57,7 +58,8 @@ pub async fn bind(config: Config) -> Result<Bound> {
         .await
         .map_err(|e| BrokerError::Internal(format!("opening the broker: {e}")))??;
     crate::metrics::register_gauges(telemetry.meter(), &broker);
-    Ok(Bound { listener, local_addr, broker, telemetry })
+    let ha = crate::ha::master::start(&broker).await?;
+    Ok(Bound { listener, local_addr, broker, telemetry, ha })
 }
 
 impl Bound {
@@ -71,6 +73,11 @@ impl Bound {
         self.telemetry.local_addr()
     }
 
+    /// Address of the HA listener slaves connect to, if this is a master with one.
+    pub fn ha_addr(&self) -> Option<SocketAddr> {
+        self.ha.as_ref().map(comet_remoting::Server::local_addr)
+    }
+
     /// The broker state (for embedding and tests).
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
@@ -78,7 +85,7 @@ impl Bound {
 
     /// Serves until `shutdown` completes, then shuts down gracefully (see the module doc).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        let Bound { listener, local_addr, broker, telemetry } = self;
+        let Bound { listener, local_addr, broker, telemetry, ha } = self;
         let rpc_metrics = RpcMetricsLayer::new(telemetry.meter(), crate::metrics::RPC_METHODS);
         let address = local_addr.to_string();
         let serve_err =
@@ -108,6 +115,7 @@ impl Bound {
 
         let background = spawn_background(&broker);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let follower = crate::ha::slave::spawn(&broker, stop_rx.clone());
         let registration = crate::registration::spawn(Arc::clone(&broker), stop_rx)?;
 
         // On the signal: answer parked pulls and refuse new work first, then let tonic stop accepting and drain.
@@ -148,6 +156,14 @@ impl Bound {
         let _ = stop_tx.send(true);
         if let Some(task) = registration {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        // The slave loop finishes the append in progress; the HA listener answers its parked fetches.
+        if let Some(task) = follower {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        if let Some(server) = ha {
+            broker.ha.shut_down();
+            server.shutdown(grace).await;
         }
         for task in background {
             task.abort();

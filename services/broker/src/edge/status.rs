@@ -16,7 +16,8 @@ impl From<BrokerError> for Status {
             BrokerError::OutOfRange { .. } => Code::OutOfRange,
             // The one retryable "busy" answer: saturation and a full disk alike.
             BrokerError::Busy { .. } | BrokerError::DiskFull(_) => Code::ResourceExhausted,
-            BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::ShuttingDown | BrokerError::Replication { .. } => Code::Unavailable,
+            BrokerError::NotMaster { .. } => Code::FailedPrecondition,
             BrokerError::Store(_)
             | BrokerError::Persist { .. }
             | BrokerError::Internal(_)

@@ -11,6 +11,7 @@ use crate::error::{BrokerError, Result};
 
 /// Creates a group (ALREADY_EXISTS if it exists).
 pub async fn create(broker: &Arc<Broker>, request: pb::CreateGroupRequest) -> Result<pb::CreateGroupResponse> {
+    broker.require_master("group change")?;
     let group = request.group.ok_or_else(|| BrokerError::invalid("group", "missing"))?;
     check_group(&group.name)?;
     let config = convert::group_from_proto(group);
@@ -20,6 +21,7 @@ pub async fn create(broker: &Arc<Broker>, request: pb::CreateGroupRequest) -> Re
 
 /// Deletes a group and its committed offsets (NOT_FOUND if it does not exist).
 pub async fn delete(broker: &Arc<Broker>, request: pb::DeleteGroupRequest) -> Result<pb::DeleteGroupResponse> {
+    broker.require_master("group change")?;
     check_group(&request.group)?;
     broker
         .blocking(move |b| {

@@ -7,6 +7,7 @@ mod group;
 mod offset;
 mod pull;
 mod query;
+mod replication;
 mod send;
 mod topic;
 
@@ -171,5 +172,12 @@ impl BrokerService for BrokerHandler {
         request: Request<pb::QueryMessagesByKeyRequest>,
     ) -> Answer<pb::QueryMessagesByKeyResponse> {
         answer(query::by_key(&self.broker, request.into_inner()).await)
+    }
+
+    async fn get_replication_status(
+        &self,
+        _request: Request<pb::GetReplicationStatusRequest>,
+    ) -> Answer<pb::GetReplicationStatusResponse> {
+        answer(Ok(replication::status(&self.broker)))
     }
 }

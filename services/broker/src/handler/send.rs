@@ -1,5 +1,5 @@
 //! SendMessage: validate, pick the queue, store the batch under a send permit (in place with async flush, on the
-//! blocking pool with sync flush).
+//! blocking pool with sync flush), and with sync replication wait until enough slaves hold it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ pub async fn send(
     if broker.waiters.is_stopping() {
         return Err(BrokerError::ShuttingDown);
     }
+    broker.require_master("send")?;
     let topic = match broker.topics.get(&request.topic) {
         Some(t) => t,
         // Auto-creation writes topics.json (with an fsync): off the async workers.
@@ -90,6 +91,15 @@ pub async fn send(
             .await?
     };
     broker.metrics.sent(&request.topic, topic.message_type, results.len() as u64, body_bytes);
+    // Parked slave fetches learn of the new bytes now rather than after the dispatcher's pass.
+    broker.ha.on_appended();
+    if broker.ha.is_sync()
+        && let Some(last) = results.last()
+    {
+        // Sync replication: stored (and counted) above, acknowledged only once enough slaves hold the whole batch.
+        let end = last.offset.0 + u64::from(last.size);
+        broker.ha.wait_replicated(end, broker.store.end_offset().0).await?;
+    }
     Ok(pb::SendMessageResponse {
         results: results
             .iter()

@@ -18,6 +18,7 @@ fn config_of(broker: &Broker, topic: Option<pb::TopicConfig>) -> Result<comet_mo
 
 /// Creates a topic (ALREADY_EXISTS if it exists).
 pub async fn create(broker: &Arc<Broker>, request: pb::CreateTopicRequest) -> Result<pb::CreateTopicResponse> {
+    broker.require_master("topic change")?;
     let config = config_of(broker, request.topic)?;
     let created = broker.blocking(move |b| b.topics.create(config, now_ms())).await?;
     broker.topics_changed.notify_one();
@@ -27,6 +28,7 @@ pub async fn create(broker: &Arc<Broker>, request: pb::CreateTopicRequest) -> Re
 
 /// Replaces a topic's config (NOT_FOUND if it does not exist).
 pub async fn update(broker: &Arc<Broker>, request: pb::UpdateTopicRequest) -> Result<pb::UpdateTopicResponse> {
+    broker.require_master("topic change")?;
     let config = config_of(broker, request.topic)?;
     let updated = broker.blocking(move |b| b.topics.update(config, now_ms())).await?;
     broker.topics_changed.notify_one();
@@ -38,6 +40,7 @@ pub async fn update(broker: &Arc<Broker>, request: pb::UpdateTopicRequest) -> Re
 
 /// Deletes a topic: its config, consume queues and committed offsets (records leave with retention).
 pub async fn delete(broker: &Arc<Broker>, request: pb::DeleteTopicRequest) -> Result<pb::DeleteTopicResponse> {
+    broker.require_master("topic change")?;
     check_topic(&request.topic)?;
     let topic = request.topic.clone();
     broker
