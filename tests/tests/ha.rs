@@ -294,6 +294,48 @@ async fn sync_replication_fails_sends_clearly_without_the_slave_and_resumes_when
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_two_required_replicas_every_slave_must_hold_a_message_before_it_is_acknowledged() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut options = master_options(None, free_port()?, "sync");
+    options.ha.push_str("  sync-replicas: 2\n");
+    let master = BrokerProcess::start(&dir.path().join("master"), &options).await?;
+    let master_ha = master.ha_addr().context("no HA listener")?.to_string();
+    let mc = master.client().await?;
+    create_topic(&mc).await?;
+    let slave_options = |id: u64| {
+        let mut o = slave_options(None, &master_ha, SECRET);
+        o.broker_extra = format!("  broker-id: {id}\n");
+        o
+    };
+    let one = BrokerProcess::start(&dir.path().join("slave-1"), &slave_options(1)).await?;
+    wait_until("slave 1 connected", Duration::from_secs(20), || async {
+        status(&mc).await.is_ok_and(|s| s.slaves.len() == 1)
+    })
+    .await?;
+    let err = send_range(&mc, 0, 1, 1).await.expect_err("one slave of two required must not be enough");
+    ensure!(format!("{err:#}").contains("1 slave(s) connected and in sync, 2 required"), "{err:#}");
+
+    let mut two = BrokerProcess::start(&dir.path().join("slave-2"), &slave_options(2)).await?;
+    wait_until("sends succeed with both slaves", Duration::from_secs(20), || async {
+        send_range(&mc, 1, 2, 1).await.is_ok()
+    })
+    .await?;
+    send_range(&mc, 2, 1_000, 10).await?;
+    let s = status(&mc).await?;
+    ensure!(s.slaves.iter().map(|v| v.broker_id).collect::<Vec<_>>() == [1, 2], "{s:?}");
+    for slave in [&one, &two] {
+        let sc = slave.client().await?;
+        ensure!(status(&sc).await?.commit_log_max_offset >= s.commit_log_max_offset, "a slave lacks acknowledged data");
+    }
+    two.kill();
+    wait_until("sends refused once slave 2 is gone", Duration::from_secs(20), || async {
+        send_range(&mc, 1_000, 1_001, 1).await.is_err()
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_message_a_sync_master_acknowledged_is_on_the_slave_after_kill_9() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut master =
