@@ -6,6 +6,7 @@ mod broker_messaging;
 mod cli_admin;
 mod cli_bench;
 mod client;
+mod client_slave_reads;
 mod ha;
 mod metrics;
 mod nameserver_etcd;
