@@ -211,6 +211,35 @@ async fn a_slave_copies_200k_messages_byte_identical_and_serves_them_and_both_ar
     ensure!(routed(0, master.addr()).await, "the master is not routed");
     wait_until("the slave is routed", Duration::from_secs(10), || routed(1, slave.addr())).await?;
 
+    // Groups and consumer offsets committed on the master reach the slave: a consumer moving to it resumes there.
+    let group = pb::GroupConfig { name: "ha-group".into(), consume_enable: true, retry_max_times: 3, ..Default::default() };
+    mc.clone().create_group(pb::CreateGroupRequest { group: Some(group) }).await?;
+    for queue in 0..QUEUES {
+        let commit = pb::CommitConsumerOffsetRequest {
+            group: "ha-group".into(),
+            topic: TOPIC.into(),
+            queue_id: queue,
+            offset: 1_000 + u64::from(queue),
+        };
+        mc.clone().commit_consumer_offset(commit).await?;
+    }
+    wait_until("offsets copied to the slave", Duration::from_secs(20), || async {
+        let mut all = true;
+        for queue in 0..QUEUES {
+            let query = pb::QueryConsumerOffsetRequest { group: "ha-group".into(), topic: TOPIC.into(), queue_id: queue };
+            all &= sc.clone().query_consumer_offset(query).await.is_ok_and(|r| {
+                let r = r.into_inner();
+                r.found && r.offset == 1_000 + u64::from(queue)
+            });
+        }
+        all
+    })
+    .await?;
+    let groups = sc.clone().list_groups(pb::ListGroupsRequest {}).await?.into_inner().groups;
+    ensure!(groups.iter().any(|g| g.name == "ha-group" && g.retry_max_times == 3), "group not copied: {groups:?}");
+    let refused = sc.clone().create_group(pb::CreateGroupRequest { group: Some(pb::GroupConfig::default()) }).await;
+    ensure!(refused.is_err_and(|s| s.code() == tonic::Code::FailedPrecondition), "a slave must refuse group changes");
+
     // `comet broker status` shows both members: the master with its slave in sync, the slave following it.
     let out = crate::cli_admin::comet(&ns, &["broker", "status", "--json"]).await?;
     let lines: Vec<serde_json::Value> = out.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
