@@ -6,8 +6,8 @@
 #   scripts/check-deploy.sh          run every check
 #   scripts/check-deploy.sh render   re-render k8s/comet.yaml from the chart (`make k8s-manifests`)
 #
-# The config/probe step runs the real comet-nameserver and comet-broker (debug build; `cargo build` is a no-op
-# after the tests built them). COMET_BIN_DIR=dir uses binaries from dir instead.
+# The config/probe step runs the real comet-nameserver, comet-broker and comet (debug build; `cargo build` is a
+# no-op after the tests built them). COMET_BIN_DIR=dir uses binaries from dir instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,11 +42,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 step() { printf 'check-deploy: %s\n' "$*"; }
 
-# Value sets: defaults, the HA example, and every optional template switched on.
+# Value sets: defaults, the HA example (two groups with a slave each, sync, generated secret), and every optional
+# template switched on (with two async slaves in the default group and a secret of the user's own).
 declare -A SETS=(
   [default]=""
   [ha]="-f $CHART/values-ha.yaml"
-  [optional]="--set metrics.serviceMonitor.enabled=true --set metrics.grafanaDashboard.enabled=true --set-string networkPolicy.grpcFrom[0].podSelector.matchLabels.comet-client=true"
+  [optional]="--set metrics.serviceMonitor.enabled=true --set metrics.grafanaDashboard.enabled=true --set-string networkPolicy.grpcFrom[0].podSelector.matchLabels.comet-client=true --set brokers[0].name=broker-a --set brokers[0].slaves=2 --set broker.ha.existingSecret.name=comet-ha-own"
 )
 
 # 1. helm lint (strict: warnings fail) and helm template per value set.
@@ -64,18 +65,27 @@ step "helm lint --strict, template and install --dry-run=client: 3 value sets (d
 
 # Values the chart must refuse, each with its message.
 refuse() {
-  local why=$1; shift
+  local why=$1 message=$2; shift 2
   if "$HELM" template comet "$CHART" --namespace "$NAMESPACE" "$@" > /dev/null 2> "$work/refused.log"; then
     echo "check-deploy: the chart accepted $* ($why)" >&2; exit 1
   fi
+  grep -qF -- "$message" "$work/refused.log" ||
+    { cat "$work/refused.log" >&2; echo "check-deploy: $* was refused without saying \"$message\" ($why)" >&2; exit 1; }
 }
-refuse "slaves do not exist yet" --set 'brokers[0].name=broker-a' --set 'brokers[0].slaves=1'
-refuse "one master per group" --set 'brokers[0].name=broker-a' --set 'brokers[0].replicas=2'
-refuse "etcd needs endpoints" --set nameserver.config.registry.backend=etcd
-refuse "chart-owned key" --set broker.config.store.dir=/elsewhere
-refuse "grace period shorter than the shutdown" --set broker.terminationGracePeriodSeconds=20
-refuse "unknown chart key" --set broker.replicas=3
-step "helm template refuses 6 invalid value sets (slaves, 2 masters, etcd without endpoints, chart-owned key, short grace, unknown key)"
+refuse "one master per group" "/brokers/0/replicas" --set 'brokers[0].name=broker-a' --set 'brokers[0].replicas=2'
+refuse "negative slaves" "/brokers/0/slaves" --set 'brokers[0].name=broker-a' --set 'brokers[0].slaves=-1'
+refuse "sync without slaves" "the group has no slaves" --set 'brokers[0].name=broker-a' --set 'brokers[0].ha.replication=sync'
+refuse "more sync replicas than slaves" "syncReplicas 2 needs at least 2 slaves" --set 'brokers[0].name=broker-a' --set 'brokers[0].slaves=1' \
+  --set broker.ha.replication=sync --set broker.ha.syncReplicas=2
+refuse "the secret in a ConfigMap" "never goes into a ConfigMap" --set 'brokers[0].name=broker-a' --set 'brokers[0].slaves=1' \
+  --set broker.config.ha.secret=0123456789abcdef
+refuse "chart-owned HA key" "ha.listen (or the group's config) is set by the chart" --set 'brokers[0].name=broker-a' --set 'brokers[0].slaves=1' --set broker.config.ha.listen=0.0.0.0:1
+refuse "slaves before Kubernetes 1.28" "needs Kubernetes 1.28" --set 'brokers[0].name=broker-a' --set 'brokers[0].slaves=1' --kube-version 1.27.0
+refuse "etcd needs endpoints" "set nameserver.config.etcd.endpoints" --set nameserver.config.registry.backend=etcd
+refuse "chart-owned key" "store.dir is set by the chart" --set broker.config.store.dir=/elsewhere
+refuse "grace period shorter than the shutdown" "terminationGracePeriodSeconds must be above" --set broker.terminationGracePeriodSeconds=20
+refuse "unknown chart key" "additional properties 'replicas' not allowed" --set broker.replicas=3
+step "helm template refuses 11 invalid value sets (2 masters, negative slaves, sync without slaves, more sync replicas than slaves, ha.secret in config, chart-owned HA key, slaves on Kubernetes 1.27, etcd without endpoints, chart-owned key, short grace, unknown key)"
 
 # 2. Strict schema validation of every render (unknown fields fail) for both Kubernetes versions. The
 # ServiceMonitor is a CRD without a bundled schema: kubernetes-validate warns and passes it.
@@ -93,6 +103,9 @@ step "kubernetes-validate --strict: $n resources (3 renders x Kubernetes ${K8S_V
 #    chart is written; image.digest pins one per installation.
 #  CKV_K8S_15 (imagePullPolicy Always): release tags are immutable and IfNotPresent lets locally loaded images
 #    (kind, minikube, air-gapped nodes) run; with image.digest set the pull is by digest anyway.
+#  CKV_K8S_35 (Secrets as files, not environment variables): comet-broker reads ha.secret from its config file or
+#    from COMET_HA_SECRET only. The config file is a ConfigMap, which must never hold the secret, so the Secret is
+#    injected as that variable (secretKeyRef: the value is in neither the pod spec nor `kubectl describe`).
 #  CKV_DOCKER_2 (HEALTHCHECK in the image): the image has no gRPC health client; Kubernetes probes grpc.health.v1
 #    natively (the chart's startup/liveness/readiness probes).
 checkov() {
@@ -101,7 +114,7 @@ checkov() {
   grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*, Skipped checks: [0-9]*' "$work/checkov.log"
 }
 for set in default ha; do
-  step "checkov kubernetes ($set): $(checkov --framework kubernetes -f "$work/$set.yaml" --skip-check CKV_K8S_43,CKV_K8S_15) (not run: CKV_K8S_43, CKV_K8S_15)"
+  step "checkov kubernetes ($set): $(checkov --framework kubernetes -f "$work/$set.yaml" --skip-check CKV_K8S_43,CKV_K8S_15,CKV_K8S_35) (not run: CKV_K8S_43, CKV_K8S_15, CKV_K8S_35)"
 done
 step "checkov dockerfile: $(checkov --framework dockerfile -f Dockerfile --skip-check CKV_DOCKER_2) (not run: CKV_DOCKER_2)"
 
@@ -123,17 +136,23 @@ PY
 ) || { echo "check-deploy: $dashboard_check" >&2; exit 1; }
 step "Grafana dashboard: $dashboard_check; rendered into its ConfigMap"
 
-# 4. The configuration files the chart renders are what the binaries accept, the probes ask health services the
-# processes serve, and SIGTERM ends them well within terminationGracePeriodSeconds.
+# 4. The configuration files the chart renders are what the binaries accept, with each pod's environment (broker ids
+# and advertised names of slaves, the replication secret), the probes ask health services the processes serve, and
+# SIGTERM ends them well within terminationGracePeriodSeconds. Replication: every slave names its group's master,
+# master and slaves agree on what they must share, the secret is in no ConfigMap, the HA port admits only the
+# release's brokers; a master and a slave of the HA render replicate a message for real.
 if [ -z "${COMET_BIN_DIR:-}" ]; then
-  ${CARGO:-cargo} build --locked --quiet -p comet-nameserver -p comet-broker --bins
+  ${CARGO:-cargo} build --locked --quiet -p comet-nameserver -p comet-broker -p comet --bins
   COMET_BIN_DIR=${CARGO_TARGET_DIR:-target}/debug
 fi
-"$VENV/python" - "$COMET_BIN_DIR" "$VENV/grpcurl" "$work" "$work/default.yaml" "$work/ha.yaml" <<'PY'
-import json, os, signal, subprocess, sys, tempfile, time
+"$VENV/python" - "$COMET_BIN_DIR" "$VENV/grpcurl" "$work" "$work/default.yaml" "$work/ha.yaml" "$work/optional.yaml" <<'PY'
+import base64, json, os, re, signal, subprocess, sys, tempfile, time
 import yaml
 
 bins, grpcurl, work, *renders = sys.argv[1:]
+# Stands in for the value of a Secret the chart does not render (broker.ha.existingSecret).
+EXISTING_SECRET = "check-deploy-existing-secret"
+POD_INDEX = "metadata.labels['apps.kubernetes.io/pod-index']"
 
 
 def fail(msg):
@@ -148,10 +167,33 @@ def flatten(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
+def pod_env(c, pod, ordinal, secrets):
+    """The container's environment as Kubernetes builds it for this pod: downward API, Secrets, $(VAR)."""
+    env = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        elif "fieldRef" in e["valueFrom"]:
+            path = e["valueFrom"]["fieldRef"]["fieldPath"]
+            if path == "metadata.name":
+                value = pod
+            elif path == POD_INDEX and ordinal is not None:
+                value = str(ordinal)
+            else:
+                fail(f"{pod}: env {e['name']} reads {path}, which this check does not know")
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            value = secrets.get(ref["name"], {}).get(ref["key"], EXISTING_SECRET)
+        env[e["name"]] = value
+    return env
+
+
 def workloads(render):
+    """Every pod a render creates: (workload, container, binary, config, file text, env, pod name, ordinal)."""
     docs = [d for d in yaml.safe_load_all(open(render)) if d]
     maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
-    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    secrets = {d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d["data"].items()}
+               for d in docs if d["kind"] == "Secret"}
     for d in docs:
         if d["kind"] not in ("StatefulSet", "Deployment"):
             continue
@@ -164,39 +206,120 @@ def workloads(render):
         mount = next(m for m in c["volumeMounts"] if m["mountPath"] == os.path.dirname(path))
         volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
         text = maps[volume["configMap"]["name"]]["data"][os.path.basename(path)]
-        yield d, c, cmd[0], yaml.safe_load(text), text, services, spec
+        name = d["metadata"]["name"]
+        if d["kind"] == "StatefulSet":
+            start = d["spec"].get("ordinals", {}).get("start", 0)
+            pods = [(f"{name}-{i}", i) for i in range(start, start + d["spec"]["replicas"])]
+        else:
+            pods = [(f"{name}-pod", None)]
+        for pod, ordinal in pods:
+            yield d, c, cmd[0], yaml.safe_load(text), text, pod_env(c, pod, ordinal, secrets), pod, ordinal
 
 
-def check_config(binary, config, text, env=None):
-    """--print-config with exactly the pod's file: exits 0 and keeps every key the file sets."""
+def check_config(binary, config, text, env):
+    """--print-config with exactly the pod's file and environment: exits 0 and keeps every key the file sets.
+    Returns the effective configuration, flattened."""
     f = os.path.join(work, "config.yaml")
     open(f, "w").write(text)
     out = subprocess.run([os.path.join(bins, binary), "--config", f, "--print-config"], capture_output=True,
-                         text=True, env={"PATH": "/usr/bin:/bin", "HOME": work, **(env or {})})
+                         text=True, env={"PATH": "/usr/bin:/bin", "HOME": work, **env})
     if out.returncode != 0:
-        fail(f"{binary} refuses the rendered config:\n{text}\n{out.stderr}")
+        fail(f"{binary} refuses the rendered config with the pod's environment ({', '.join(env)}):\n{text}\n"
+             f"{out.stderr}")
     effective = dict(flatten(yaml.safe_load(out.stdout)))
     for key, value in flatten(config):
         if effective.get(key) != value:
             fail(f"{binary}: {key} is {effective.get(key)!r} in effect, {value!r} in the file")
+    return effective
 
 
-checked = 0
-for render in renders:
-    for d, c, binary, config, text, services, spec in workloads(render):
-        check_config(binary, config, text)
+def check_render(render):
+    docs = [d for d in yaml.safe_load_all(open(render)) if d]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    checked, masters, slaves = 0, {}, []
+    for d, c, binary, config, text, env, pod, ordinal in workloads(render):
+        effective = check_config(binary, config, text, env)
         checked += 1
-        if binary == "comet-broker":
-            sts = d["metadata"]["name"]
-            ns = d["metadata"]["namespace"]
-            svc = services[d["spec"]["serviceName"]]
-            if svc["spec"].get("clusterIP") != "None" or not svc["spec"].get("publishNotReadyAddresses"):
-                fail(f"{sts}: its Service must be headless and publish not-ready addresses")
-            port = c["ports"][0]["containerPort"]
-            want = f"{sts}-0.{svc['metadata']['name']}.{ns}.svc.cluster.local:{port}"
-            if config["broker"]["advertised-address"] != want:
-                fail(f"{sts}: advertised {config['broker']['advertised-address']}, pod DNS name is {want}")
-print(f"check-deploy: {checked} rendered config files accepted by the binaries (--print-config keeps every key)")
+        if binary != "comet-broker":
+            continue
+        ns = d["metadata"]["namespace"]
+        svc = services[d["spec"]["serviceName"]]
+        if svc["spec"].get("clusterIP") != "None" or not svc["spec"].get("publishNotReadyAddresses"):
+            fail(f"{pod}: its Service must be headless and publish not-ready addresses")
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        want = f"{pod}.{svc['metadata']['name']}.{ns}.svc.cluster.local:{ports['grpc']}"
+        if effective["broker.advertised-address"] != want:
+            fail(f"{pod}: advertised {effective['broker.advertised-address']}, pod DNS name is {want}")
+        role = d["spec"]["template"]["metadata"]["labels"]["comet/broker-role"]
+        group = effective["broker.broker-name"]
+        if role == "master":
+            if effective["broker.broker-id"] != 0 or ordinal != 0:
+                fail(f"{pod}: a master must be ordinal 0 and broker id 0, is {ordinal} / {effective['broker.broker-id']}")
+            if effective["ha.listen"]:
+                ha = f"{pod}.{svc['metadata']['name']}.{ns}.svc.cluster.local:{ports.get('ha')}"
+                svc_ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+                if effective["ha.listen"] != f"0.0.0.0:{ports.get('ha')}" or svc_ports.get("ha") != ports["ha"]:
+                    fail(f"{pod}: ha.listen {effective['ha.listen']}, container port ha {ports.get('ha')}, "
+                         f"Service port ha {svc_ports.get('ha')} disagree")
+                if effective["ha.advertised-address"] != ha:
+                    fail(f"{pod}: ha.advertised-address {effective['ha.advertised-address']}, pod DNS name is {ha}")
+            elif "ha" in ports or c.get("env"):
+                fail(f"{pod}: a master without slaves has an HA port or environment")
+            masters[group] = (pod, effective)
+        else:
+            if ordinal is None or ordinal < 1 or effective["broker.broker-id"] != ordinal:
+                fail(f"{pod}: a slave's broker id must be its ordinal >= 1, is {effective['broker.broker-id']}")
+            slaves.append((group, pod, effective))
+    for group, pod, effective in slaves:
+        if group not in masters:
+            fail(f"{pod}: slave of {group}, which has no master")
+        master, m = masters[group]
+        if not m["ha.listen"]:
+            fail(f"{master} has slaves but no HA listener")
+        for key in ("broker.cluster-name", "broker.nameserver-addresses", "store.segment-size", "ha.secret"):
+            if effective[key] != m[key]:
+                fail(f"{pod} and its master {master} differ in {key}")
+        if effective["ha.master-address"] != m["ha.advertised-address"]:
+            fail(f"{pod} follows {effective['ha.master-address']}, its master is {m['ha.advertised-address']}")
+    # ha.secret only ever comes from a Secret: no ConfigMap sets it or holds its value.
+    values = {e["ha.secret"] for _, e in masters.values() if e["ha.secret"]}
+    for d in docs:
+        for text in d.get("data", {}).values() if d["kind"] == "ConfigMap" else []:
+            parsed = yaml.safe_load(text)
+            if any(v in text for v in values) or (isinstance(parsed, dict) and "secret" in (parsed.get("ha") or {})):
+                fail(f"ConfigMap {d['metadata']['name']} holds the replication secret")
+    # The HA port: open only on masters with slaves, only to the release's broker pods, never in another rule.
+    ha_ports = {m["ha.listen"].rsplit(":", 1)[1] for _, m in masters.values() if m["ha.listen"]}
+    for d in docs:
+        if d["kind"] != "NetworkPolicy":
+            continue
+        for rule in d["spec"].get("ingress", []):
+            rule_ports = {str(p["port"]) for p in rule.get("ports", [])}
+            if not rule_ports:
+                fail(f"NetworkPolicy {d['metadata']['name']}: an ingress rule without ports opens every port")
+            if rule_ports & ha_ports:
+                peers = rule.get("from", [])
+                ok = peers and rule_ports <= ha_ports and all(
+                    set(p) == {"podSelector"}
+                    and p["podSelector"]["matchLabels"].get("app.kubernetes.io/instance") == "comet"
+                    and p["podSelector"].get("matchExpressions") == [{"key": "app.kubernetes.io/component",
+                                                                      "operator": "In",
+                                                                      "values": ["broker", "broker-slave"]}]
+                    for p in peers)
+                if not ok:
+                    fail(f"NetworkPolicy {d['metadata']['name']}: the HA port is open beyond the release's brokers")
+    if ha_ports and not any(str(p["port"]) in ha_ports for d in docs if d["kind"] == "NetworkPolicy"
+                            for r in d["spec"].get("ingress", []) for p in r.get("ports", [])):
+        fail("no NetworkPolicy rule admits the release's slaves on the HA port")
+    return checked, len(masters), len(slaves)
+
+
+summary = []
+for render in renders:
+    checked, m, s = check_render(render)
+    summary.append(f"{os.path.basename(render)[:-5]} {checked} (masters {m}, slaves {s})")
+print(f"check-deploy: rendered config files accepted by the binaries with each pod's environment (--print-config "
+      f"keeps every key; slaves name their master, share its segment size and secret): {', '.join(summary)}")
 
 
 def health(addr, service):
@@ -205,18 +328,28 @@ def health(addr, service):
     return json.loads(out.stdout).get("status") if out.returncode == 0 else out.stderr.strip()
 
 
-def start(binary, text, env):
+def start(binary, text, env, name=None):
+    """Starts a process on a rendered config; returns it and the lines it printed up to its readiness line
+    (and, for an HA master, the HA listener line)."""
+    name = name or binary
     f = tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=work, delete=False)
     f.write(text)
     f.close()
-    log = open(os.path.join(work, binary + ".log"), "w")
+    log = open(os.path.join(work, name + ".log"), "w")
     p = subprocess.Popen([os.path.join(bins, binary), "--config", f.name], stdout=subprocess.PIPE, stderr=log,
                          text=True, env={"PATH": "/usr/bin:/bin", "HOME": work, "RUST_LOG": "warn", **env})
     line = p.stdout.readline()
     if "listening on" not in line:
         p.kill()
-        fail(f"{binary} did not start: {open(log.name).read()}")
-    return p, line.split()[-1]
+        fail(f"{name} did not start: {open(log.name).read()}")
+    addr = line.split()[-1]
+    if env.get("COMET_HA_LISTEN"):
+        line = p.stdout.readline()
+        if "HA listening on" not in line:
+            p.kill()
+            fail(f"{name} did not open its HA listener: {line} {open(log.name).read()}")
+        return p, addr, line.split()[-1]
+    return p, addr
 
 
 def probes(c, addr):
@@ -248,34 +381,116 @@ def stop(p, grace, name):
     return time.monotonic() - t
 
 
+def cluster_info(ns_addr):
+    out = subprocess.run([grpcurl, "-plaintext", "-d", "{}", ns_addr, "comet.v1.NameServer/GetClusterInfo"],
+                         capture_output=True, text=True)
+    return out.stdout
+
+
+def loopback(env, store):
+    """What runs a pod's broker on this machine: listen addresses on loopback, a scratch store (its usage measured
+    against a fixed capacity, not this machine's shared disk), the local NameServer. Nothing else changes."""
+    return {**env, "COMET_BROKER_LISTEN": "127.0.0.1:0", "COMET_STORE_DIR": store,
+            "COMET_STORE_DISK_CAPACITY_BYTES": str(64 << 30), "COMET_METRICS_LISTEN": "127.0.0.1:0",
+            "COMET_BROKER_NAMESERVER_ADDRESSES": ns_addr}
+
+
 # The default render, started for real on loopback: only the listen addresses, the store directory and the
 # NameServer addresses (pod DNS names do not resolve here) are overridden, through the documented COMET_* variables.
-items = {binary: (d, c, text, spec) for d, c, binary, _, text, _, spec in workloads(renders[0])}
-d, c, text, spec = items["comet-nameserver"]
+items = {binary: (d, c, text, d["spec"]["template"]["spec"], env)
+         for d, c, binary, _, text, env, _, _ in workloads(renders[0])}
+d, c, text, spec, _ = items["comet-nameserver"]
 ns_proc, ns_addr = start("comet-nameserver", text, {"COMET_NAMESERVER_LISTEN": "127.0.0.1:0",
                                                     "COMET_NAMESERVER_KV_CONFIG_PATH": f"{work}/kv.json",
                                                     "COMET_METRICS_LISTEN": "127.0.0.1:0"})
 n = probes(c, ns_addr)
-bd, bc, btext, bspec = items["comet-broker"]
-store = tempfile.mkdtemp(dir=work)
-br_proc, br_addr = start("comet-broker", btext, {"COMET_BROKER_LISTEN": "127.0.0.1:0", "COMET_STORE_DIR": store,
-                                                 "COMET_METRICS_LISTEN": "127.0.0.1:0",
-                                                 "COMET_BROKER_NAMESERVER_ADDRESSES": ns_addr})
+bd, bc, btext, bspec, benv = items["comet-broker"]
+br_proc, br_addr = start("comet-broker", btext, loopback(benv, tempfile.mkdtemp(dir=work)))
 n += probes(bc, br_addr)
 advertised = yaml.safe_load(btext)["broker"]["advertised-address"]
 for _ in range(50):
-    out = subprocess.run([grpcurl, "-plaintext", "-d", "{}", ns_addr, "comet.v1.NameServer/GetClusterInfo"],
-                         capture_output=True, text=True).stdout
+    out = cluster_info(ns_addr)
     if advertised in out:
         break
     time.sleep(0.1)
 else:
     fail(f"the broker did not register {advertised} with the NameServer: {out}")
 b_secs = stop(br_proc, bspec["terminationGracePeriodSeconds"], "comet-broker")
-n_secs = stop(ns_proc, spec["terminationGracePeriodSeconds"], "comet-nameserver")
 print(f"check-deploy: default render started on loopback: {n} probes SERVING, broker registered as {advertised}; "
-      f"SIGTERM exit 0 in {b_secs:.2f} s (broker, grace {bspec['terminationGracePeriodSeconds']} s) and "
-      f"{n_secs:.2f} s (NameServer, grace {spec['terminationGracePeriodSeconds']} s)")
+      f"SIGTERM exit 0 in {b_secs:.2f} s (broker, grace {bspec['terminationGracePeriodSeconds']} s)")
+
+# The HA render's first group, master and slave 1, each with its pod's environment (the generated secret, the
+# slave's broker id and DNS name) and the same loopback overrides; the slave's ha.master-address becomes the
+# master's HA listener on loopback. The slave must connect, a send must be acknowledged under sync replication
+# (only possible once the slave holds it), and `comet broker status` must show the slave in sync.
+ha_pods = {}
+for d, c, binary, config, text, env, pod, ordinal in workloads(renders[1]):
+    if binary == "comet-broker" and ordinal in (0, 1):
+        role = d["spec"]["template"]["metadata"]["labels"]["comet/broker-role"]
+        ha_pods.setdefault(config["broker"]["broker-name"], {})[role] = (c, text, env, pod, config, d)
+group, members = sorted(ha_pods.items())[0]
+mc, mtext, menv, mpod, mconfig, md = members["master"]
+sc, stext, senv, spod, sconfig, sd = members["slave"]
+if mconfig["ha"]["replication"] != "sync":
+    fail(f"values-ha.yaml: {group} is expected to replicate synchronously")
+m_proc, m_addr, m_ha = start("comet-broker", mtext, {**loopback(menv, tempfile.mkdtemp(dir=work)),
+                                                     "COMET_HA_LISTEN": "127.0.0.1:0"}, "ha-master")
+s_proc, s_addr = start("comet-broker", stext, {**loopback(senv, tempfile.mkdtemp(dir=work)),
+                                               "COMET_HA_MASTER_ADDRESS": m_ha}, "ha-slave")
+n = probes(mc, m_addr) + probes(sc, s_addr)
+
+
+def broker_status(addr, *flags):
+    out = subprocess.run([os.path.join(bins, "comet"), "--namesrv", ns_addr, "broker", "status", "--broker", addr,
+                          *flags], capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"comet broker status --broker {addr}: {out.stderr}")
+    return json.loads(out.stdout) if flags else out.stdout
+
+
+def slave_in_sync(master, offset):
+    return any(v["broker_id"] == 1 and v["in_sync"] and v["acked_offset"] >= offset for v in master["slaves"])
+
+
+for _ in range(100):
+    master = broker_status(m_addr, "--json")
+    if slave_in_sync(master, 0):
+        break
+    time.sleep(0.1)
+else:
+    fail(f"the slave {spod} did not connect to its master: {master}\n"
+         f"{open(os.path.join(work, 'ha-slave.log')).read()}")
+send = subprocess.run([grpcurl, "-plaintext", "-max-time", "10", "-d", json.dumps(
+    {"topic": "check-deploy", "queueId": 0, "messages": [{"body": base64.b64encode(b"replicated").decode()}]}),
+    m_addr, "comet.v1.Broker/SendMessage"], capture_output=True, text=True)
+if send.returncode != 0:
+    fail(f"a send to the sync master failed: {send.stderr}")
+for _ in range(100):
+    master, slave = broker_status(m_addr, "--json"), broker_status(s_addr, "--json")
+    end = master["commit_log_max_offset"]
+    if end > 0 and slave_in_sync(master, end) and slave["master_connected"] and slave["commit_log_max_offset"] == end:
+        break
+    time.sleep(0.1)
+else:
+    fail(f"the slave did not catch up with the sent message:\n{master}\n{slave}")
+status = broker_status(m_addr).splitlines()[1].split(None, 6)[6]
+for pod_dns in (menv.get("COMET_BROKER_ADVERTISED_ADDRESS") or mconfig["broker"]["advertised-address"],
+                senv["COMET_BROKER_ADVERTISED_ADDRESS"]):
+    for _ in range(50):
+        if pod_dns in cluster_info(ns_addr):
+            break
+        time.sleep(0.1)
+    else:
+        fail(f"{pod_dns} did not register with the NameServer")
+grace = sd["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+s_secs = stop(s_proc, grace, "the slave")
+m_secs = stop(m_proc, grace, "the master")
+n_secs = stop(ns_proc, spec["terminationGracePeriodSeconds"], "comet-nameserver")
+print(f"check-deploy: HA render ({group}) started on loopback: {n} probes SERVING; slave {spod} "
+      f"(broker id {senv['COMET_BROKER_BROKER_ID']}) connected to {mpod} with the secret from the chart's Secret, a "
+      f"send acknowledged under sync replication, `comet broker status`: {status}; "
+      f"both registered under their pod DNS names; SIGTERM exit 0 in {s_secs:.2f} s (slave), {m_secs:.2f} s "
+      f"(master), {n_secs:.2f} s (NameServer, grace {spec['terminationGracePeriodSeconds']} s)")
 PY
 
 # 5. The Dockerfile's build stage copies everything cargo needs: the workspace loads from exactly those paths, and

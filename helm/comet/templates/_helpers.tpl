@@ -110,8 +110,77 @@ so that both run on one machine). Call with (dict "root" $ "config" $config "wha
 {{- toYaml $metrics -}}
 {{- end -}}
 
-{{/* A broker group's configuration file (docs/configuration.md, "Broker"). Call with (dict "root" $ "group" $g). */}}
-{{- define "comet.broker.config" -}}
+{{/* The slaves' StatefulSet, headless Service and ConfigMap of a group: <group name above, cut to 46>-slave. Call with
+(dict "root" $ "group" $g). */}}
+{{- define "comet.broker.slave.fullname" -}}
+{{- printf "%s-slave" (include "comet.broker.fullname" . | trunc 46 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* Slaves of a group (brokers[].slaves, 0 when absent). */}}
+{{- define "comet.broker.slaves" -}}
+{{- int (default 0 .slaves) -}}
+{{- end -}}
+
+{{/* "true" when some group of the release has slaves (the HA secret, ports and policies exist), else "". */}}
+{{- define "comet.ha.enabled" -}}
+{{- range .Values.brokers -}}
+{{- if gt (int (include "comet.broker.slaves" .)) 0 -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding ha.secret, and its key: broker.ha.existingSecret, else the one the chart generates. */}}
+{{- define "comet.ha.secretName" -}}
+{{- $existing := .Values.broker.ha.existingSecret | default dict -}}
+{{- $existing.name | default (printf "%s-ha" (include "comet.fullname" .)) -}}
+{{- end -}}
+
+{{- define "comet.ha.secretKey" -}}
+{{- $existing := .Values.broker.ha.existingSecret | default dict -}}
+{{- if $existing.name -}}
+{{- $existing.key | default "secret" -}}
+{{- else -}}
+secret
+{{- end -}}
+{{- end -}}
+
+{{/* The env entry every member of a replicated group gets: ha.secret from the Secret (never from a ConfigMap). */}}
+{{- define "comet.ha.secretEnv" -}}
+# ha.secret, shared by the master and slaves of every group (docs/configuration.md, "ha"); overrides the file.
+- name: COMET_HA_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "comet.ha.secretName" . }}
+      key: {{ include "comet.ha.secretKey" . }}
+{{- end -}}
+
+{{/* A group's replication settings as JSON {"slaves", "replication", "syncReplicas"}: brokers[].ha over broker.ha.
+Refuses what the broker would refuse at start-up (sync without slaves) or could never satisfy (more sync replicas
+than slaves: every send would fail). Call with (dict "root" $ "group" $g). */}}
+{{- define "comet.broker.ha" -}}
+{{- $global := .root.Values.broker.ha | default dict -}}
+{{- $own := .group.ha | default dict -}}
+{{- $slaves := int (include "comet.broker.slaves" .group) -}}
+{{- $replication := $own.replication | default $global.replication | default "async" -}}
+{{- $syncReplicas := int ($own.syncReplicas | default $global.syncReplicas | default 1) -}}
+{{- if and (eq $slaves 0) $own.replication (eq $own.replication "sync") -}}
+{{- fail (printf "brokers[%s].ha.replication is sync but the group has no slaves (brokers[%s].slaves is 0)" .group.name .group.name) -}}
+{{- end -}}
+{{- if and (gt $slaves 0) (eq $replication "sync") (gt $syncReplicas $slaves) -}}
+{{- fail (printf "brokers[%s]: sync replication with syncReplicas %d needs at least %d slaves, the group has %d (every send would fail)" .group.name $syncReplicas $syncReplicas $slaves) -}}
+{{- end -}}
+{{- dict "slaves" $slaves "replication" $replication "syncReplicas" $syncReplicas | toJson -}}
+{{- end -}}
+
+{{/* The stable DNS name of a group's master pod (ordinal 0 of its StatefulSet). Call with (dict "root" $ "group" $g). */}}
+{{- define "comet.broker.masterHost" -}}
+{{- $name := include "comet.broker.fullname" . -}}
+{{- printf "%s-0.%s.%s.svc.%s" $name $name .root.Release.Namespace .root.Values.clusterDomain -}}
+{{- end -}}
+
+{{/* What a group's master and slaves share: broker.config with the group's config merged over it, checked for the
+keys the chart owns, plus broker.listen, broker-name, nameserver-addresses, store.dir and metrics. Returns YAML.
+Call with (dict "root" $ "group" $g). */}}
+{{- define "comet.broker.baseConfig" -}}
 {{- $root := .root -}}
 {{- $group := .group -}}
 {{- $config := mergeOverwrite (deepCopy ($root.Values.broker.config | default dict)) (deepCopy ($group.config | default dict)) -}}
@@ -125,17 +194,68 @@ so that both run on one machine). Call with (dict "root" $ "config" $config "wha
 {{- if hasKey $store "dir" -}}
 {{- fail "broker.config.store.dir is set by the chart (the data volume); remove it" -}}
 {{- end -}}
-{{- $name := include "comet.broker.fullname" (dict "root" $root "group" $group) -}}
-{{- $port := int $root.Values.broker.port -}}
-{{- $_ := set $broker "listen" (printf "0.0.0.0:%d" $port) -}}
-{{- $_ := set $broker "advertised-address" (printf "%s-0.%s.%s.svc.%s:%d" $name $name $root.Release.Namespace $root.Values.clusterDomain $port) -}}
+{{- $ha := get $config "ha" | default dict -}}
+{{- range $key := list "listen" "advertised-address" "master-address" -}}
+{{- if hasKey $ha $key -}}
+{{- fail (printf "broker.config.ha.%s (or the group's config) is set by the chart from brokers[].slaves and broker.ha.port; remove it" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey $ha "secret" -}}
+{{- fail "broker.config.ha.secret (or the group's config): the secret never goes into a ConfigMap; use broker.ha.existingSecret, or let the chart generate one" -}}
+{{- end -}}
+{{- range $key := list "replication" "sync-replicas" -}}
+{{- if hasKey $ha $key -}}
+{{- fail (printf "broker.config.ha.%s (or the group's config) is set by the chart; use broker.ha.%s or brokers[].ha.%s" $key (ternary "replication" "syncReplicas" (eq $key "replication")) (ternary "replication" "syncReplicas" (eq $key "replication"))) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $broker "listen" (printf "0.0.0.0:%d" (int $root.Values.broker.port)) -}}
 {{- $_ := set $broker "broker-name" $group.name -}}
-{{- $_ := set $broker "broker-id" 0 -}}
 {{- $_ := set $broker "nameserver-addresses" (include "comet.nameserver.addresses" $root | fromJsonArray) -}}
 {{- $_ := set $store "dir" "/var/lib/comet/store" -}}
 {{- $_ := set $config "broker" $broker -}}
 {{- $_ := set $config "store" $store -}}
+{{- if $ha -}}
+{{- $_ := set $config "ha" $ha -}}
+{{- end -}}
 {{- $_ := set $config "metrics" (include "comet.metrics.config" (dict "root" $root "config" $config "what" "broker.config") | fromYaml) -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* A group master's configuration file (docs/configuration.md, "Broker"): broker id 0, advertised by its pod DNS
+name; with slaves also the HA listener, its advertised address and the replication mode. Call with (dict "root" $
+"group" $g). */}}
+{{- define "comet.broker.config" -}}
+{{- $root := .root -}}
+{{- $config := include "comet.broker.baseConfig" . | fromYaml -}}
+{{- $broker := get $config "broker" -}}
+{{- $port := int $root.Values.broker.port -}}
+{{- $host := include "comet.broker.masterHost" . -}}
+{{- $_ := set $broker "advertised-address" (printf "%s:%d" $host $port) -}}
+{{- $_ := set $broker "broker-id" 0 -}}
+{{- $group := include "comet.broker.ha" . | fromJson -}}
+{{- if gt (int $group.slaves) 0 -}}
+{{- $ha := get $config "ha" | default dict -}}
+{{- $haPort := int $root.Values.broker.ha.port -}}
+{{- $_ := set $ha "listen" (printf "0.0.0.0:%d" $haPort) -}}
+{{- $_ := set $ha "advertised-address" (printf "%s:%d" $host $haPort) -}}
+{{- $_ := set $ha "replication" $group.replication -}}
+{{- if eq $group.replication "sync" -}}
+{{- $_ := set $ha "sync-replicas" (int $group.syncReplicas) -}}
+{{- end -}}
+{{- $_ := set $config "ha" $ha -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* The configuration file shared by a group's slaves: the master's, with ha.master-address (the master pod's DNS
+name and HA port) instead of the master-only keys. broker.broker-id and broker.advertised-address differ per pod
+and come from the environment (COMET_BROKER_BROKER_ID = the pod's ordinal, COMET_BROKER_ADVERTISED_ADDRESS = its
+DNS name). Call with (dict "root" $ "group" $g). */}}
+{{- define "comet.broker.slave.config" -}}
+{{- $config := include "comet.broker.baseConfig" . | fromYaml -}}
+{{- $ha := get $config "ha" | default dict -}}
+{{- $_ := set $ha "master-address" (printf "%s:%d" (include "comet.broker.masterHost" .) (int .root.Values.broker.ha.port)) -}}
+{{- $_ := set $config "ha" $ha -}}
 {{- toYaml $config -}}
 {{- end -}}
 
