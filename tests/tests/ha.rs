@@ -212,7 +212,8 @@ async fn a_slave_copies_200k_messages_byte_identical_and_serves_them_and_both_ar
     wait_until("the slave is routed", Duration::from_secs(10), || routed(1, slave.addr())).await?;
 
     // Groups and consumer offsets committed on the master reach the slave: a consumer moving to it resumes there.
-    let group = pb::GroupConfig { name: "ha-group".into(), consume_enable: true, retry_max_times: 3, ..Default::default() };
+    let group =
+        pb::GroupConfig { name: "ha-group".into(), consume_enable: true, retry_max_times: 3, ..Default::default() };
     mc.clone().create_group(pb::CreateGroupRequest { group: Some(group) }).await?;
     for queue in 0..QUEUES {
         let commit = pb::CommitConsumerOffsetRequest {
@@ -226,7 +227,8 @@ async fn a_slave_copies_200k_messages_byte_identical_and_serves_them_and_both_ar
     wait_until("offsets copied to the slave", Duration::from_secs(20), || async {
         let mut all = true;
         for queue in 0..QUEUES {
-            let query = pb::QueryConsumerOffsetRequest { group: "ha-group".into(), topic: TOPIC.into(), queue_id: queue };
+            let query =
+                pb::QueryConsumerOffsetRequest { group: "ha-group".into(), topic: TOPIC.into(), queue_id: queue };
             all &= sc.clone().query_consumer_offset(query).await.is_ok_and(|r| {
                 let r = r.into_inner();
                 r.found && r.offset == 1_000 + u64::from(queue)
