@@ -230,8 +230,12 @@ impl Master {
         let max = usize::try_from(max).unwrap_or(usize::MAX).clamp(1, self.broker.config.ha.chunk_bytes);
         let wait = Duration::from_millis(wait_ms).min(MAX_FETCH_WAIT);
         let ha = &self.broker.ha;
-        ha.acknowledge(&session, offset);
         let store = &self.broker.store;
+        // An offset inside our log is the slave's acknowledgement. One beyond our end is a diverged tail, not
+        // data it holds of ours: it must never count towards a sync send.
+        if (store.min_offset().0..=store.end_offset().0).contains(&offset) {
+            ha.acknowledge(&session, offset);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let (min, end) = (store.min_offset().0, store.end_offset().0);

@@ -141,7 +141,11 @@ async fn follow(broker: &Arc<Broker>, client: &Client, timeout: Duration, stop: 
             return Ok(());
         }
         if Instant::now() >= metadata_due {
-            sync_metadata(broker, &link).await?;
+            // Metadata trouble (an answer too large for one frame, a file that cannot be written) must not stop
+            // the CommitLog from replicating; a dead connection shows up in the fetch below anyway.
+            if let Err(Failure(reason)) = sync_metadata(broker, &link).await {
+                tracing::warn!(master = %link.master, %reason, "copying metadata from the master failed; retrying");
+            }
             metadata_due = Instant::now() + metadata_every;
         }
         let wait = Duration::from_millis(ha.fetch_wait_ms).min(metadata_due.saturating_duration_since(Instant::now()));
