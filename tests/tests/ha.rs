@@ -462,6 +462,33 @@ async fn a_diverged_slave_cuts_its_tail_and_copies_the_new_master() -> anyhow::R
     .await?;
     ensure!(pull_all(&bc).await? == pull_all(&sc).await?, "the slave serves messages B does not have");
     ensure!(slave.log().contains("cutting the diverged tail"), "no truncation logged:\n{}", slave.log());
+    // The cut tail (A's 2 000 messages B never had) is kept beside the store, not lost.
+    let saved: Vec<_> = std::fs::read_dir(slave.store_dir().join("diverged"))?.collect::<Result<_, _>>()?;
+    ensure!(saved.len() == 1 && saved[0].metadata()?.len() > 2_000 * 40, "saved tail: {saved:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slave_refuses_to_wipe_its_log_for_a_master_sharing_none_of_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = BrokerProcess::start(&dir.path().join("a"), &master_options(None, free_port()?, "async")).await?;
+    let ac = a.client().await?;
+    create_topic(&ac).await?;
+    let a_ha = a.ha_addr().context("no HA listener")?.to_string();
+    let mut slave = BrokerProcess::start(&dir.path().join("slave"), &slave_options(None, &a_ha, SECRET)).await?;
+    send_range(&ac, 0, 1_000, 50).await?;
+    caught_up(&ac, &slave.client().await?, Duration::from_secs(30)).await?;
+    let kept = status(&slave.client().await?).await?.commit_log_max_offset;
+    ensure!(slave.terminate().await?, "slave did not stop cleanly");
+
+    // An empty master of the same name and secret (a lost master volume): the slave must not follow it to zero.
+    let empty = BrokerProcess::start(&dir.path().join("empty"), &master_options(None, free_port()?, "async")).await?;
+    let empty_ha = empty.ha_addr().context("no HA listener")?.to_string();
+    let slave = BrokerProcess::start(&dir.path().join("slave"), &slave_options(None, &empty_ha, SECRET)).await?;
+    wait_until("the slave refuses", Duration::from_secs(20), || async { slave.log().contains("refusing to delete") })
+        .await?;
+    let s = status(&slave.client().await?).await?;
+    ensure!(s.commit_log_max_offset == kept && !s.master_connected, "{s:?}");
     Ok(())
 }
 

@@ -90,6 +90,10 @@ impl Default for HaSection {
     }
 }
 
+/// Largest `store.max-message-size` with replication: half the remoting frame, leaving room for the record's
+/// header, keys and properties.
+pub const MAX_REPLICATED_MESSAGE: u64 = (comet_remoting::frame::DEFAULT_MAX_FRAME_SIZE / 2) as u64;
+
 /// Shortest `ha.secret` accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -262,6 +266,16 @@ impl Config {
         let max_chunk = comet_remoting::frame::DEFAULT_MAX_FRAME_SIZE - 64 * 1024;
         if ha.chunk_bytes < 64 * 1024 || ha.chunk_bytes > max_chunk {
             return bad("ha.chunk-bytes", format!("must be 65536..={max_chunk}"));
+        }
+        if ha.max_lag_bytes < ha.chunk_bytes as u64 {
+            return bad("ha.max-lag-bytes", "must be at least ha.chunk-bytes".into());
+        }
+        // A fetch answers at least one whole record: the largest must fit one remoting frame with room to spare.
+        if self.replicates() && u64::from(self.store.max_message_size) > MAX_REPLICATED_MESSAGE {
+            return bad(
+                "store.max-message-size",
+                format!("with replication at most {MAX_REPLICATED_MESSAGE} bytes (a record must fit one HA frame)"),
+            );
         }
         for (key, value) in [
             ("ha.sync-timeout-ms", ha.sync_timeout_ms),

@@ -62,6 +62,19 @@ pub async fn start(broker: &Arc<Broker>) -> Result<Option<Server>> {
     let advertised = broker.config.ha_advertised_address(server.local_addr());
     tracing::info!(listen = %server.local_addr(), %advertised, mode = ?ha.replication, "HA listener up");
     broker.ha.set_ha_address(advertised);
+    // A slave whose host died sends no FIN: close sessions silent past their fetch wait.
+    let weak = Arc::downgrade(broker);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(broker) = weak.upgrade() else { return };
+            if broker.ha.is_stopping() {
+                return;
+            }
+            broker.ha.close_silent();
+        }
+    });
     Ok(Some(server))
 }
 
@@ -106,7 +119,11 @@ impl Master {
         let mut challenges = self.challenges.lock();
         challenges.retain(|_, c| c.at.elapsed() < CHALLENGE_TTL);
         if challenges.len() >= MAX_CHALLENGES {
-            return fail(comet_remoting::code::SYSTEM_BUSY, "too many handshakes in progress");
+            // Evict the oldest rather than refuse: strangers flooding handshakes cannot lock real slaves out.
+            let oldest = challenges.iter().min_by_key(|(_, c)| c.at).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                challenges.remove(&k);
+            }
         }
         challenges.insert(
             master_nonce.clone(),
@@ -130,14 +147,21 @@ impl Master {
             (Ok(c), Ok(p), Ok(s)) => (c, p, s),
             (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return bad_request(e),
         };
-        let Some(challenge) = self.challenges.lock().remove(master_nonce) else {
+        let peer = req.connection.peer().to_owned();
+        let challenge = {
+            let mut challenges = self.challenges.lock();
+            // Only the connection that asked may answer (someone who saw the nonce cannot burn it), and in time.
+            match challenges.get(master_nonce) {
+                Some(c) if c.peer == peer && c.at.elapsed() < CHALLENGE_TTL => challenges.remove(master_nonce),
+                _ => None,
+            }
+        };
+        let Some(challenge) = challenge else {
             return fail(code::FORBIDDEN, "unknown or expired challenge");
         };
-        let peer = req.connection.peer().to_owned();
         let name = &self.broker.config.broker.broker_name;
         let id = challenge.broker_id;
-        let valid = challenge.peer == peer
-            && protocol::verify(self.secret(), Side::Slave, master_nonce, &challenge.slave_nonce, name, id, proof);
+        let valid = protocol::verify(self.secret(), Side::Slave, master_nonce, &challenge.slave_nonce, name, id, proof);
         if !valid {
             tracing::warn!(%peer, id, "HA handshake refused: wrong secret");
             return fail(code::FORBIDDEN, "authentication failed: the HA secrets differ");
@@ -166,6 +190,8 @@ impl Master {
             // Unknown until its first fetch says where it is.
             acked: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(now_ms()),
+            wait_ms: AtomicU64::new(0),
+            connection: Some(req.connection.clone()),
         });
         self.broker.ha.open_session(session_id.clone(), session);
         tracing::info!(%peer, id, "slave connected");
@@ -231,11 +257,7 @@ impl Master {
         let wait = Duration::from_millis(wait_ms).min(MAX_FETCH_WAIT);
         let ha = &self.broker.ha;
         let store = &self.broker.store;
-        // An offset inside our log is the slave's acknowledgement. One beyond our end is a diverged tail, not
-        // data it holds of ours: it must never count towards a sync send.
-        if (store.min_offset().0..=store.end_offset().0).contains(&offset) {
-            ha.acknowledge(&session, offset);
-        }
+        ha.seen(&session, wait.as_millis() as u64);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let (min, end) = (store.min_offset().0, store.end_offset().0);
@@ -249,10 +271,25 @@ impl Master {
             if offset > end {
                 return positioned(fail(code::DIVERGED, format!("offset {offset} is beyond the master's end {end}")));
             }
+            if offset == end {
+                // The slave holds all of our log: its acknowledgement.
+                ha.acknowledge(&session, offset);
+            }
             if offset < end {
                 return match self.read(offset, max, end - offset).await {
-                    Ok(Some(bytes)) => positioned(ok()).with_ext(field::OFFSET, offset.to_string()).with_body(bytes),
-                    Ok(None) => positioned(ok()).with_ext(field::OFFSET, offset.to_string()),
+                    Ok(Some(bytes)) => {
+                        // A record starts at `offset` in our log (read_raw checked it), so the slave holds exactly
+                        // our bytes below it. An offset that is not a record boundary of ours (a diverged tail)
+                        // never counts towards a sync send.
+                        ha.acknowledge(&session, offset);
+                        positioned(ok()).with_ext(field::OFFSET, offset.to_string()).with_body(bytes)
+                    }
+                    // Nothing readable there right now (a segment being deleted): answer empty after the wait
+                    // rather than spin.
+                    Ok(None) => {
+                        ha.park_until(deadline, || false).await;
+                        positioned(ok()).with_ext(field::OFFSET, offset.to_string())
+                    }
                     // Not a record boundary here: the slave's log parted from ours within a record.
                     Err(BrokerError::Store(comet_store::Error::NotRecordBoundary { .. })) => positioned(fail(
                         code::DIVERGED,

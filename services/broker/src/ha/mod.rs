@@ -42,6 +42,22 @@ pub struct SlaveSession {
     pub acked: AtomicU64,
     /// When it last fetched (ms since the epoch).
     pub last_seen_ms: AtomicU64,
+    /// How long its last fetch may be parked (ms): it is alive while it fetches again within that plus a grace.
+    pub wait_ms: AtomicU64,
+    /// The connection, closed when the session is replaced or goes silent.
+    pub connection: Option<comet_remoting::Connection>,
+}
+
+/// A slave silent for longer than its fetch wait plus this is dead (its host may be gone without a FIN): it no
+/// longer counts for sync sends and its connection is closed.
+pub const SILENCE_GRACE_MS: u64 = 3_000;
+
+impl SlaveSession {
+    /// Whether it fetched recently enough to be alive at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        let seen = self.last_seen_ms.load(Ordering::Acquire);
+        now_ms <= seen + self.wait_ms.load(Ordering::Acquire) + SILENCE_GRACE_MS
+    }
 }
 
 /// What a slave reports about its master.
@@ -129,22 +145,25 @@ impl Replication {
     /// Called on the dispatcher thread for every arrival: wakes parked fetches, if any.
     // Hot path: one atomic load when no slave is parked.
     pub fn on_appended(&self) {
-        if self.parked.load(Ordering::Acquire) > 0 {
+        // Pairs with the fence in `park_until`: either this sees the parked fetch, or the fetch sees the new end.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) > 0 {
             self.appended.notify_waiters();
         }
     }
 
-    /// Waits until `sync-replicas` slaves hold everything below `end` (sync mode; returns at once otherwise).
-    /// Fails at once when fewer slaves than needed are connected and in sync, and after `sync-timeout-ms`
-    /// otherwise. The message stays stored on the master either way: the error says so.
-    pub async fn wait_replicated(&self, end: u64, master_end: u64) -> Result<()> {
+    /// Waits until `sync-replicas` slaves hold everything below `end`, the end of a batch stored from `from`
+    /// (sync mode; returns at once otherwise). Fails at once when fewer slaves than needed are live and within
+    /// `max-lag-bytes` of `from`, and after `sync-timeout-ms` otherwise. The message stays stored on the master
+    /// either way: the error says so.
+    pub async fn wait_replicated(&self, end: u64, from: u64) -> Result<()> {
         if self.mode != ReplicationMode::Sync {
             return Ok(());
         }
         let mut changes = self.acks.subscribe();
         let deadline = tokio::time::Instant::now() + self.sync_timeout;
         loop {
-            let (acked, in_sync) = self.count(end, master_end);
+            let (acked, in_sync) = self.count(end, from);
             if acked >= self.sync_replicas {
                 return Ok(());
             }
@@ -156,7 +175,7 @@ impl Replication {
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => {
-                    let (acked, _) = self.count(end, master_end);
+                    let (acked, _) = self.count(end, from);
                     if acked >= self.sync_replicas {
                         return Ok(());
                     }
@@ -171,25 +190,54 @@ impl Replication {
         }
     }
 
-    /// (slaves holding everything below `end`, slaves connected and within `max-lag-bytes` of `master_end`).
-    fn count(&self, end: u64, master_end: u64) -> (usize, usize) {
+    /// (live slaves holding everything below `end`, live slaves within `max-lag-bytes` of `from`, the start of the
+    /// data being waited for).
+    fn count(&self, end: u64, from: u64) -> (usize, usize) {
+        let now = now_ms();
         let sessions = self.sessions.lock();
         let mut acked = 0;
         let mut in_sync = 0;
-        for s in sessions.values() {
+        for s in sessions.values().filter(|s| s.is_live(now)) {
             let at = s.acked.load(Ordering::Acquire);
             acked += usize::from(at >= end);
-            in_sync += usize::from(at.saturating_add(self.max_lag) >= master_end);
+            in_sync += usize::from(at.saturating_add(self.max_lag) >= from);
         }
         (acked, in_sync)
+    }
+
+    /// Closes the connections of sessions that went silent (a dead host sends no FIN): they stop counting at
+    /// once (see `count`) and their resources go with the connection. Returns how many were closed.
+    pub fn close_silent(&self) -> usize {
+        let now = now_ms();
+        let silent: Vec<Arc<SlaveSession>> =
+            self.sessions.lock().values().filter(|s| !s.is_live(now)).cloned().collect();
+        for s in &silent {
+            tracing::warn!(id = s.broker_id, peer = %s.peer, "slave silent past its fetch wait: closing its connection");
+            if let Some(c) = &s.connection {
+                c.close("slave went silent");
+            }
+        }
+        silent.len()
     }
 
     /// Opens a session for an authenticated slave, closing out an older one of the same broker id.
     pub(crate) fn open_session(&self, id: String, session: Arc<SlaveSession>) {
         let mut sessions = self.sessions.lock();
-        sessions.retain(|_, s| s.broker_id != session.broker_id);
+        let mut replaced = Vec::new();
+        sessions.retain(|_, s| {
+            let keep = s.broker_id != session.broker_id;
+            if !keep {
+                replaced.push(Arc::clone(s));
+            }
+            keep
+        });
         sessions.insert(id, session);
         drop(sessions);
+        for old in replaced {
+            if let Some(c) = &old.connection {
+                c.close("the slave reconnected");
+            }
+        }
         self.acks.send_modify(|v| *v += 1);
     }
 
@@ -205,20 +253,27 @@ impl Replication {
         self.sessions.lock().get(id).filter(|s| s.peer == peer).cloned()
     }
 
+    /// Records that a slave fetched (it is alive), parking for at most `wait_ms`.
+    pub(crate) fn seen(&self, session: &SlaveSession, wait_ms: u64) {
+        session.wait_ms.store(wait_ms, Ordering::Release);
+        session.last_seen_ms.store(now_ms(), Ordering::Release);
+    }
+
     /// Records a slave's acknowledgement (it may move back after the slave cut a diverged tail).
     pub(crate) fn acknowledge(&self, session: &SlaveSession, offset: u64) {
-        session.last_seen_ms.store(now_ms(), Ordering::Release);
         if session.acked.swap(offset, Ordering::AcqRel) != offset {
             self.acks.send_modify(|v| *v += 1);
         }
     }
 
-    /// Every connected slave: (broker id, connection, acked offset, last seen), by broker id.
+    /// Every connected, live slave: (broker id, connection, acked offset, last seen), by broker id.
     pub fn slaves(&self) -> Vec<(u64, String, u64, u64)> {
+        let now = now_ms();
         let mut out: Vec<_> = self
             .sessions
             .lock()
             .values()
+            .filter(|s| s.is_live(now))
             .map(|s| {
                 (s.broker_id, s.peer.clone(), s.acked.load(Ordering::Acquire), s.last_seen_ms.load(Ordering::Acquire))
             })
@@ -235,6 +290,8 @@ impl Replication {
     /// Parks a fetch until new data is dispatched (or `deadline`); counts it so arrivals know to notify.
     pub(crate) async fn park_until(&self, deadline: tokio::time::Instant, ready: impl Fn() -> bool) {
         let _parked = Parked::new(&self.parked);
+        // Pairs with the fence in `on_appended` (the store publishes its end with Release only).
+        std::sync::atomic::fence(Ordering::SeqCst);
         loop {
             let notified = self.appended.notified();
             tokio::pin!(notified);
@@ -283,7 +340,9 @@ mod tests {
             broker_id: id,
             peer: peer.into(),
             acked: AtomicU64::new(0),
-            last_seen_ms: AtomicU64::new(0),
+            last_seen_ms: AtomicU64::new(now_ms()),
+            wait_ms: AtomicU64::new(60_000),
+            connection: None,
         })
     }
 
@@ -309,6 +368,16 @@ mod tests {
         // Connected but silent: the send fails at the timeout, saying how many acknowledged.
         let err = r.wait_replicated(200, 200).await.unwrap_err();
         assert!(err.to_string().contains("0 of the 1 required"), "{err}");
+
+        // Silent past its fetch wait (a dead host sends no FIN): no longer counted, so sends fail at once.
+        s.wait_ms.store(0, Ordering::Release);
+        s.last_seen_ms.store(now_ms() - SILENCE_GRACE_MS - 1, Ordering::Release);
+        let started = std::time::Instant::now();
+        let err = r.wait_replicated(300, 300).await.unwrap_err();
+        assert!(err.to_string().contains("0 slave(s) connected"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(r.slaves().is_empty());
+        assert_eq!(r.close_silent(), 1);
     }
 
     #[tokio::test]

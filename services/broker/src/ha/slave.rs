@@ -133,22 +133,17 @@ async fn follow(broker: &Arc<Broker>, client: &Client, timeout: Duration, stop: 
     let mut offset = reconcile(broker, &link, master_min, master_end).await?;
     tracing::info!(master = %link.master, offset, master_end, "replicating from the master");
 
-    let metadata_every = Duration::from_millis(ha.metadata_sync_interval_ms);
-    let mut metadata_due = Instant::now();
+    // Metadata is copied beside the fetch loop over the same connection (requests are multiplexed), so the
+    // fetch that carries an acknowledgement never waits behind it.
+    let link = Arc::new(link);
+    let _metadata = AbortOnDrop(tokio::spawn(copy_metadata(Arc::clone(broker), Arc::clone(&link))));
+    let wait = Duration::from_millis(ha.fetch_wait_ms);
     let chunk = ha.chunk_bytes.to_string();
+    let segment_size = broker.store.segment_size();
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        if Instant::now() >= metadata_due {
-            // Metadata trouble (an answer too large for one frame, a file that cannot be written) must not stop
-            // the CommitLog from replicating; a dead connection shows up in the fetch below anyway.
-            if let Err(Failure(reason)) = sync_metadata(broker, &link).await {
-                tracing::warn!(master = %link.master, %reason, "copying metadata from the master failed; retrying");
-            }
-            metadata_due = Instant::now() + metadata_every;
-        }
-        let wait = Duration::from_millis(ha.fetch_wait_ms).min(metadata_due.saturating_duration_since(Instant::now()));
         let request = Command::request(code::FETCH, Bytes::new())
             .with_ext(field::OFFSET, offset.to_string())
             .with_ext(field::MAX, chunk.as_str())
@@ -171,8 +166,11 @@ async fn follow(broker: &Arc<Broker>, client: &Client, timeout: Duration, stop: 
                     return Err(Failure(format!("master sent bytes for offset {at}, asked for {offset}")));
                 }
                 let body = response.body;
-                let appended = if body.len() <= INLINE_APPEND_MAX && broker.config.store.flush_mode == FlushMode::Async
-                {
+                // A chunk at a segment base creates the segment file (fallocate, directory fsync): blocking pool.
+                let inline = body.len() <= INLINE_APPEND_MAX
+                    && broker.config.store.flush_mode == FlushMode::Async
+                    && !at.is_multiple_of(segment_size);
+                let appended = if inline {
                     // A small chunk with async flush is a validated copy into the page cache: cheaper in place
                     // than two thread hand-offs, which a sync-replication send would wait for.
                     broker.store.append_raw(CommitLogOffset(at), &body).map_err(BrokerError::from)
@@ -183,6 +181,11 @@ async fn follow(broker: &Arc<Broker>, client: &Client, timeout: Duration, stop: 
             }
             code::OFFSET_MOVED => {
                 let min = protocol::number(&response, field::MIN)?;
+                let end = protocol::number(&response, field::END)?;
+                // Wiping our log on an answer is drastic: only for a sane minimum (above us, a segment base).
+                if min <= offset || min > end || !min.is_multiple_of(segment_size) {
+                    return Err(Failure(format!("master sent an implausible minimum {min} (our offset {offset})")));
+                }
                 tracing::warn!(
                     offset,
                     master_min = min,
@@ -268,19 +271,47 @@ async fn reconcile(broker: &Arc<Broker>, link: &Link, master_min: u64, master_en
     tracing::warn!(end, master_end, "our log diverges from the master's: looking for the last record both hold");
     match common_point(broker, link, end).await? {
         Some(point) => {
-            tracing::warn!(from = point, to = end, "cutting the diverged tail of our log");
+            // The tail may hold messages acknowledged by an earlier master (one that lost its own unflushed tail,
+            // or a slave promoted while behind us): keep a copy before cutting, so nothing is lost for good.
+            let saved = broker
+                .blocking(move |b| save_tail(b, point, end))
+                .await
+                .map_err(|e| Failure(format!("saving our diverged tail {point}..{end} before cutting it: {e}")))?;
+            tracing::warn!(from = point, to = end, saved = %saved.display(), "cutting the diverged tail of our log");
             broker
                 .blocking(move |b| Ok(b.store.truncate(CommitLogOffset(point))?))
                 .await
                 .map_err(|e| Failure(format!("truncating to {point}: {e}")))?;
             Ok(point)
         }
-        None => {
-            tracing::warn!(master_min, "no record in common with the master: starting over");
-            restart_at(broker, master_min).await?;
-            Ok(master_min)
-        }
+        // Not one record in common: a master of another group, or an empty master started beside its slaves.
+        // Wiping our copy would lose everything; an operator decides.
+        None => Err(Failure(format!(
+            "the master at {} shares no record with our log ({} bytes from {min}): refusing to delete it; if this \
+             slave should copy that master, stop it and move its store directory away",
+            link.master,
+            end - min
+        ))),
     }
+}
+
+/// Copies every record of `[from, to)` of our log, back to back as the CommitLog stores them (end markers left
+/// out), to `<store dir>/diverged/commitlog-<from>-<to>.bin`, fsynced: docs/storage-format.md reads them.
+fn save_tail(broker: &Broker, from: u64, to: u64) -> crate::error::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let dir = broker.config.store.dir.join("diverged");
+    let path = dir.join(format!("commitlog-{from:020}-{to:020}.bin"));
+    let persist =
+        |op: &'static str, e: std::io::Error| BrokerError::Persist { op, path: path.clone(), reason: e.to_string() };
+    std::fs::create_dir_all(&dir).map_err(|e| persist("create", e))?;
+    let mut file = std::fs::File::create(&path).map_err(|e| persist("create", e))?;
+    // Record by record (an end marker ends a segment early; the walk follows it into the next one).
+    for (offset, size) in broker.store.record_spans(CommitLogOffset(from), CommitLogOffset(to))? {
+        let Some(record) = broker.store.read_raw(offset, size as usize)? else { break };
+        file.write_all(&record[..(size as usize).min(record.len())]).map_err(|e| persist("write", e))?;
+    }
+    file.sync_all().map_err(|e| persist("fsync", e))?;
+    Ok(path)
 }
 
 /// Deletes our whole log and restarts it empty at `at` (the master's minimum).
@@ -344,6 +375,27 @@ async fn common_point(broker: &Arc<Broker>, link: &Link, end: u64) -> Outcome<Op
         return Ok(Some(spans[lo].0.0 + u64::from(spans[lo].1)));
     }
     Ok(None)
+}
+
+/// Aborts its task when dropped (the metadata copier ends with the session that runs it).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Copies metadata every `metadata-sync-interval-ms` for as long as the session lives. Trouble (an answer too
+/// large for one frame, a file that cannot be written) is logged and retried: it must not stop the CommitLog.
+async fn copy_metadata(broker: Arc<Broker>, link: Arc<Link>) {
+    let every = Duration::from_millis(broker.config.ha.metadata_sync_interval_ms);
+    loop {
+        if let Err(Failure(reason)) = sync_metadata(&broker, &link).await {
+            tracing::warn!(master = %link.master, %reason, "copying metadata from the master failed; retrying");
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Copies topics (when their version changed), groups and consumer offsets from the master.

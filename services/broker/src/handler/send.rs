@@ -94,11 +94,11 @@ pub async fn send(
     // Parked slave fetches learn of the new bytes now rather than after the dispatcher's pass.
     broker.ha.on_appended();
     if broker.ha.is_sync()
-        && let Some(last) = results.last()
+        && let (Some(first), Some(last)) = (results.first(), results.last())
     {
         // Sync replication: stored (and counted) above, acknowledged only once enough slaves hold the whole batch.
         let end = last.offset.0 + u64::from(last.size);
-        broker.ha.wait_replicated(end, broker.store.end_offset().0).await?;
+        broker.ha.wait_replicated(end, first.offset.0).await?;
     }
     Ok(pb::SendMessageResponse {
         results: results
