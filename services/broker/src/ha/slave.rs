@@ -354,15 +354,18 @@ async fn matches(broker: &Arc<Broker>, link: &Link, (offset, len): (u64, u32)) -
 async fn common_point(broker: &Arc<Broker>, link: &Link, end: u64) -> Outcome<Option<u64>> {
     let segment = broker.store.segment_size();
     for base in broker.store.segment_bases().into_iter().rev().filter(|b| b.0 < end) {
-        let limit = end.min(base.0 + segment);
-        let spans = broker
-            .blocking(move |b| Ok(b.store.record_spans(base, CommitLogOffset(limit))?))
-            .await
-            .map_err(|e| Failure(format!("walking our log from {}: {e}", base.0)))?;
-        let Some(&first) = spans.first() else { continue };
+        // Only the first record of each candidate segment is read; only the chosen segment is walked whole.
+        let walk = |to: u64| async move {
+            broker
+                .blocking(move |b| Ok(b.store.record_spans(base, CommitLogOffset(to))?))
+                .await
+                .map_err(|e| Failure(format!("walking our log from {}: {e}", base.0)))
+        };
+        let Some(&first) = walk(base.0 + 1).await?.first() else { continue };
         if !matches(broker, link, (first.0.0, first.1)).await? {
             continue;
         }
+        let spans = walk(end.min(base.0 + segment)).await?;
         let (mut lo, mut hi) = (0usize, spans.len());
         while lo + 1 < hi {
             let mid = lo + (hi - lo) / 2;
