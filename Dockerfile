@@ -55,7 +55,9 @@ ENV HOME=/var/lib/comet
 WORKDIR /var/lib/comet
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
-# 9876 NameServer, 8081 broker (gRPC, health, reflection).
-EXPOSE 9876 8081
+# 9876 NameServer, 8081 broker (gRPC, health, reflection); 5557 broker and 5558 NameServer /metrics
+# (metrics.listen, on by default); 10912 a master's HA replication listener (ha.listen, RocketMQ's HA port; the
+# chart sets it on masters with slaves).
+EXPOSE 9876 8081 5557 5558 10912
 # No HEALTHCHECK: the image has no gRPC health client; Kubernetes probes grpc.health.v1 natively (see helm/comet).
 CMD ["comet", "--help"]

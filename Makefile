@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha fuzz-remoting clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha fuzz-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -63,6 +63,13 @@ check-layering:
 ## the Dockerfile's build context, and k8s/ current with the chart (tools from `make setup`; see the script)
 check-deploy:
 	@bash scripts/check-deploy.sh
+
+## check-image: build the Dockerfile for real with podman, its two base images assembled here (debootstrap; the
+## host's rustup toolchain), and run the image: user, every binary, a NameServer and a broker from it as the chart
+## runs them, one message sent and consumed (root; slow: ~8 min the first time, then ~1 min; NOT part of `make test`;
+## CHECK_IMAGE_ARGS=--purge also drops the base images and the build cache; see docs/operations.md, "Image")
+check-image:
+	@bash scripts/check-image.sh $(CHECK_IMAGE_ARGS)
 
 ## k8s-manifests: re-render k8s/comet.yaml from helm/comet with its default values
 k8s-manifests:
