@@ -517,7 +517,7 @@ for b in comet comet-broker comet-nameserver comet-store; do
 done
 grep -q "target/release/comet-nameserver target/release/comet-broker target/release/comet target/release/comet-store" Dockerfile ||
   { echo "check-deploy: the Dockerfile no longer copies the four binaries out of the build" >&2; exit 1; }
-step "Docker build context (${copies[*]}): workspace loads with --locked, binaries comet comet-broker comet-nameserver comet-store present (image not built: no daemon here)"
+step "Docker build context (${copies[*]}): workspace loads with --locked, binaries comet comet-broker comet-nameserver comet-store present (the image itself: make check-image, podman with locally assembled base images)"
 
 # 6. k8s/ is the current render of the chart's defaults, and it validates as a kustomization.
 render_k8s "$work/k8s.yaml"
