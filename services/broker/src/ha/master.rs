@@ -99,13 +99,16 @@ impl Master {
 
     fn auth_begin(&self, req: &Request) -> Command {
         let cmd = &req.command;
-        let (name, id, slave_nonce) = match (
-            protocol::text(cmd, field::BROKER_NAME),
-            protocol::number(cmd, field::BROKER_ID),
-            protocol::text(cmd, field::NONCE),
-        ) {
-            (Ok(n), Ok(i), Ok(s)) => (n, i, s),
-            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return bad_request(e),
+        let fields = || {
+            Ok::<_, String>((
+                protocol::text(cmd, field::BROKER_NAME)?,
+                protocol::number(cmd, field::BROKER_ID)?,
+                protocol::text(cmd, field::NONCE)?,
+            ))
+        };
+        let (name, id, slave_nonce) = match fields() {
+            Ok(f) => f,
+            Err(e) => return bad_request(e),
         };
         let ours = &self.broker.config.broker.broker_name;
         if name != ours || id == comet_model::MASTER_ID || slave_nonce.len() > 128 {
@@ -139,13 +142,16 @@ impl Master {
 
     fn auth_finish(&self, req: Request) -> Command {
         let cmd = &req.command;
-        let (master_nonce, proof, segment_size) = match (
-            protocol::text(cmd, field::CHALLENGE),
-            protocol::text(cmd, field::PROOF),
-            protocol::number(cmd, field::SEGMENT_SIZE),
-        ) {
-            (Ok(c), Ok(p), Ok(s)) => (c, p, s),
-            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return bad_request(e),
+        let fields = || {
+            Ok::<_, String>((
+                protocol::text(cmd, field::CHALLENGE)?,
+                protocol::text(cmd, field::PROOF)?,
+                protocol::number(cmd, field::SEGMENT_SIZE)?,
+            ))
+        };
+        let (master_nonce, proof, segment_size) = match fields() {
+            Ok(f) => f,
+            Err(e) => return bad_request(e),
         };
         let peer = req.connection.peer().to_owned();
         let challenge = {
@@ -222,13 +228,16 @@ impl Master {
             return answer;
         }
         let cmd = &req.command;
-        let (offset, len, crc) = match (
-            protocol::number(cmd, field::OFFSET),
-            protocol::number(cmd, field::LEN),
-            protocol::number(cmd, field::CRC),
-        ) {
-            (Ok(o), Ok(l), Ok(c)) => (o, l, c),
-            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return bad_request(e),
+        let fields = || {
+            Ok::<_, String>((
+                protocol::number(cmd, field::OFFSET)?,
+                protocol::number(cmd, field::LEN)?,
+                protocol::number(cmd, field::CRC)?,
+            ))
+        };
+        let (offset, len, crc) = match fields() {
+            Ok(f) => f,
+            Err(e) => return bad_request(e),
         };
         let Ok(len) = u32::try_from(len) else { return bad_request(format!("len {len} too large")) };
         let broker = Arc::clone(&self.broker);
@@ -245,13 +254,16 @@ impl Master {
             Err(answer) => return answer,
         };
         let cmd = &req.command;
-        let (offset, max, wait_ms) = match (
-            protocol::number(cmd, field::OFFSET),
-            protocol::number(cmd, field::MAX),
-            protocol::number(cmd, field::WAIT_MS),
-        ) {
-            (Ok(o), Ok(m), Ok(w)) => (o, m, w),
-            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return bad_request(e),
+        let fields = || {
+            Ok::<_, String>((
+                protocol::number(cmd, field::OFFSET)?,
+                protocol::number(cmd, field::MAX)?,
+                protocol::number(cmd, field::WAIT_MS)?,
+            ))
+        };
+        let (offset, max, wait_ms) = match fields() {
+            Ok(f) => f,
+            Err(e) => return bad_request(e),
         };
         let max = usize::try_from(max).unwrap_or(usize::MAX).clamp(1, self.broker.config.ha.chunk_bytes);
         let wait = Duration::from_millis(wait_ms).min(MAX_FETCH_WAIT);
