@@ -130,6 +130,23 @@ async fn group_describe_shows_committed_offsets_and_zero_lag_after_comet_consume
     assert!(!ok && stderr.trim() == "error: group nobody-here not found on any broker", "{stderr}");
     let table = comet(&ns, &["group", "describe", "admin-readers"]).await?;
     assert!(table.contains("total lag 0") && table.contains("group-topic"), "{table}");
+
+    // Groups with a config: create (settings as given), list, refuse a duplicate, delete.
+    let created = comet(&ns, &["group", "create", "billing", "--no-broadcast", "--retry-max-times", "3"]).await?;
+    assert!(created.starts_with("created group billing on "), "{created}");
+    let listed = comet(&ns, &["group", "list", "--json"]).await?;
+    let billing = listed.lines().find(|l| l.contains("\"group\":\"billing\"")).unwrap_or_default();
+    assert!(
+        billing.contains("\"consume_broadcast_enable\":false")
+            && billing.contains("\"retry_max_times\":3")
+            && billing.contains("\"consume_enable\":true"),
+        "{listed}"
+    );
+    let (ok, _stdout, stderr) = run(&ns, &["group", "create", "billing"]).await?;
+    assert!(!ok && stderr.contains("already exists"), "{stderr}");
+    let deleted = comet(&ns, &["group", "delete", "billing"]).await?;
+    assert!(deleted.starts_with("deleted group billing on "), "{deleted}");
+    assert!(!comet(&ns, &["group", "list"]).await?.contains("billing"));
     Ok(())
 }
 

@@ -85,6 +85,25 @@ pub enum TopicCommand {
 /// `comet group ...`.
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
+    /// Create a subscription group on the brokers (consumption on; set broadcasting and retries here).
+    Create {
+        /// Group name.
+        group: String,
+        /// Refuse broadcasting members of this group.
+        #[arg(long)]
+        no_broadcast: bool,
+        /// Redeliveries before the dead-letter queue.
+        #[arg(long, default_value_t = 16)]
+        retry_max_times: u32,
+        /// Create it with consumption paused (pulls refused until it is re-created).
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Delete a subscription group and its committed offsets on the brokers.
+    Delete {
+        /// Group name.
+        group: String,
+    },
     /// List the brokers' consumer groups.
     List,
     /// Show a group's members and per-queue committed offset, max offset and lag.
@@ -327,6 +346,40 @@ fn print_topic_change(verb: &str, broker: &str, config: Option<&pb::TopicConfig>
 pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
     let (admin, brokers) = brokers(namesrv, &target).await?;
     match cmd {
+        GroupCommand::Create { group, no_broadcast, retry_max_times, disabled } => {
+            let config = pb::GroupConfig {
+                name: group.clone(),
+                consume_enable: !disabled,
+                consume_broadcast_enable: !no_broadcast,
+                retry_max_times,
+            };
+            for (name, address) in &brokers {
+                admin
+                    .broker(address)?
+                    .create_group(pb::CreateGroupRequest { group: Some(config.clone()) })
+                    .await
+                    .map_err(|s| status(name, &format!("creating group {group}"), s))?;
+                if target.json {
+                    println!("{}", serde_json::json!({"broker": name, "group": group, "created": true}));
+                } else {
+                    println!("created group {group} on {name}");
+                }
+            }
+        }
+        GroupCommand::Delete { group } => {
+            for (name, address) in &brokers {
+                admin
+                    .broker(address)?
+                    .delete_group(pb::DeleteGroupRequest { group: group.clone() })
+                    .await
+                    .map_err(|s| status(name, &format!("deleting group {group}"), s))?;
+                if target.json {
+                    println!("{}", serde_json::json!({"broker": name, "group": group, "deleted": true}));
+                } else {
+                    println!("deleted group {group} on {name}");
+                }
+            }
+        }
         GroupCommand::List => {
             if !target.json {
                 println!("{:<16} {:<32} {:>8} {:>9} {:>6}", "BROKER", "GROUP", "CONSUME", "BROADCAST", "RETRY");
