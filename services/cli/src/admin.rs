@@ -298,11 +298,7 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
                     .delete_topic(pb::DeleteTopicRequest { topic: topic.clone() })
                     .await
                     .map_err(|s| status(name, &format!("deleting topic {topic}"), s))?;
-                if target.json {
-                    println!("{}", serde_json::json!({"broker": name, "topic": topic, "deleted": true}));
-                } else {
-                    println!("deleted topic {topic} on {name}");
-                }
+                print_done(target.json, name, "topic", &topic, "deleted");
             }
         }
     }
@@ -342,6 +338,15 @@ fn print_topic_change(verb: &str, broker: &str, config: Option<&pb::TopicConfig>
     }
 }
 
+/// One line per broker for a create or delete: `<verb> <kind> <name> on <broker>`, or its JSON object.
+fn print_done(json: bool, broker: &str, kind: &str, name: &str, verb: &str) {
+    if json {
+        println!("{}", serde_json::json!({"broker": broker, kind: name, verb: true}));
+    } else {
+        println!("{verb} {kind} {name} on {broker}");
+    }
+}
+
 /// Runs a `comet group` command.
 pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
     let (admin, brokers) = brokers(namesrv, &target).await?;
@@ -359,11 +364,7 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
                     .create_group(pb::CreateGroupRequest { group: Some(config.clone()) })
                     .await
                     .map_err(|s| status(name, &format!("creating group {group}"), s))?;
-                if target.json {
-                    println!("{}", serde_json::json!({"broker": name, "group": group, "created": true}));
-                } else {
-                    println!("created group {group} on {name}");
-                }
+                print_done(target.json, name, "group", &group, "created");
             }
         }
         GroupCommand::Delete { group } => {
@@ -373,11 +374,7 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
                     .delete_group(pb::DeleteGroupRequest { group: group.clone() })
                     .await
                     .map_err(|s| status(name, &format!("deleting group {group}"), s))?;
-                if target.json {
-                    println!("{}", serde_json::json!({"broker": name, "group": group, "deleted": true}));
-                } else {
-                    println!("deleted group {group} on {name}");
-                }
+                print_done(target.json, name, "group", &group, "deleted");
             }
         }
         GroupCommand::List => {

@@ -11,7 +11,7 @@ use comet_remoting::{Command, Request, Router, Server, ServerConfig};
 use parking_lot::Mutex;
 
 use super::SlaveSession;
-use super::protocol::{self, Metadata, Side, code, field};
+use super::protocol::{self, Handshake, Metadata, Side, code, field};
 use crate::broker::{Broker, now_ms};
 use crate::error::{BrokerError, Result};
 
@@ -167,7 +167,8 @@ impl Master {
         };
         let name = &self.broker.config.broker.broker_name;
         let id = challenge.broker_id;
-        let valid = protocol::verify(self.secret(), Side::Slave, master_nonce, &challenge.slave_nonce, name, id, proof);
+        let handshake = Handshake { master_nonce, slave_nonce: &challenge.slave_nonce, broker_name: name, id };
+        let valid = handshake.verify(self.secret(), Side::Slave, proof);
         if !valid {
             tracing::warn!(%peer, id, "HA handshake refused: wrong secret");
             return fail(code::FORBIDDEN, "authentication failed: the HA secrets differ");
@@ -180,9 +181,7 @@ impl Master {
                 format!("store.segment-size differs: master {ours}, slave {segment_size}; they must be equal"),
             );
         }
-        let Some(their_proof) =
-            protocol::proof(self.secret(), Side::Master, master_nonce, &challenge.slave_nonce, name, id)
-        else {
+        let Some(their_proof) = handshake.proof(self.secret(), Side::Master) else {
             return fail(comet_remoting::code::SYSTEM_ERROR, "cannot compute the master's proof");
         };
         let session_id = match protocol::nonce() {

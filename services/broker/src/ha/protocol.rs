@@ -111,34 +111,43 @@ pub enum Side {
     Master,
 }
 
-/// HMAC-SHA256 over both nonces and the slave's identity, hex.
-pub fn proof(
-    secret: &str,
-    side: Side,
-    master_nonce: &str,
-    slave_nonce: &str,
-    broker_name: &str,
-    id: u64,
-) -> Option<String> {
-    Some(hex(&mac(secret, side.label(), master_nonce, slave_nonce, broker_name, id)?.finalize().into_bytes()))
+/// What both proofs of one handshake are computed over: both nonces and the slave's identity.
+#[derive(Clone, Copy, Debug)]
+pub struct Handshake<'a> {
+    /// The master's nonce (AUTH_BEGIN's answer).
+    pub master_nonce: &'a str,
+    /// The slave's nonce (AUTH_BEGIN's request).
+    pub slave_nonce: &'a str,
+    /// The slave's broker name.
+    pub broker_name: &'a str,
+    /// The slave's broker id.
+    pub id: u64,
 }
 
-/// Checks a proof in constant time.
-pub fn verify(
-    secret: &str,
-    side: Side,
-    master_nonce: &str,
-    slave_nonce: &str,
-    broker_name: &str,
-    id: u64,
-    proof_hex: &str,
-) -> bool {
-    let (Some(given), Some(mac)) =
-        (unhex(proof_hex), mac(secret, side.label(), master_nonce, slave_nonce, broker_name, id))
-    else {
-        return false;
-    };
-    mac.verify_slice(&given).is_ok()
+impl Handshake<'_> {
+    /// `side`'s proof that it holds `secret`: HMAC-SHA256, hex. `None` only if HMAC refused the key, which it
+    /// never does for HMAC-SHA256.
+    pub fn proof(&self, secret: &str, side: Side) -> Option<String> {
+        Some(hex(&self.mac(secret, side)?.finalize().into_bytes()))
+    }
+
+    /// Checks `side`'s proof in constant time.
+    pub fn verify(&self, secret: &str, side: Side, proof_hex: &str) -> bool {
+        match (unhex(proof_hex), self.mac(secret, side)) {
+            (Some(given), Some(mac)) => mac.verify_slice(&given).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// The MAC over length-prefixed parts (so moving a boundary between parts changes it).
+    fn mac(&self, secret: &str, side: Side) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
+        for part in [side.label(), self.master_nonce, self.slave_nonce, self.broker_name, &self.id.to_string()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        Some(mac)
+    }
 }
 
 impl Side {
@@ -148,24 +157,6 @@ impl Side {
             Side::Master => "comet-ha-master",
         }
     }
-}
-
-/// The MAC over length-prefixed parts (so moving a boundary between parts changes it). `None` only if HMAC
-/// refused the key, which it never does for HMAC-SHA256.
-fn mac(
-    secret: &str,
-    label: &str,
-    master_nonce: &str,
-    slave_nonce: &str,
-    broker_name: &str,
-    id: u64,
-) -> Option<Hmac<Sha256>> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
-    for part in [label, master_nonce, slave_nonce, broker_name, &id.to_string()] {
-        mac.update(&(part.len() as u64).to_be_bytes());
-        mac.update(part.as_bytes());
-    }
-    Some(mac)
 }
 
 /// A fresh 32-byte random nonce (or session id), hex.
@@ -202,16 +193,18 @@ mod tests {
 
     #[test]
     fn proofs_verify_only_with_the_same_secret_side_nonces_and_identity() {
-        let p = proof("s3cret-s3cret-s3cret", Side::Slave, "m", "s", "broker-a", 1).unwrap();
-        assert!(verify("s3cret-s3cret-s3cret", Side::Slave, "m", "s", "broker-a", 1, &p));
-        assert!(!verify("another-secret-xx", Side::Slave, "m", "s", "broker-a", 1, &p));
-        assert!(!verify("s3cret-s3cret-s3cret", Side::Master, "m", "s", "broker-a", 1, &p));
-        assert!(!verify("s3cret-s3cret-s3cret", Side::Slave, "m2", "s", "broker-a", 1, &p));
-        assert!(!verify("s3cret-s3cret-s3cret", Side::Slave, "m", "s", "broker-a", 2, &p));
-        assert!(!verify("s3cret-s3cret-s3cret", Side::Slave, "m", "s", "broker-a", 1, "zz"));
-        assert!(!verify("s3cret-s3cret-s3cret", Side::Slave, "m", "s", "broker-a", 1, "abc"));
+        let h = |m, s, id| Handshake { master_nonce: m, slave_nonce: s, broker_name: "broker-a", id };
+        let key = "s3cret-s3cret-s3cret";
+        let p = h("m", "s", 1).proof(key, Side::Slave).unwrap();
+        assert!(h("m", "s", 1).verify(key, Side::Slave, &p));
+        assert!(!h("m", "s", 1).verify("another-secret-xx", Side::Slave, &p));
+        assert!(!h("m", "s", 1).verify(key, Side::Master, &p));
+        assert!(!h("m2", "s", 1).verify(key, Side::Slave, &p));
+        assert!(!h("m", "s", 2).verify(key, Side::Slave, &p));
+        assert!(!h("m", "s", 1).verify(key, Side::Slave, "zz"));
+        assert!(!h("m", "s", 1).verify(key, Side::Slave, "abc"));
         // Length-prefixed parts: moving a boundary changes the proof.
-        assert_ne!(proof("k", Side::Slave, "ab", "c", "n", 1), proof("k", Side::Slave, "a", "bc", "n", 1));
+        assert_ne!(h("ab", "c", 1).proof("k", Side::Slave), h("a", "bc", 1).proof("k", Side::Slave));
     }
 
     #[test]

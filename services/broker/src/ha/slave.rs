@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::protocol::{self, Metadata, Side, code, field};
+use super::protocol::{self, Handshake, Metadata, Side, code, field};
 use crate::broker::{Broker, now_ms};
 use crate::error::BrokerError;
 
@@ -229,15 +229,16 @@ async fn authenticate(broker: &Broker, link: &mut Link) -> Outcome<(u64, u64)> {
         .with_ext(field::NONCE, slave_nonce.as_str());
     let answer = link.call(begin).await?;
     let master_nonce = protocol::text(&answer, field::NONCE)?.to_owned();
-    let proof = protocol::proof(&ha.secret, Side::Slave, &master_nonce, &slave_nonce, name, id)
-        .ok_or_else(|| Failure("cannot compute the handshake proof".into()))?;
+    let handshake = Handshake { master_nonce: &master_nonce, slave_nonce: &slave_nonce, broker_name: name, id };
+    let proof =
+        handshake.proof(&ha.secret, Side::Slave).ok_or_else(|| Failure("cannot compute the handshake proof".into()))?;
     let finish = Command::request(code::AUTH_FINISH, Bytes::new())
         .with_ext(field::CHALLENGE, master_nonce.as_str())
         .with_ext(field::PROOF, proof)
         .with_ext(field::SEGMENT_SIZE, broker.store.segment_size().to_string());
     let answer = link.call(finish).await?;
     let their_proof = protocol::text(&answer, field::PROOF)?;
-    if !protocol::verify(&ha.secret, Side::Master, &master_nonce, &slave_nonce, name, id, their_proof) {
+    if !handshake.verify(&ha.secret, Side::Master, their_proof) {
         return Err(Failure(format!("{} did not prove it holds the HA secret: not our master", link.master)));
     }
     link.session = protocol::text(&answer, field::SESSION)?.to_owned();
