@@ -19,7 +19,13 @@ fn one(body: Vec<u8>) -> Vec<pb::OutgoingMessage> {
 }
 
 fn send_request(topic: &str, queue: Option<u32>, messages: Vec<pb::OutgoingMessage>) -> pb::SendMessageRequest {
-    pb::SendMessageRequest { topic: topic.into(), queue_id: queue, producer_group: String::new(), messages }
+    pb::SendMessageRequest {
+        topic: topic.into(),
+        queue_id: queue,
+        producer_group: String::new(),
+        messages,
+        ..Default::default()
+    }
 }
 
 fn pull_request(group: &str, topic: &str, queue: u32, offset: u64) -> pb::PullMessageRequest {

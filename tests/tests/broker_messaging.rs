@@ -26,8 +26,13 @@ async fn send(
     queue: Option<u32>,
     messages: Vec<pb::OutgoingMessage>,
 ) -> anyhow::Result<Vec<pb::SendResult>> {
-    let request =
-        pb::SendMessageRequest { topic: topic.into(), queue_id: queue, producer_group: String::new(), messages };
+    let request = pb::SendMessageRequest {
+        topic: topic.into(),
+        queue_id: queue,
+        producer_group: String::new(),
+        messages,
+        ..Default::default()
+    };
     Ok(client.send_message(request).await?.into_inner().results)
 }
 

@@ -397,6 +397,7 @@ async fn two_comet_consume_broadcast_runs_each_print_every_message_and_resume_fr
         consume_enable: true,
         consume_broadcast_enable: false,
         retry_max_times: 16,
+        retry_delays_millis: Vec::new(),
     };
     broker.client().await?.create_group(pb::CreateGroupRequest { group: Some(group) }).await?;
     let file = dir.path().join("refused.offsets").display().to_string();

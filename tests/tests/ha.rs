@@ -72,6 +72,7 @@ async fn send_range(client: &BrokerClient<Channel>, from: u64, to: u64, batch: u
             queue_id: Some(((i / batch) % u64::from(QUEUES)) as u32),
             producer_group: String::new(),
             messages,
+            transactional: false,
         };
         client.clone().send_message(request).await.with_context(|| format!("sending batch at {i}"))?;
         i += n;
@@ -390,6 +391,7 @@ async fn every_message_a_sync_master_acknowledged_is_on_the_slave_after_kill_9()
                     queue_id: Some((k % u64::from(QUEUES)) as u32),
                     producer_group: String::new(),
                     messages: vec![pb::OutgoingMessage { body: body(k).into(), ..Default::default() }],
+                    transactional: false,
                 };
                 match mc.clone().send_message(request).await {
                     Ok(_) => acked.lock().unwrap_or_else(|e| e.into_inner()).push(k),

@@ -18,8 +18,13 @@ const GROUP: &str = "metrics-g";
 
 async fn send(client: &mut BrokerClient<Channel>, topic: &str, queue: u32, n: usize) -> anyhow::Result<()> {
     let messages = vec![pb::OutgoingMessage { body: vec![b'x'; 100].into(), ..Default::default() }; n];
-    let request =
-        pb::SendMessageRequest { topic: topic.into(), queue_id: Some(queue), producer_group: String::new(), messages };
+    let request = pb::SendMessageRequest {
+        topic: topic.into(),
+        queue_id: Some(queue),
+        producer_group: String::new(),
+        messages,
+        ..Default::default()
+    };
     client.send_message(request).await?;
     Ok(())
 }

@@ -555,7 +555,13 @@ async fn a_slow_listener_pauses_pulls_at_the_cached_byte_limit() -> anyhow::Resu
 
 /// CreateGroup of `name` with the two switches (retries at RocketMQ's 16).
 fn group_request(name: &str, consume_enable: bool, consume_broadcast_enable: bool) -> pb::CreateGroupRequest {
-    let group = pb::GroupConfig { name: name.into(), consume_enable, consume_broadcast_enable, retry_max_times: 16 };
+    let group = pb::GroupConfig {
+        name: name.into(),
+        consume_enable,
+        consume_broadcast_enable,
+        retry_max_times: 16,
+        ..Default::default()
+    };
     pb::CreateGroupRequest { group: Some(group) }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use comet_model::{MessageType, Permission, TopicConfig};
-use comet_store::Store;
+use comet_store::{AppendResult, NewMessage, Store};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
@@ -205,6 +205,41 @@ impl Broker {
             self.topics_changed.notify_one();
         }
         Ok(topic)
+    }
+
+    /// A system topic (retry, dead-letter, timer, transaction): created with `queues` queues on first use whatever
+    /// `auto-create-topics` says, since only the broker writes it.
+    pub fn system_topic(&self, name: &str, queues: u32) -> Result<TopicConfig> {
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t);
+        }
+        let config = TopicConfig {
+            name: name.to_owned(),
+            read_queue_nums: queues,
+            write_queue_nums: queues,
+            perm: Permission::READ_WRITE,
+            message_type: MessageType::Normal,
+        };
+        let (topic, created) = self.topics.get_or_create(config, now_ms())?;
+        if created {
+            tracing::info!(topic = name, queues, "system topic created");
+            self.topics_changed.notify_one();
+        }
+        Ok(topic)
+    }
+
+    /// Stores messages the broker itself writes (redeliveries, dead letters, delayed deliveries, transaction
+    /// commits and records): on the blocking pool, then, with sync replication, until enough slaves hold them,
+    /// so an internal move is as durable as the send it stands for. All messages must name one topic and queue.
+    pub async fn append_internal(self: &Arc<Self>, messages: Vec<NewMessage>) -> Result<Vec<AppendResult>> {
+        let results = self.blocking(move |b| Ok(b.store.append_batch(&messages)?)).await?;
+        self.ha.on_appended();
+        if self.ha.is_sync()
+            && let (Some(first), Some(last)) = (results.first(), results.last())
+        {
+            self.ha.wait_replicated(last.offset.0 + u64::from(last.size), first.offset.0).await?;
+        }
+        Ok(results)
     }
 
     /// Refuses a write (send, topic or group change) on a slave: its data and metadata come from its master.

@@ -24,6 +24,68 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Master/slave replication over the remoting channel (off by default).
     pub ha: HaSection,
+    /// Retry and dead-letter, delayed delivery, transactions, orderly locks, idempotent send.
+    pub messaging: MessagingSection,
+}
+
+/// What an unresolved transaction becomes once its check-backs are used up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransactionCheckPolicy {
+    /// Discard the half message (RocketMQ's behaviour, made explicit: logged and counted).
+    #[default]
+    Rollback,
+    /// Make it visible.
+    Commit,
+}
+
+/// Section `messaging`: the semantics on top of the store (docs/messaging.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MessagingSection {
+    /// Longest delay a producer may ask for (RocketMQ 5: 3 days). Must stay below `store.retention-hours`, or
+    /// retention could delete a message before its delivery time.
+    pub max_delay_ms: u64,
+    /// Default delay before each redelivery of a failed message: retry n waits element n-1, the last repeats
+    /// (RocketMQ's levels 3..18). A group may set its own.
+    pub retry_delays_ms: Vec<u64>,
+    /// Idempotent send: a message id stored within this window is not stored again (0 = off).
+    pub dedup_window_ms: u64,
+    /// Idempotent send: most message ids remembered in memory; beyond it the oldest are checked in the on-disk
+    /// index instead.
+    pub dedup_max_entries: usize,
+    /// Transactions: a half message unresolved this long is checked back with a live producer of its group.
+    pub transaction_check_delay_ms: u64,
+    /// Transactions: time between two check-backs of the same half message.
+    pub transaction_check_interval_ms: u64,
+    /// Transactions: check-backs before `transaction-check-policy` applies.
+    pub transaction_check_max: u32,
+    /// Transactions: what happens to a half message still unresolved after the last check-back.
+    pub transaction_check_policy: TransactionCheckPolicy,
+    /// Orderly consumption: how long a queue lock lasts unless its holder renews it (RocketMQ: 60 s).
+    pub queue_lock_lease_ms: u64,
+}
+
+/// RocketMQ's delay levels 3..18 (10 s ... 2 h): the default wait before retries 1..16.
+pub const DEFAULT_RETRY_DELAYS_MS: [u64; 16] = [
+    10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000, 480_000, 540_000, 600_000, 1_200_000,
+    1_800_000, 3_600_000, 7_200_000,
+];
+
+impl Default for MessagingSection {
+    fn default() -> Self {
+        Self {
+            max_delay_ms: 3 * 24 * 3_600_000,
+            retry_delays_ms: DEFAULT_RETRY_DELAYS_MS.to_vec(),
+            dedup_window_ms: 600_000,
+            dedup_max_entries: 1 << 20,
+            transaction_check_delay_ms: 6_000,
+            transaction_check_interval_ms: 30_000,
+            transaction_check_max: 15,
+            transaction_check_policy: TransactionCheckPolicy::Rollback,
+            queue_lock_lease_ms: 60_000,
+        }
+    }
 }
 
 /// How a master acknowledges sends when it has slaves.
@@ -144,6 +206,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::listening_on(comet_telemetry::BROKER_LISTEN),
             ha: HaSection::default(),
+            messaging: MessagingSection::default(),
         }
     }
 }

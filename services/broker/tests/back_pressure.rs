@@ -27,6 +27,7 @@ fn send(topic: &str) -> Request<pb::SendMessageRequest> {
         queue_id: Some(0),
         producer_group: String::new(),
         messages: vec![pb::OutgoingMessage { body: b"x".to_vec().into(), ..Default::default() }],
+        transactional: false,
     })
 }
 

@@ -25,8 +25,13 @@ fn config(dir: &std::path::Path) -> Config {
 
 async fn send(handler: &BrokerHandler, queue: u32, n: usize) {
     let messages = vec![pb::OutgoingMessage { body: b"0123456789".to_vec().into(), ..Default::default() }; n];
-    let request =
-        pb::SendMessageRequest { topic: "t".into(), queue_id: Some(queue), producer_group: String::new(), messages };
+    let request = pb::SendMessageRequest {
+        topic: "t".into(),
+        queue_id: Some(queue),
+        producer_group: String::new(),
+        messages,
+        ..Default::default()
+    };
     handler.send_message(Request::new(request)).await.unwrap();
 }
 

@@ -357,6 +357,7 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
                 consume_enable: !disabled,
                 consume_broadcast_enable: !no_broadcast,
                 retry_max_times,
+                retry_delays_millis: Vec::new(),
             };
             for (name, address) in &brokers {
                 admin

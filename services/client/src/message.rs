@@ -56,6 +56,8 @@ impl Message {
             body: self.body.clone(),
             flag: self.flag,
             born_timestamp_millis: born_millis,
+            deliver_at_millis: 0,
+            delay_millis: 0,
         }
     }
 }

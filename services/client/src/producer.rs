@@ -312,6 +312,7 @@ impl Producer {
             queue_id,
             producer_group: self.inner.config.group.clone(),
             messages: outgoing.messages.clone(),
+            transactional: false,
         };
         let timeout = self.inner.config.send_timeout;
         let response = match tokio::time::timeout(timeout, client.send_message(request)).await {

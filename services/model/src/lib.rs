@@ -8,6 +8,7 @@ mod name;
 mod offset;
 mod queue;
 mod route;
+pub mod system;
 
 pub use name::{
     NameError, NameKind, validate_broker_name, validate_cluster_name, validate_group_name, validate_topic_name,

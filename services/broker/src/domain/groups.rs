@@ -20,12 +20,22 @@ pub struct GroupConfig {
     pub consume_broadcast_enable: bool,
     /// Redeliveries before the dead-letter queue (RocketMQ: 16).
     pub retry_max_times: u32,
+    /// Delay before each redelivery (retry n waits element n-1, the last repeats); empty = the broker's
+    /// `messaging.retry-delays-ms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_delays_ms: Vec<u64>,
 }
 
 impl GroupConfig {
     /// A group with RocketMQ's defaults: consumption and broadcasting on, 16 retries.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), consume_enable: true, consume_broadcast_enable: true, retry_max_times: 16 }
+        Self {
+            name: name.into(),
+            consume_enable: true,
+            consume_broadcast_enable: true,
+            retry_max_times: 16,
+            retry_delays_ms: Vec::new(),
+        }
     }
 }
 

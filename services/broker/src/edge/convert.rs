@@ -101,6 +101,7 @@ pub fn group_to_proto(g: &GroupConfig) -> pb::GroupConfig {
         consume_enable: g.consume_enable,
         consume_broadcast_enable: g.consume_broadcast_enable,
         retry_max_times: g.retry_max_times,
+        retry_delays_millis: g.retry_delays_ms.clone(),
     }
 }
 
@@ -111,6 +112,7 @@ pub fn group_from_proto(g: pb::GroupConfig) -> GroupConfig {
         consume_enable: g.consume_enable,
         consume_broadcast_enable: g.consume_broadcast_enable,
         retry_max_times: g.retry_max_times,
+        retry_delays_ms: g.retry_delays_millis,
     }
 }
 

@@ -180,4 +180,43 @@ impl BrokerService for BrokerHandler {
     ) -> Answer<pb::GetReplicationStatusResponse> {
         answer(Ok(replication::status(&self.broker)))
     }
+
+    async fn consumer_send_back(
+        &self,
+        _request: Request<pb::ConsumerSendBackRequest>,
+    ) -> Answer<pb::ConsumerSendBackResponse> {
+        Err(Status::unimplemented("ConsumerSendBack is being built (issue 5)"))
+    }
+
+    async fn resend_dead_letters(
+        &self,
+        _request: Request<pb::ResendDeadLettersRequest>,
+    ) -> Answer<pb::ResendDeadLettersResponse> {
+        Err(Status::unimplemented("ResendDeadLetters is being built (issue 5)"))
+    }
+
+    async fn end_transaction(
+        &self,
+        _request: Request<pb::EndTransactionRequest>,
+    ) -> Answer<pb::EndTransactionResponse> {
+        Err(Status::unimplemented("EndTransaction is being built (issue 5)"))
+    }
+
+    type WatchTransactionChecksStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::TransactionCheck, Status>> + Send + 'static>>;
+
+    async fn watch_transaction_checks(
+        &self,
+        _request: Request<pb::WatchTransactionChecksRequest>,
+    ) -> Answer<Self::WatchTransactionChecksStream> {
+        Err(Status::unimplemented("WatchTransactionChecks is being built (issue 5)"))
+    }
+
+    async fn lock_queues(&self, _request: Request<pb::LockQueuesRequest>) -> Answer<pb::LockQueuesResponse> {
+        Err(Status::unimplemented("LockQueues is being built (issue 5)"))
+    }
+
+    async fn unlock_queues(&self, _request: Request<pb::UnlockQueuesRequest>) -> Answer<pb::UnlockQueuesResponse> {
+        Err(Status::unimplemented("UnlockQueues is being built (issue 5)"))
+    }
 }

@@ -109,6 +109,8 @@ pub async fn send(
                 queue_id,
                 queue_offset: r.queue_offset.0,
                 commit_log_offset: r.offset.0,
+                duplicate: false,
+                deliver_at_millis: 0,
             })
             .collect(),
     })
