@@ -33,6 +33,9 @@ pub struct BrokerOptions {
     pub metrics_extra: String,
     /// YAML lines for the `ha:` section, each indented by two spaces (empty = no replication).
     pub ha: String,
+    /// YAML lines for the `messaging:` section, each indented by two spaces (retry delays, timer, transaction
+    /// check-backs, queue locks, dedup window).
+    pub messaging: String,
 }
 
 /// A running broker; killed on drop. Its store directory outlives restarts.
@@ -53,13 +56,14 @@ impl BrokerProcess {
         let yaml = format!(
             "broker:\n  listen: 127.0.0.1:0\n  nameserver-addresses: [{nameservers}]\n  auto-create-topics: {}\n\
              {}store:\n  dir: {}\n  segment-size: 16777216\n  index-slots: 4096\n  index-entries: 65536\n  \
-             consume-queue-file-entries: 100000\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}ha:\n{}",
+             consume-queue-file-entries: 100000\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}ha:\n{}messaging:\n{}",
             !options.no_auto_create,
             options.broker_extra,
             dir.join("store").display(),
             if options.sync_flush { "sync" } else { "async" },
             options.metrics_extra,
             if options.ha.is_empty() { "  listen: \"\"\n" } else { &options.ha },
+            if options.messaging.is_empty() { "  {}\n" } else { &options.messaging },
         );
         let config_path = dir.join("broker.yaml");
         std::fs::write(&config_path, yaml)?;
