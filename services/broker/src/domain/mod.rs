@@ -1,10 +1,12 @@
 //! The broker's domain: synchronous state with no gRPC types, each piece unit-tested on its own.
 
 pub mod clients;
+pub mod copy;
 pub mod filter;
 pub mod groups;
 pub mod long_poll;
 pub mod offsets;
 pub mod persist;
 pub mod pulled;
+pub mod timer;
 pub mod topics;
