@@ -89,7 +89,7 @@ pub async fn send(
         messages.push(message);
     }
     if deliver_at.is_some() && broker.topics.get(TIMER_TOPIC).is_none() {
-        // The timer creates its topic at start-up; this only runs if an admin deleted it since.
+        // The first delayed message creates the timer topic (it writes topics.json: off the async workers).
         broker.blocking(|b| b.system_topic(TIMER_TOPIC, 1).map(drop)).await?;
     }
     // Back-pressure: a full broker answers at once with the one retryable busy status rather than queueing.

@@ -50,7 +50,7 @@ pub async fn spawn(broker: &Arc<Broker>, mut stop: watch::Receiver<bool>) -> Res
     if broker.config.is_slave() {
         return Ok(None);
     }
-    let mut timer = broker.blocking(|b| Timer::open(b)).await?;
+    let mut timer = broker.blocking(Timer::open).await?;
     let broker = Arc::clone(broker);
     let tick = Duration::from_millis(broker.config.messaging.timer_tick_ms);
     Ok(Some(tokio::spawn(async move {
@@ -96,9 +96,9 @@ struct Due {
 }
 
 impl Timer {
-    /// Opens the index (blocking) and makes sure the timer topic exists.
+    /// Opens the index (blocking). The timer topic is created by the first delayed send, not here, so a broker
+    /// that never delays anything lists no timer topic.
     fn open(broker: &Broker) -> Result<Timer> {
-        broker.system_topic(TIMER_TOPIC, 1)?;
         let m = &broker.config.messaging;
         let sync = broker.config.store.flush_mode == comet_store::FlushMode::Sync;
         let dir = broker.store.dir().join(TIMER_DIR);
