@@ -417,6 +417,20 @@ impl Store {
         Ok(None)
     }
 
+    /// Every stored message with id `msg_id`, at most `max`: a message the broker moves (a delayed delivery, a
+    /// retry) keeps its id, so one id can name several records.
+    pub fn query_all_by_id(&self, msg_id: &str, max: usize) -> Result<Vec<StoredMessage>> {
+        let mut out = Vec::new();
+        for off in self.inner.index.lookup(IndexKey::Id(msg_id), max, 0, u64::MAX) {
+            match self.inner.log.read(CommitLogOffset(off)) {
+                Ok(m) if m.msg_id() == msg_id => out.push(m),
+                Ok(_) | Err(Error::OffsetMoved { .. } | Error::NoRecord { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Blocks until the queue's end passes `after`, or `timeout` elapses; true if it did.
     pub fn wait_for_messages(&self, topic: &str, queue_id: QueueId, after: QueueOffset, timeout: Duration) -> bool {
         let inner = &self.inner;

@@ -46,6 +46,11 @@ pub struct MessagingSection {
     /// Longest delay a producer may ask for (RocketMQ 5: 3 days). Must stay below `store.retention-hours`, or
     /// retention could delete a message before its delivery time.
     pub max_delay_ms: u64,
+    /// Width of one timer bucket (one file of waiting messages under `<store dir>/timer/`): the delivery pass
+    /// loads one bucket at a time, so this bounds the timer's memory to the messages due within one width.
+    pub timer_bucket_ms: u64,
+    /// How often the timer files new delayed messages and delivers due ones (delivery precision).
+    pub timer_tick_ms: u64,
     /// Default delay before each redelivery of a failed message: retry n waits element n-1, the last repeats
     /// (RocketMQ's levels 3..18). A group may set its own.
     pub retry_delays_ms: Vec<u64>,
@@ -76,6 +81,8 @@ impl Default for MessagingSection {
     fn default() -> Self {
         Self {
             max_delay_ms: 3 * 24 * 3_600_000,
+            timer_bucket_ms: 10_000,
+            timer_tick_ms: 100,
             retry_delays_ms: DEFAULT_RETRY_DELAYS_MS.to_vec(),
             dedup_window_ms: 600_000,
             dedup_max_entries: 1 << 20,
@@ -287,8 +294,37 @@ impl Config {
             return bad("broker.max-inflight-sends", "must be > 0".into());
         }
         self.validate_ha()?;
+        self.validate_timer()?;
         self.store.validate().map_err(|e| BrokerError::Config(format!("store: {e}")))?;
         self.metrics.validate().map_err(|e| BrokerError::Config(e.to_string()))?;
+        Ok(())
+    }
+
+    fn validate_timer(&self) -> Result<(), BrokerError> {
+        let bad = |key: &str, why: String| Err(BrokerError::Config(format!("{key}: {why}")));
+        let m = &self.messaging;
+        let retention_ms = self.store.retention_hours.saturating_mul(3_600_000);
+        if m.max_delay_ms == 0 {
+            return bad("messaging.max-delay-ms", "must be > 0".into());
+        }
+        // A segment expires only once its newest message is older than the retention, so a message due within
+        // the retention of its store time is delivered before its segment can go.
+        if m.max_delay_ms > retention_ms {
+            return bad(
+                "messaging.max-delay-ms",
+                format!(
+                    "{} exceeds store.retention-hours ({} h = {retention_ms} ms): retention would delete delayed \
+                     messages before their time",
+                    m.max_delay_ms, self.store.retention_hours
+                ),
+            );
+        }
+        if !(100..=3_600_000).contains(&m.timer_bucket_ms) {
+            return bad("messaging.timer-bucket-ms", format!("{} is not in 100..=3600000", m.timer_bucket_ms));
+        }
+        if !(10..=1_000).contains(&m.timer_tick_ms) {
+            return bad("messaging.timer-tick-ms", format!("{} is not in 10..=1000", m.timer_tick_ms));
+        }
         Ok(())
     }
 
@@ -460,6 +496,19 @@ mod tests {
         assert!(Config::load(None, env(&[("COMET_BROKER_DEFAULT_QUEUE_COUNT", "0")])).is_err());
         assert!(Config::load(None, env(&[("COMET_BROKER_BROKER_NAME", "bad name")])).is_err());
         assert!(Config::load(None, env(&[("COMET_STORE_SEGMENT_SIZE", "10")])).is_err());
+    }
+
+    #[test]
+    fn the_longest_delay_must_fit_in_the_retention() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok(), "the defaults (3 days, 72 h) fit");
+        c.store.retention_hours = 24;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("messaging.max-delay-ms") && err.contains("retention"), "{err}");
+        c.messaging.max_delay_ms = 3_600_000;
+        assert!(c.validate().is_ok());
+        c.messaging.timer_bucket_ms = 1;
+        assert!(c.validate().unwrap_err().to_string().contains("timer-bucket-ms"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use comet_model::MessageType;
@@ -75,6 +76,10 @@ pub struct BrokerMetrics {
     /// group → topic → `[topic, consumer_group]`.
     out_attrs: RwLock<HashMap<String, AttrsByName>>,
     lag: Snapshot<Vec<LagRow>>,
+    timer_enqueue: Counter<u64>,
+    timer_dequeue: Counter<u64>,
+    /// Delayed messages waiting: set by the timer after each pass (`rocketmq_timing_messages`).
+    timer_pending: AtomicU64,
 }
 
 impl BrokerMetrics {
@@ -107,7 +112,40 @@ impl BrokerMetrics {
             in_attrs: RwLock::new(HashMap::new()),
             out_attrs: RwLock::new(HashMap::new()),
             lag: Snapshot::new(LAG_SNAPSHOT_AGE),
+            timer_enqueue: counter(
+                "rocketmq_timer_enqueue_total",
+                "1",
+                "Delayed messages (and retries) filed into the timer's bucket index, or delivered at once if already due",
+            ),
+            timer_dequeue: counter(
+                "rocketmq_timer_dequeue_total",
+                "1",
+                "Delayed messages leaving the timer: result=delivered to their topic, or dropped (topic gone, record lost)",
+            ),
+            timer_pending: AtomicU64::new(0),
         }
+    }
+
+    /// Counts messages the timer filed.
+    pub fn timer_enqueued(&self, messages: u64) {
+        if messages > 0 {
+            self.timer_enqueue.add(messages, &[]);
+        }
+    }
+
+    /// Counts messages the timer delivered and dropped.
+    pub fn timer_dequeued(&self, delivered: u64, dropped: u64) {
+        if delivered > 0 {
+            self.timer_dequeue.add(delivered, &[KeyValue::new("result", "delivered")]);
+        }
+        if dropped > 0 {
+            self.timer_dequeue.add(dropped, &[KeyValue::new("result", "dropped")]);
+        }
+    }
+
+    /// Sets the number of delayed messages waiting (filed or not yet filed).
+    pub fn set_timer_pending(&self, messages: u64) {
+        self.timer_pending.store(messages, Ordering::Relaxed);
     }
 
     /// Counts a stored batch (one call per SendMessage).
@@ -317,6 +355,12 @@ pub fn register_gauges(meter: &Meter, broker: &Arc<Broker>) {
             o.observe(sends as u64, &[KeyValue::new("processor", "send")]);
             o.observe(b.waiters.parked() as u64, &[KeyValue::new("processor", "pull")]);
         },
+    );
+    gauge(
+        "rocketmq_timing_messages",
+        "1",
+        "Delayed messages (and retries) waiting in the timer for their delivery time",
+        |b, o| o.observe(b.metrics.timer_pending.load(Ordering::Relaxed), &[]),
     );
     gauge("rocketmq_storage_size", "By", "Bytes of every store file (CommitLog, consume queues, index)", |b, o| {
         o.observe(b.store.stats().disk_bytes, &[])

@@ -680,7 +680,7 @@ async fn find_by_time(
 
 /// A time for `--since`/`--until` as ms since the epoch: unix milliseconds, RFC 3339
 /// (`2024-05-01T12:00:00.250+02:00`, `Z` for UTC, `T` or a space between date and time), or a date (midnight UTC).
-fn parse_time(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_time(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let bad =
         || format!("{text:?} is neither RFC 3339 (2024-05-01T12:00:00Z), a date (2024-05-01) nor unix milliseconds");

@@ -37,6 +37,30 @@ pub struct SendArgs {
     /// One JSON object per sent message instead of text.
     #[arg(long)]
     json: bool,
+    /// Delay delivery by this long after the broker receives it: 500ms, 10s, 5m, 2h, 1d (a bare number is ms).
+    #[arg(long, value_parser = parse_delay, conflicts_with = "deliver_at")]
+    delay: Option<Duration>,
+    /// Deliver at this time: RFC 3339 (2024-05-01T12:00:00Z), a date, or unix milliseconds.
+    #[arg(long, value_parser = crate::admin::parse_time)]
+    deliver_at: Option<u64>,
+}
+
+/// A delay for `--delay`: a number with a unit (`ms`, `s`, `m`, `h`, `d`); a bare number is milliseconds.
+pub(crate) fn parse_delay(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("{text:?} is not a delay like 500ms, 10s, 5m, 2h or 1d");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms_per_unit = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms_per_unit).map(Duration::from_millis).ok_or_else(bad)
 }
 
 /// Where `comet consume` starts in a queue.
@@ -117,6 +141,12 @@ pub async fn send(args: SendArgs, namesrv: &[String]) -> anyhow::Result<()> {
     let producer = Producer::new(ProducerConfig::new(namesrv.to_vec(), args.group))?;
     let mut message = Message::new(args.topic, body).with_tags(args.tags);
     message.keys = args.keys;
+    if let Some(delay) = args.delay {
+        message = message.with_delay(delay);
+    }
+    if let Some(at) = args.deliver_at {
+        message = message.with_deliver_at(std::time::UNIX_EPOCH + Duration::from_millis(at));
+    }
     for _ in 0..args.count {
         let result = producer.send(message.clone()).await?;
         if args.json {
@@ -126,8 +156,16 @@ pub async fn send(args: SendArgs, namesrv: &[String]) -> anyhow::Result<()> {
                 "broker": result.queue.broker_name,
                 "queue_id": result.queue.queue_id,
                 "queue_offset": result.queue_offset,
+                "deliver_at_millis": result.deliver_at.map(epoch_millis),
             });
             println!("{line}");
+        } else if let Some(at) = result.deliver_at {
+            println!(
+                "sent {} to {}, delivered at {} ms since the epoch",
+                result.message_id,
+                result.queue,
+                epoch_millis(at)
+            );
         } else {
             println!("sent {} to {} offset {}", result.message_id, result.queue, result.queue_offset);
         }
@@ -317,5 +355,26 @@ fn print_message(message: &ReceivedMessage, json: bool) {
         println!("{line}");
     } else {
         println!("{body}");
+    }
+}
+
+/// `t` as ms since the epoch.
+fn epoch_millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_take_a_unit_and_bare_numbers_are_milliseconds() {
+        assert_eq!(parse_delay("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_delay("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_delay("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_delay("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_delay("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_delay("10 parsecs").is_err());
+        assert!(parse_delay("s").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The SDK's message types, converted to and from the wire types at the call sites.
 
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use comet_model::MessageQueue;
@@ -22,6 +23,11 @@ pub struct Message {
     pub properties: HashMap<String, String>,
     /// User flag, stored verbatim.
     pub flag: u32,
+    /// Delayed delivery at this time (at most the broker's `messaging.max-delay-ms` ahead; a past time delivers
+    /// at once). Exclusive with `delay`.
+    pub deliver_at: Option<SystemTime>,
+    /// Delayed delivery this long after the broker receives the message. Exclusive with `deliver_at`.
+    pub delay: Option<Duration>,
 }
 
 impl Message {
@@ -48,7 +54,24 @@ impl Message {
         self
     }
 
+    /// Delays the message: consumers see it `delay` after the broker receives it (replaces any `deliver_at`).
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self.deliver_at = None;
+        self
+    }
+
+    /// Delays the message until `at` (replaces any `delay`).
+    pub fn with_deliver_at(mut self, at: SystemTime) -> Self {
+        self.deliver_at = Some(at);
+        self.delay = None;
+        self
+    }
+
     pub(crate) fn to_wire(&self, born_millis: u64) -> pb::OutgoingMessage {
+        // A zero delay or a time at the epoch means "now" on the wire; round them up so a request for a delay is
+        // never silently dropped (the broker then delivers at once anyway).
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         pb::OutgoingMessage {
             message_id: String::new(),
             tags: self.tags.clone(),
@@ -57,8 +80,8 @@ impl Message {
             body: self.body.clone(),
             flag: self.flag,
             born_timestamp_millis: born_millis,
-            deliver_at_millis: 0,
-            delay_millis: 0,
+            deliver_at_millis: self.deliver_at.map_or(0, |t| millis(t.duration_since(UNIX_EPOCH).unwrap_or_default())),
+            delay_millis: self.delay.map_or(0, millis),
         }
     }
 }
@@ -74,6 +97,9 @@ pub struct SendResult {
     pub queue_offset: u64,
     /// The address of the broker that stored it.
     pub broker_address: String,
+    /// For a delayed message, when it becomes visible to consumers (`queue_offset` is then its place in the
+    /// broker's timer queue; its offset in `queue` is assigned at delivery).
+    pub deliver_at: Option<SystemTime>,
 }
 
 /// A message as a consumer receives it.

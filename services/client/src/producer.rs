@@ -332,6 +332,8 @@ impl Producer {
                 },
                 queue_offset: r.queue_offset,
                 broker_address: address.to_owned(),
+                deliver_at: (r.deliver_at_millis > 0)
+                    .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.deliver_at_millis)),
             })
             .collect();
         if results.len() != outgoing.messages.len() {

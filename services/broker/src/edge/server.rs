@@ -116,6 +116,7 @@ impl Bound {
         let background = spawn_background(&broker);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let follower = crate::ha::slave::spawn(&broker, stop_rx.clone());
+        let timer = crate::domain::timer::service::spawn(&broker, stop_rx.clone()).await?;
         let registration = crate::registration::spawn(Arc::clone(&broker), stop_rx)?;
 
         // On the signal: answer parked pulls and refuse new work first, then let tonic stop accepting and drain.
@@ -159,6 +160,10 @@ impl Bound {
         }
         // The slave loop finishes the append in progress; the HA listener answers its parked fetches.
         if let Some(task) = follower {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        // The timer finishes its pass (its appends replicate like any other) and saves a clean checkpoint.
+        if let Some(task) = timer {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         if let Some(server) = ha {

@@ -1,4 +1,5 @@
-//! SendMessage: validate, pick the queue, store the batch under a send permit (in place with async flush, on the
+//! SendMessage: validate (system topics and reserved properties are refused), pick the queue, readdress delayed
+//! messages to the timer topic, store the batch under a send permit (in place with async flush, on the
 //! blocking pool with sync flush), and with sync replication wait until enough slaves hold it.
 
 use std::net::SocketAddr;
@@ -8,8 +9,11 @@ use comet_proto::comet::v1 as pb;
 use comet_store::record::{MAX_KEYS, MAX_MSG_ID_LEN, MAX_TAGS_LEN};
 use comet_store::{FlushMode, NewMessage};
 
+use comet_model::system::{RESERVED_PROPERTIES, TIMER_TOPIC, is_system_topic};
+
 use super::{check_group, check_topic};
 use crate::broker::{Broker, now_ms};
+use crate::domain::timer;
 use crate::error::{BrokerError, Result};
 
 /// Stores the request's messages atomically in one queue and answers where each went.
@@ -20,6 +24,15 @@ pub async fn send(
     born_host: Option<SocketAddr>,
 ) -> Result<pb::SendMessageResponse> {
     check_topic(&request.topic)?;
+    if is_system_topic(&request.topic) {
+        return Err(BrokerError::invalid(
+            "topic",
+            format!(
+                "{:?} is a system topic (retry, dead-letter, timer, transaction): only the broker writes it",
+                request.topic
+            ),
+        ));
+    }
     if !request.producer_group.is_empty() {
         check_group(&request.producer_group)?;
     }
@@ -60,12 +73,24 @@ pub async fn send(
         max_size: broker.config.store.max_message_size as usize,
         born_host: born_host.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
         now: now_ms(),
+        max_delay: broker.config.messaging.max_delay_ms,
     };
-    let mut messages = Vec::with_capacity(request.messages.len());
+    let count = request.messages.len();
+    let mut messages = Vec::with_capacity(count);
+    // Delivery times, allocated only once a request holds a delayed message.
+    let mut deliver_at: Option<Vec<u64>> = None;
     let mut body_bytes = 0u64;
     for (i, m) in request.messages.into_iter().enumerate() {
         body_bytes += m.body.len() as u64;
-        messages.push(target.message(broker, m, i)?);
+        let (message, at) = target.message(broker, m, i)?;
+        if at > 0 {
+            deliver_at.get_or_insert_with(|| vec![0; count])[i] = at;
+        }
+        messages.push(message);
+    }
+    if deliver_at.is_some() && broker.topics.get(TIMER_TOPIC).is_none() {
+        // The timer creates its topic at start-up; this only runs if an admin deleted it since.
+        broker.blocking(|b| b.system_topic(TIMER_TOPIC, 1).map(drop)).await?;
     }
     // Back-pressure: a full broker answers at once with the one retryable busy status rather than queueing.
     let permit = Arc::clone(&broker.sends).try_acquire_owned().map_err(|_| BrokerError::Busy {
@@ -104,13 +129,14 @@ pub async fn send(
         results: results
             .iter()
             .zip(messages)
-            .map(|(r, m)| pb::SendResult {
+            .enumerate()
+            .map(|(i, (r, m))| pb::SendResult {
                 message_id: m.msg_id,
                 queue_id,
                 queue_offset: r.queue_offset.0,
                 commit_log_offset: r.offset.0,
                 duplicate: false,
-                deliver_at_millis: 0,
+                deliver_at_millis: deliver_at.as_ref().and_then(|d| d.get(i).copied()).unwrap_or(0),
             })
             .collect(),
     })
@@ -127,12 +153,15 @@ struct Target<'a> {
     max_size: usize,
     born_host: SocketAddr,
     now: u64,
+    /// `messaging.max-delay-ms`.
+    max_delay: u64,
 }
 
 impl Target<'_> {
-    /// Validates message `index` of the request and turns it into a store message.
-    fn message(&self, broker: &Broker, m: pb::OutgoingMessage, index: usize) -> Result<NewMessage> {
-        let Target { topic, queue_id, max_size, born_host, now } = *self;
+    /// Validates message `index` of the request and turns it into a store message, with its delivery time
+    /// (0 = visible now; otherwise the message is addressed to the timer topic).
+    fn message(&self, broker: &Broker, m: pb::OutgoingMessage, index: usize) -> Result<(NewMessage, u64)> {
+        let Target { topic, queue_id, max_size, born_host, now, max_delay } = *self;
         let at = |what: &str| format!("message {index}: {what}");
         if m.body.is_empty() {
             return Err(BrokerError::invalid("body", at("the body is empty")));
@@ -155,10 +184,36 @@ impl Target<'_> {
         if m.keys.iter().any(|k| k.is_empty() || k.contains(char::is_whitespace)) {
             return Err(BrokerError::invalid("keys", at("keys must be non-empty and contain no whitespace")));
         }
+        if let Some((key, _)) = m.properties.iter().find(|(k, _)| RESERVED_PROPERTIES.contains(&k.as_str())) {
+            return Err(BrokerError::invalid("properties", at(&format!("{key:?} is reserved for the broker"))));
+        }
+        let deliver_at = match (m.deliver_at_millis, m.delay_millis) {
+            (0, 0) => 0,
+            (at, 0) => at,
+            (0, delay) => now.saturating_add(delay),
+            _ => {
+                return Err(BrokerError::invalid(
+                    "deliver_at_millis",
+                    at("set deliver_at_millis or delay_millis, not both"),
+                ));
+            }
+        };
+        if deliver_at > now && deliver_at - now > max_delay {
+            let field = if m.delay_millis > 0 { "delay_millis" } else { "deliver_at_millis" };
+            return Err(BrokerError::invalid(
+                field,
+                at(&format!(
+                    "{} ms ahead exceeds the broker's longest delay, messaging.max-delay-ms = {max_delay}",
+                    deliver_at - now
+                )),
+            ));
+        }
+        // A time not in the future: deliver now.
+        let deliver_at = if deliver_at > now { deliver_at } else { 0 };
         let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
         // Map order is random on the wire; store a stable order.
         properties.sort_unstable();
-        Ok(NewMessage {
+        let message = NewMessage {
             topic: topic.to_owned(),
             queue_id,
             msg_id: if m.message_id.is_empty() { broker.next_message_id() } else { m.message_id },
@@ -172,6 +227,10 @@ impl Target<'_> {
             born_host,
             reconsume_times: 0,
             prepared_transaction_offset: 0,
-        })
+        };
+        if deliver_at == 0 {
+            return Ok((message, 0));
+        }
+        Ok((timer::wrap(message, deliver_at), deliver_at))
     }
 }

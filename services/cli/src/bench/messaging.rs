@@ -42,6 +42,10 @@ pub struct Load {
     /// Pace the senders to this many messages per second (0 = as fast as they go).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Delay every message by this many ms (Comet only): produce then measures delayed messages scheduled per
+    /// second; e2e measures delivery lateness (receive time - due time).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 /// Output options.
@@ -195,7 +199,7 @@ async fn send_phase(
     let mut tasks = Vec::with_capacity(load.concurrency);
     for _ in 0..load.concurrency {
         let (sink, bodies, plan, counters) = (sink.clone(), bodies.clone(), Arc::clone(&plan), Arc::clone(counters));
-        let size = load.size as u64;
+        let (size, delay_ms) = (load.size as u64, load.delay_ms);
         tasks.push(tokio::spawn(async move {
             let mut samples = Samples::with_capacity(1 << 16);
             while let Some((n, due)) = plan.claim() {
@@ -204,7 +208,8 @@ async fn send_phase(
                 }
                 let batch = bodies.make(n);
                 let t0 = Instant::now();
-                match sink.send(batch).await {
+                let delay = (delay_ms > 0).then(|| Duration::from_millis(delay_ms));
+                match sink.send(batch, delay).await {
                     Ok(()) => {
                         samples.record(t0.elapsed());
                         counters.add(n as u64, n as u64 * size);
@@ -264,8 +269,9 @@ pub async fn produce(args: ProduceArgs, namesrv: &[String]) -> anyhow::Result<()
 struct Reader {
     counters: Arc<Counters>,
     samples: Samples,
-    /// e2e: the clock the stamps count from, and the stamp (ns) before which messages are warm-up.
-    e2e: Option<(Instant, Arc<AtomicU64>)>,
+    /// e2e: the clock the stamps count from, the stamp (ns) before which messages are warm-up, and the delay
+    /// (ns) each message was sent with (latency counts from the due time: stamp + delay).
+    e2e: Option<(Instant, Arc<AtomicU64>, u64)>,
     measured: u64,
 }
 
@@ -273,14 +279,14 @@ impl Tally for Reader {
     fn on_message(&mut self, body: &Bytes) {
         match &self.e2e {
             None => self.counters.add(1, body.len() as u64),
-            Some((epoch, measure_from)) => {
+            Some((epoch, measure_from, delay_ns)) => {
                 let Some(stamp) = body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes)
                 else {
                     return;
                 };
                 let now = epoch.elapsed().as_nanos() as u64;
                 if stamp >= measure_from.load(Ordering::Relaxed) {
-                    self.samples.record(Duration::from_nanos(now.saturating_sub(stamp)));
+                    self.samples.record(Duration::from_nanos(now.saturating_sub(stamp.saturating_add(*delay_ns))));
                     self.measured += 1;
                 }
                 self.counters.add(1, body.len() as u64);
@@ -364,7 +370,7 @@ pub async fn e2e(args: E2eArgs, namesrv: &[String]) -> anyhow::Result<()> {
     let readers = source.spawn(Arc::clone(&stop), || Reader {
         counters: Arc::clone(&received),
         samples: Samples::with_capacity(1 << 16),
-        e2e: Some((epoch, Arc::clone(&measure_from))),
+        e2e: Some((epoch, Arc::clone(&measure_from), args.load.delay_ms.saturating_mul(1_000_000))),
         measured: 0,
     });
     let bodies = Bodies { template: Bytes::from(vec![b'e'; args.load.size]), stamp: Some(epoch) };
@@ -381,7 +387,7 @@ pub async fn e2e(args: E2eArgs, namesrv: &[String]) -> anyhow::Result<()> {
     drop(progress);
     // Let the reader catch up with everything acknowledged, then stop it.
     let expected = received_before + sent.messages.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10) + Duration::from_millis(args.load.delay_ms);
     while received.messages.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -104,19 +104,26 @@ impl Sink {
         }
     }
 
-    /// Sends `bodies` as one request and waits until all are acknowledged.
-    pub async fn send(&self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
+    /// Sends `bodies` as one request, each delayed by `delay` if given, and waits until all are acknowledged.
+    pub async fn send(&self, bodies: Vec<Bytes>, delay: Option<Duration>) -> anyhow::Result<()> {
         match self {
             Self::Comet { producer, topic } => {
+                let message = |body| {
+                    let m = Message::new(topic.as_str(), body);
+                    match delay {
+                        Some(d) => m.with_delay(d),
+                        None => m,
+                    }
+                };
                 if bodies.len() == 1 {
                     let body = bodies.into_iter().next().unwrap_or_default();
-                    producer.send(Message::new(topic.as_str(), body)).await?;
+                    producer.send(message(body)).await?;
                 } else {
-                    let messages = bodies.into_iter().map(|b| Message::new(topic.as_str(), b)).collect();
-                    producer.send_batch(messages).await?;
+                    producer.send_batch(bodies.into_iter().map(message).collect()).await?;
                 }
                 Ok(())
             }
+            Self::Nats { .. } if delay.is_some() => anyhow::bail!("NATS JetStream has no delayed delivery"),
             Self::Nats { js, subject } => {
                 let mut acks = Vec::with_capacity(bodies.len());
                 for body in bodies {

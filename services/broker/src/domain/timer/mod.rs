@@ -1,5 +1,12 @@
 //! Delayed delivery: a message due later waits in the timer topic until its time, then the timer service moves
 //! it to its real topic and queue.
+//!
+//! - [`wrap`]: readdresses a message to the timer topic (the send path and the retry machinery store it);
+//! - [`index`]: the durable time-bucketed index on disk (`<store dir>/timer/`), synchronous and unit-tested;
+//! - [`service`]: the task on the master that files new timer messages and delivers due ones.
+
+pub mod index;
+pub mod service;
 
 use comet_model::system::{PROP_DELIVER_AT, PROP_REAL_QUEUE_ID, PROP_REAL_TOPIC, TIMER_TOPIC};
 use comet_store::NewMessage;
