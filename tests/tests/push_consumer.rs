@@ -32,9 +32,13 @@ async fn cluster_with_queues(dir: &Path, topic: &str, queues: u32) -> anyhow::Re
     let ns = NameServer::memory(&ns_dir, "").await?;
     let broker_dir = dir.join("broker-a");
     std::fs::create_dir_all(&broker_dir)?;
-    let broker =
-        BrokerProcess::start(&broker_dir, &BrokerOptions { nameservers: vec![ns.addr()], ..Default::default() })
-            .await?;
+    // A failed message comes back through the group's retry topic: after 200 ms here, not the default 10 s.
+    let options = BrokerOptions {
+        nameservers: vec![ns.addr()],
+        messaging: "  retry-delays-ms: [200]\n".into(),
+        ..Default::default()
+    };
+    let broker = BrokerProcess::start(&broker_dir, &options).await?;
     let config =
         pb::TopicConfig { name: topic.into(), read_queue_nums: queues, write_queue_nums: queues, ..Default::default() };
     broker.client().await?.create_topic(pb::CreateTopicRequest { topic: Some(config) }).await?;

@@ -129,7 +129,7 @@ async fn a_failed_message_comes_back_after_each_delay_until_consumed_once_and_ot
                 return Ok(());
             }
             let order: usize = m.properties.get("order").and_then(|o| o.parse().ok()).unwrap_or(0);
-            if order % 2 == 0 {
+            if order.is_multiple_of(2) {
                 panic!("listener panics on attempt {}", m.reconsume_times);
             }
             Err(format!("attempt {} fails", m.reconsume_times).into())

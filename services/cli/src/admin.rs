@@ -384,10 +384,7 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
         }
         GroupCommand::List => {
             if !target.json {
-                println!(
-                    "{:<16} {:<32} {:>8} {:>9} {:>6} DELAYS",
-                    "BROKER", "GROUP", "CONSUME", "BROADCAST", "RETRY"
-                );
+                println!("{:<16} {:<32} {:>8} {:>9} {:>6} DELAYS", "BROKER", "GROUP", "CONSUME", "BROADCAST", "RETRY");
             }
             for (name, address) in &brokers {
                 let groups = admin
@@ -466,7 +463,11 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
             } else {
                 println!("group {group}: {} member(s), total lag {total_lag}", members.len());
                 if let Some(g) = &config {
-                    println!("  retries: at most {}, delays {}", g.retry_max_times, delays_text(&g.retry_delays_millis));
+                    println!(
+                        "  retries: at most {}, delays {}",
+                        g.retry_max_times,
+                        delays_text(&g.retry_delays_millis)
+                    );
                 }
                 for m in members.values() {
                     let subs: Vec<String> =

@@ -50,7 +50,7 @@ pub async fn spawn(broker: &Arc<Broker>, mut stop: watch::Receiver<bool>) -> Res
     if broker.config.is_slave() {
         return Ok(None);
     }
-    let mut timer = broker.blocking(|b| Timer::open(b)).await?;
+    let mut timer = broker.blocking(Timer::open).await?;
     let broker = Arc::clone(broker);
     let tick = Duration::from_millis(broker.config.messaging.timer_tick_ms);
     Ok(Some(tokio::spawn(async move {
