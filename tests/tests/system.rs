@@ -7,6 +7,7 @@ mod cli_admin;
 mod cli_bench;
 mod client;
 mod client_slave_reads;
+mod delay;
 mod ha;
 mod metrics;
 mod nameserver_etcd;
