@@ -14,6 +14,20 @@ pub const SEND_BACK_MEMORY_MS: u64 = 10 * 60_000;
 /// Most send-backs remembered (about 100 bytes each).
 pub const SEND_BACK_MEMORY_ENTRIES: usize = 1 << 16;
 
+/// Most retry delays a list may hold (the broker's default or a group's).
+pub const MAX_RETRY_DELAYS: usize = 64;
+
+/// Checks a list of retry delays: at most [`MAX_RETRY_DELAYS`], each at most `max_delay_ms` (the timer's limit).
+pub fn check_delays(delays: &[u64], max_delay_ms: u64) -> Result<(), String> {
+    if delays.len() > MAX_RETRY_DELAYS {
+        return Err(format!("{} delays; at most {MAX_RETRY_DELAYS}", delays.len()));
+    }
+    if let Some(d) = delays.iter().find(|&&d| d > max_delay_ms) {
+        return Err(format!("{d} ms exceeds messaging.max-delay-ms ({max_delay_ms} ms)"));
+    }
+    Ok(())
+}
+
 /// The delay before retry `attempt` (1-based): element `attempt - 1` of the group's delays, or of the broker's
 /// defaults when the group has none; the last element repeats. 0 when both lists are empty.
 pub fn retry_delay_ms(group_delays: &[u64], default_delays: &[u64], attempt: u32) -> u64 {
