@@ -330,7 +330,7 @@ impl Config {
     }
 
     fn validate_retry(&self) -> Result<(), BrokerError> {
-        crate::domain::retry::check_delays(&self.messaging.retry_delays_ms, self.messaging.max_delay_ms)
+        crate::domain::retry::check_delays(&self.messaging.retry_delays_ms)
             .map_err(|why| BrokerError::Config(format!("messaging.retry-delays-ms: {why}")))?;
         if self.messaging.retry_delays_ms.is_empty() {
             return Err(BrokerError::Config("messaging.retry-delays-ms: at least one delay is required".into()));

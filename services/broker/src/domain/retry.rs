@@ -17,13 +17,11 @@ pub const SEND_BACK_MEMORY_ENTRIES: usize = 1 << 16;
 /// Most retry delays a list may hold (the broker's default or a group's).
 pub const MAX_RETRY_DELAYS: usize = 64;
 
-/// Checks a list of retry delays: at most [`MAX_RETRY_DELAYS`], each at most `max_delay_ms` (the timer's limit).
-pub fn check_delays(delays: &[u64], max_delay_ms: u64) -> Result<(), String> {
+/// Checks a list of retry delays: at most [`MAX_RETRY_DELAYS`]. (A delay beyond `messaging.max-delay-ms` is
+/// capped to it when used, so a broker with a short maximum still honours RocketMQ's default levels.)
+pub fn check_delays(delays: &[u64]) -> Result<(), String> {
     if delays.len() > MAX_RETRY_DELAYS {
         return Err(format!("{} delays; at most {MAX_RETRY_DELAYS}", delays.len()));
-    }
-    if let Some(d) = delays.iter().find(|&&d| d > max_delay_ms) {
-        return Err(format!("{d} ms exceeds messaging.max-delay-ms ({max_delay_ms} ms)"));
     }
     Ok(())
 }

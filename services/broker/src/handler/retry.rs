@@ -106,8 +106,9 @@ async fn store_attempt(
     }
     let delay = match request.delay_millis {
         0 => retry_delay_ms(&group.retry_delays_ms, &broker.config.messaging.retry_delays_ms, attempts),
-        d => d.min(broker.config.messaging.max_delay_ms),
-    };
+        d => d,
+    }
+    .min(broker.config.messaging.max_delay_ms);
     let deliver_at = now_ms().saturating_add(delay);
     let retry = retry_topic(&request.group);
     let topic = retry.clone();
