@@ -243,7 +243,7 @@ async fn a_push_consumer_started_while_the_master_is_down_consumes_everything_fr
         received.lock().len() >= 300
     })
     .await?;
-    let stats = consumer.queue_stats();
+    let stats = crate::push_consumer::user_stats(&consumer);
     assert_eq!(stats.len(), 2, "both queues assigned (the slave lists this member)");
     assert!(stats.iter().all(|s| s.broker_address == slave.addr()), "{stats:?}");
     consumer.shutdown().await;
@@ -292,15 +292,17 @@ async fn a_running_push_consumer_moves_to_the_slave_when_the_master_is_killed_an
         })
         .start()
         .await?;
-    wait_until("both queues assigned", Duration::from_secs(10), || async { consumer.assigned_queues().len() == 2 })
-        .await?;
+    wait_until("both queues assigned", Duration::from_secs(10), || async {
+        crate::push_consumer::user_queues(&consumer).len() == 2
+    })
+    .await?;
 
     let mut sent = send(&producer, topic, 100, &master).await?;
     wait_until("the first 100 consumed from the master", Duration::from_secs(30), || async {
         received.lock().len() >= 100
     })
     .await?;
-    assert!(consumer.queue_stats().iter().all(|s| s.broker_address == master.addr()));
+    assert!(crate::push_consumer::user_stats(&consumer).iter().all(|s| s.broker_address == master.addr()));
 
     open.store(false, std::sync::atomic::Ordering::SeqCst);
     for (queue_id, messages) in send(&producer, topic, 200, &master).await? {
@@ -311,7 +313,7 @@ async fn a_running_push_consumer_moves_to_the_slave_when_the_master_is_killed_an
     open.store(true, std::sync::atomic::Ordering::SeqCst);
 
     wait_until("all 300 consumed", Duration::from_secs(30), || async { received.lock().len() >= 300 }).await?;
-    let stats = consumer.queue_stats();
+    let stats = crate::push_consumer::user_stats(&consumer);
     assert!(stats.iter().all(|s| s.broker_address == slave.addr()), "read from the slave now: {stats:?}");
     for queue_id in 0..2 {
         let end = sent[&queue_id].keys().next_back().map_or(0, |last| last + 1);

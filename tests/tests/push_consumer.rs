@@ -32,9 +32,13 @@ async fn cluster_with_queues(dir: &Path, topic: &str, queues: u32) -> anyhow::Re
     let ns = NameServer::memory(&ns_dir, "").await?;
     let broker_dir = dir.join("broker-a");
     std::fs::create_dir_all(&broker_dir)?;
-    let broker =
-        BrokerProcess::start(&broker_dir, &BrokerOptions { nameservers: vec![ns.addr()], ..Default::default() })
-            .await?;
+    // A failed message comes back through the group's retry topic: after 200 ms here, not the default 10 s.
+    let options = BrokerOptions {
+        nameservers: vec![ns.addr()],
+        messaging: "  retry-delays-ms: [200]\n".into(),
+        ..Default::default()
+    };
+    let broker = BrokerProcess::start(&broker_dir, &options).await?;
     let config =
         pb::TopicConfig { name: topic.into(), read_queue_nums: queues, write_queue_nums: queues, ..Default::default() };
     broker.client().await?.create_topic(pb::CreateTopicRequest { topic: Some(config) }).await?;
@@ -125,11 +129,21 @@ async fn wait_all_seen(seen: &Seen, expected: &[String], what: &str) -> anyhow::
     Ok(())
 }
 
+/// The queues of user topics a member reads (a clustering member also reads its group's retry queue).
+pub(crate) fn user_queues(c: &PushConsumer) -> Vec<comet_client::MessageQueue> {
+    c.assigned_queues().into_iter().filter(|q| !q.topic.starts_with("%RETRY%")).collect()
+}
+
+/// The stats of the user-topic queues a member reads.
+pub(crate) fn user_stats(c: &PushConsumer) -> Vec<comet_client::QueueStats> {
+    c.queue_stats().into_iter().filter(|q| !q.queue.topic.starts_with("%RETRY%")).collect()
+}
+
 /// Waits until the consumers' assignments are disjoint and cover all 8 queues.
 async fn wait_balanced(consumers: &[&PushConsumer]) -> anyhow::Result<()> {
     wait_until("8 queues shared without overlap", Duration::from_secs(20), || async {
-        let sizes: Vec<usize> = consumers.iter().map(|c| c.assigned_queues().len()).collect();
-        let union: BTreeSet<_> = consumers.iter().flat_map(|c| c.assigned_queues()).collect();
+        let sizes: Vec<usize> = consumers.iter().map(|c| user_queues(c).len()).collect();
+        let union: BTreeSet<_> = consumers.iter().flat_map(|c| user_queues(c)).collect();
         union.len() == 8 && sizes.iter().sum::<usize>() == 8 && sizes.iter().all(|&s| s >= 2)
     })
     .await
@@ -259,7 +273,7 @@ async fn three_members_of_a_group_share_eight_queues_and_consume_every_message_e
         counts.push(mine);
     }
     wait_balanced(&members.iter().collect::<Vec<_>>()).await?;
-    let sizes: Vec<usize> = members.iter().map(|c| c.assigned_queues().len()).collect();
+    let sizes: Vec<usize> = members.iter().map(|c| user_queues(c).len()).collect();
     assert_eq!(sizes.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([2, 3]), "3+3+2: {sizes:?}");
 
     let started = std::time::Instant::now();
@@ -506,16 +520,16 @@ async fn a_slow_listener_pauses_pulls_at_the_cached_message_limit_and_everything
     let mut sampled_peak = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tally.distinct() < n && tokio::time::Instant::now() < deadline {
-        sampled_peak = consumer.queue_stats().iter().map(|q| q.cached_messages).max().unwrap_or(0).max(sampled_peak);
+        sampled_peak = user_stats(&consumer).iter().map(|q| q.cached_messages).max().unwrap_or(0).max(sampled_peak);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tally.wait_all("every message behind the slow listener").await?;
     // The listener counts a message before it returns; the acknowledgement follows a moment later.
     wait_until("every message acknowledged", Duration::from_secs(5), || async {
-        consumer.queue_stats().iter().all(|q| q.cached_messages == 0)
+        user_stats(&consumer).iter().all(|q| q.cached_messages == 0)
     })
     .await?;
-    let stats = consumer.queue_stats();
+    let stats = user_stats(&consumer);
     consumer.shutdown().await;
     tally.check(true)?;
     assert_eq!(stats.len(), 2, "{stats:?}");
@@ -541,7 +555,7 @@ async fn a_slow_listener_pauses_pulls_at_the_cached_byte_limit() -> anyhow::Resu
     })
     .await?;
     tally.wait_all("every message behind the slow listener").await?;
-    let stats = consumer.queue_stats();
+    let stats = user_stats(&consumer);
     consumer.shutdown().await;
     tally.check(true)?;
     for q in &stats {

@@ -13,3 +13,4 @@ mod metrics;
 mod nameserver_etcd;
 mod nameserver_memory;
 mod push_consumer;
+mod retry;

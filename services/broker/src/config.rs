@@ -295,6 +295,7 @@ impl Config {
         }
         self.validate_ha()?;
         self.validate_timer()?;
+        self.validate_retry()?;
         self.store.validate().map_err(|e| BrokerError::Config(format!("store: {e}")))?;
         self.metrics.validate().map_err(|e| BrokerError::Config(e.to_string()))?;
         Ok(())
@@ -324,6 +325,15 @@ impl Config {
         }
         if !(10..=1_000).contains(&m.timer_tick_ms) {
             return bad("messaging.timer-tick-ms", format!("{} is not in 10..=1000", m.timer_tick_ms));
+        }
+        Ok(())
+    }
+
+    fn validate_retry(&self) -> Result<(), BrokerError> {
+        crate::domain::retry::check_delays(&self.messaging.retry_delays_ms)
+            .map_err(|why| BrokerError::Config(format!("messaging.retry-delays-ms: {why}")))?;
+        if self.messaging.retry_delays_ms.is_empty() {
+            return Err(BrokerError::Config("messaging.retry-delays-ms: at least one delay is required".into()));
         }
         Ok(())
     }

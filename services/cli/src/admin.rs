@@ -95,6 +95,10 @@ pub enum GroupCommand {
         /// Redeliveries before the dead-letter queue.
         #[arg(long, default_value_t = 16)]
         retry_max_times: u32,
+        /// Delay before each redelivery, comma-separated (`500ms,1s,5s,1m,2h`): retry n waits the n-th, the
+        /// last repeats. Default: the broker's `messaging.retry-delays-ms`.
+        #[arg(long, value_parser = parse_delays)]
+        retry_delays: Option<Delays>,
         /// Create it with consumption paused (pulls refused until it is re-created).
         #[arg(long)]
         disabled: bool,
@@ -151,7 +155,7 @@ const FIND_GROUP: &str = "comet-cli-find";
 
 /// The brokers to talk to, `(broker name, address)`: `--broker`, or the master of every broker name of the
 /// cluster(s), with the admin client that reaches them.
-async fn brokers(namesrv: &[String], target: &Target) -> anyhow::Result<(Admin, Vec<(String, String)>)> {
+pub(crate) async fn brokers(namesrv: &[String], target: &Target) -> anyhow::Result<(Admin, Vec<(String, String)>)> {
     let admin = Admin::new(namesrv)?;
     if let Some(address) = &target.broker {
         return Ok((admin, vec![(address.clone(), address.clone())]));
@@ -162,7 +166,7 @@ async fn brokers(namesrv: &[String], target: &Target) -> anyhow::Result<(Admin, 
 }
 
 /// A gRPC status as one line: the broker and the server's message, not tonic's debug dump.
-fn status(broker: &str, what: &str, s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(broker: &str, what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{what} on broker {broker}: {} ({:?})", s.message(), s.code())
 }
 
@@ -351,13 +355,13 @@ fn print_done(json: bool, broker: &str, kind: &str, name: &str, verb: &str) {
 pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
     let (admin, brokers) = brokers(namesrv, &target).await?;
     match cmd {
-        GroupCommand::Create { group, no_broadcast, retry_max_times, disabled } => {
+        GroupCommand::Create { group, no_broadcast, retry_max_times, retry_delays, disabled } => {
             let config = pb::GroupConfig {
                 name: group.clone(),
                 consume_enable: !disabled,
                 consume_broadcast_enable: !no_broadcast,
                 retry_max_times,
-                retry_delays_millis: Vec::new(),
+                retry_delays_millis: retry_delays.map(|d| d.0).unwrap_or_default(),
             };
             for (name, address) in &brokers {
                 admin
@@ -380,7 +384,7 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
         }
         GroupCommand::List => {
             if !target.json {
-                println!("{:<16} {:<32} {:>8} {:>9} {:>6}", "BROKER", "GROUP", "CONSUME", "BROADCAST", "RETRY");
+                println!("{:<16} {:<32} {:>8} {:>9} {:>6} DELAYS", "BROKER", "GROUP", "CONSUME", "BROADCAST", "RETRY");
             }
             for (name, address) in &brokers {
                 let groups = admin
@@ -396,12 +400,18 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
                             "broker": name, "group": g.name, "consume_enable": g.consume_enable,
                             "consume_broadcast_enable": g.consume_broadcast_enable,
                             "retry_max_times": g.retry_max_times,
+                            "retry_delays_millis": g.retry_delays_millis,
                         });
                         println!("{line}");
                     } else {
                         println!(
-                            "{:<16} {:<32} {:>8} {:>9} {:>6}",
-                            name, g.name, g.consume_enable, g.consume_broadcast_enable, g.retry_max_times
+                            "{:<16} {:<32} {:>8} {:>9} {:>6} {}",
+                            name,
+                            g.name,
+                            g.consume_enable,
+                            g.consume_broadcast_enable,
+                            g.retry_max_times,
+                            delays_text(&g.retry_delays_millis)
                         );
                     }
                 }
@@ -411,6 +421,7 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
             let mut members = std::collections::BTreeMap::new();
             let mut offsets = Vec::new();
             let mut known = false;
+            let mut config = None;
             for (name, address) in &brokers {
                 let described = match admin
                     .broker(address)?
@@ -423,6 +434,7 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
                     Err(s) => return Err(status(name, &format!("describing group {group}"), s)),
                 };
                 known = true;
+                config = config.or(described.group);
                 // Every broker knows the members (clients heartbeat to all); offsets are per broker.
                 for m in described.members {
                     members.insert(m.client_id.clone(), m);
@@ -444,10 +456,19 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
                         "max_offset": o.max_offset, "lag": o.lag,
                     })).collect::<Vec<_>>(),
                     "total_lag": total_lag,
+                    "retry_max_times": config.as_ref().map(|g| g.retry_max_times),
+                    "retry_delays_millis": config.as_ref().map(|g| g.retry_delays_millis.clone()),
                 });
                 println!("{line}");
             } else {
                 println!("group {group}: {} member(s), total lag {total_lag}", members.len());
+                if let Some(g) = &config {
+                    println!(
+                        "  retries: at most {}, delays {}",
+                        g.retry_max_times,
+                        delays_text(&g.retry_delays_millis)
+                    );
+                }
                 for m in members.values() {
                     let subs: Vec<String> =
                         m.subscriptions.iter().map(|s| format!("{}:{}", s.topic, s.expression)).collect();
@@ -467,6 +488,46 @@ pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> any
         }
     }
     Ok(())
+}
+
+/// A group's retry delays in ms, as `--retry-delays` gives them.
+#[derive(Debug, Clone)]
+pub struct Delays(Vec<u64>);
+
+/// Parses `500ms,1s,5m,2h` (a bare number is milliseconds).
+fn parse_delays(text: &str) -> Result<Delays, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let split = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
+        let (number, unit) = part.split_at(split);
+        let n: u64 = number.parse().map_err(|_| format!("{part:?}: expected a number with ms, s, m or h"))?;
+        let factor = match unit {
+            "" | "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(format!("{part:?}: unit must be ms, s, m or h")),
+        };
+        out.push(n.checked_mul(factor).ok_or_else(|| format!("{part:?} is too long"))?);
+    }
+    if out.is_empty() {
+        return Err("at least one delay is required".into());
+    }
+    Ok(Delays(out))
+}
+
+/// Delays for tables: `1s,5s,2m`, or `default` (the broker's).
+fn delays_text(delays: &[u64]) -> String {
+    if delays.is_empty() {
+        return "default".into();
+    }
+    let one = |ms: u64| match ms {
+        ms if ms > 0 && ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms > 0 && ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms > 0 && ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    };
+    delays.iter().map(|&d| one(d)).collect::<Vec<_>>().join(",")
 }
 
 /// Runs a `comet message` command.
@@ -736,7 +797,7 @@ fn print_stored(broker: &str, m: &pb::StoredMessage, json: bool, header: bool) {
 }
 
 /// A store timestamp as UTC `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, so no date crate is needed).
-fn store_time(millis: u64) -> String {
+pub(crate) fn store_time(millis: u64) -> String {
     let secs = millis / 1000;
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
@@ -761,6 +822,16 @@ fn store_time(millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_parse_with_units_and_print_back() {
+        assert_eq!(parse_delays("500ms, 1s,5m,2h,250").unwrap().0, vec![500, 1_000, 300_000, 7_200_000, 250]);
+        assert!(parse_delays("1d").is_err());
+        assert!(parse_delays("").is_err());
+        assert!(parse_delays("x").is_err());
+        assert_eq!(delays_text(&[500, 1_000, 300_000, 7_200_000]), "500ms,1s,5m,2h");
+        assert_eq!(delays_text(&[]), "default");
+    }
 
     #[test]
     fn times_parse_as_rfc_3339_dates_or_unix_millis_and_round_trip_through_store_time() {

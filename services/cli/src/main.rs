@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod dlq;
 mod inspect;
 mod messaging;
 mod replication;
@@ -53,6 +54,13 @@ enum Command {
         #[command(flatten)]
         target: admin::Target,
     },
+    /// A consumer group's dead-letter queue: list it, re-send messages to their original topic.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+        #[command(flatten)]
+        target: admin::Target,
+    },
     /// Broker replication status: roles, CommitLog ends, slaves and their lag.
     Broker {
         #[command(subcommand)]
@@ -94,6 +102,7 @@ async fn main() -> std::process::ExitCode {
         Command::Consume(args) => messaging::consume(args, &addresses).await,
         Command::Topic { command, target } => admin::topic(command, target, &addresses).await,
         Command::Group { command, target } => admin::group(command, target, &addresses).await,
+        Command::Dlq { command, target } => dlq::run(command, target, &addresses).await,
         Command::Message { command, target } => admin::message(command, target, &addresses).await,
         Command::Broker { command, target } => replication::run(command, target, &addresses).await,
         Command::Bench { target } => bench::run(target, &addresses).await,

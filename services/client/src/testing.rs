@@ -276,7 +276,7 @@ async fn pull(state: Arc<Mutex<BrokerState>>, r: pb::PullMessageRequest) -> Resu
     })
 }
 
-/// A fake NameServer answering QueryRoute for every topic with one broker group; stopped on drop.
+/// A fake NameServer answering QueryRoute for every user topic with one broker group; stopped on drop.
 pub(crate) struct FakeNameServer {
     /// `127.0.0.1:port`.
     pub(crate) address: String,
@@ -290,7 +290,7 @@ impl Drop for FakeNameServer {
 }
 
 impl FakeNameServer {
-    /// Routes every topic to one queue (id 0, read-write) of broker group `broker_name`, whose members are
+    /// Routes every user topic to one queue (id 0, read-write) of broker group `broker_name`, whose members are
     /// `members` (broker id -> address).
     pub(crate) fn start(broker_name: &str, members: &[(u64, &str)]) -> Self {
         let brokers = vec![pb::BrokerData {
@@ -336,6 +336,11 @@ where
         let route = Arc::clone(&self.route);
         match method(&request).as_str() {
             "QueryRoute" => unary(request, move |r: pb::QueryRouteRequest| async move {
+                // The fake broker serves user topics only: a group's retry topic has no route, as on a real
+                // NameServer before the broker created it.
+                if comet_model::system::is_system_topic(&r.topic) {
+                    return Err(tonic::Status::not_found(format!("no route for {}", r.topic)));
+                }
                 Ok(pb::QueryRouteResponse { topic: r.topic, queues: route.0.clone(), brokers: route.1.clone() })
             }),
             other => unimplemented(other),

@@ -14,6 +14,8 @@ pub async fn create(broker: &Arc<Broker>, request: pb::CreateGroupRequest) -> Re
     broker.require_master("group change")?;
     let group = request.group.ok_or_else(|| BrokerError::invalid("group", "missing"))?;
     check_group(&group.name)?;
+    crate::domain::retry::check_delays(&group.retry_delays_millis)
+        .map_err(|why| BrokerError::invalid("retry_delays_millis", why))?;
     let config = convert::group_from_proto(group);
     let created = broker.blocking(move |b| b.groups.create(config)).await?;
     Ok(pb::CreateGroupResponse { group: Some(convert::group_to_proto(&created)) })
