@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use comet_model::MessageQueue;
+use comet_model::system::PROP_SHARDING_KEY;
 use comet_proto::comet::v1 as pb;
 
 /// A message to send.
@@ -45,6 +46,18 @@ impl Message {
     pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(name.into(), value.into());
         self
+    }
+
+    /// Sets the sharding key (property `__SHARDINGKEY`): the producer sends every message with the same key to
+    /// the same queue (a stable hash over the topic's writable queues), so an orderly consumer sees them in order.
+    pub fn with_sharding_key(mut self, key: impl Into<String>) -> Self {
+        self.properties.insert(PROP_SHARDING_KEY.to_owned(), key.into());
+        self
+    }
+
+    /// The sharding key, if one is set.
+    pub fn sharding_key(&self) -> Option<&str> {
+        self.properties.get(PROP_SHARDING_KEY).map(String::as_str)
     }
 
     pub(crate) fn to_wire(&self, born_millis: u64) -> pb::OutgoingMessage {
@@ -100,9 +113,16 @@ pub struct ReceivedMessage {
     pub store_timestamp_millis: u64,
     /// How often it was delivered again (retry machinery comes later; 0 for now).
     pub reconsume_times: u32,
+    /// Where its record starts in the broker's CommitLog: names the stored copy when it is sent back.
+    pub commit_log_offset: u64,
 }
 
 impl ReceivedMessage {
+    /// The sharding key the producer set, if any.
+    pub fn sharding_key(&self) -> Option<&str> {
+        self.properties.get(PROP_SHARDING_KEY).map(String::as_str)
+    }
+
     pub(crate) fn from_wire(broker_name: &str, m: pb::StoredMessage) -> Self {
         Self {
             message_id: m.message_id,
@@ -116,6 +136,7 @@ impl ReceivedMessage {
             born_timestamp_millis: m.born_timestamp_millis,
             store_timestamp_millis: m.store_timestamp_millis,
             reconsume_times: m.reconsume_times,
+            commit_log_offset: m.commit_log_offset,
         }
     }
 }
