@@ -17,6 +17,7 @@ use crate::domain::locks::QueueLocks;
 use crate::domain::long_poll::PullWaiters;
 use crate::domain::offsets::OffsetStore;
 use crate::domain::pulled::PulledOffsets;
+use crate::domain::retry::SendBacks;
 use crate::domain::topics::TopicTable;
 use crate::error::{BrokerError, Result};
 use crate::ha::Replication;
@@ -52,6 +53,8 @@ pub struct Broker {
     pub metrics: BrokerMetrics,
     /// Master/slave replication: sync-send waits, slave sessions, the slave's progress.
     pub ha: Arc<Replication>,
+    /// Recent consumer send-backs, so a repeated one stores a single retry copy.
+    pub send_backs: SendBacks,
     ids: MessageIds,
     next_queue: AtomicU64,
 }
@@ -153,6 +156,10 @@ impl Broker {
             pulled: PulledOffsets::default(),
             metrics: BrokerMetrics::new(meter, &config.metrics),
             ha,
+            send_backs: SendBacks::new(
+                crate::domain::retry::SEND_BACK_MEMORY_MS,
+                crate::domain::retry::SEND_BACK_MEMORY_ENTRIES,
+            ),
             ids: MessageIds::new(&advertised, now_ms()),
             next_queue: AtomicU64::new(0),
             config,

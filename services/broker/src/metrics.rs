@@ -65,6 +65,7 @@ pub struct BrokerMetrics {
     throughput_in: Counter<u64>,
     messages_out: Counter<u64>,
     throughput_out: Counter<u64>,
+    send_backs: Counter<u64>,
     topics: LabelCap,
     groups: LabelCap,
     /// Client library versions (connections).
@@ -94,6 +95,11 @@ impl BrokerMetrics {
                 "rocketmq_throughput_out_total",
                 "By",
                 "Body bytes delivered by pulls, by topic and group",
+            ),
+            send_backs: counter(
+                "rocketmq_send_back_total",
+                "1",
+                "Messages a group's listener failed, by group and result (retry or dlq)",
             ),
             topics: LabelCap::new(config.max_topic_labels),
             groups: LabelCap::new(config.max_group_labels),
@@ -136,6 +142,14 @@ impl BrokerMetrics {
         ]);
         add(&attrs);
         self.out_attrs.write().entry(group.to_owned()).or_default().insert(topic.to_owned(), attrs);
+    }
+
+    /// Counts one consumer send-back: another attempt scheduled, or a dead letter stored. Not a hot path (failed
+    /// messages only), so the attributes are built per call.
+    pub fn sent_back(&self, group: &str, dead_lettered: bool) {
+        let result = if dead_lettered { "dlq" } else { "retry" };
+        self.send_backs
+            .add(1, &[KeyValue::new("consumer_group", self.groups.value(group)), KeyValue::new("result", result)]);
     }
 
     /// Drops cached attributes of a changed or deleted topic (its label value keeps its slot).

@@ -272,6 +272,39 @@ impl PullConsumer {
         Ok((answer.min_offset, answer.max_offset))
     }
 
+    /// Sends a message the group's listener failed back to the master of the broker group it was read from
+    /// (ConsumerSendBack): the broker redelivers it to this group later through `%RETRY%<group>`, or stores it in
+    /// `%DLQ%<group>` when its retries are used up or `dead_letter` is set (an orderly consumer that used up its
+    /// in-place retries). The broker answers a repeated send-back of one message with its first result, so a
+    /// caller may retry this call after a timeout without creating a second redelivery.
+    pub(crate) async fn send_back(
+        &self,
+        message: &ReceivedMessage,
+        dead_letter: bool,
+    ) -> Result<pb::ConsumerSendBackResponse, ClientError> {
+        let request = pb::ConsumerSendBackRequest {
+            group: self.inner.config.group.clone(),
+            topic: message.queue.topic.clone(),
+            queue_id: message.queue.queue_id,
+            queue_offset: message.queue_offset,
+            commit_log_offset: message.commit_log_offset,
+            message_id: message.message_id.clone(),
+            dead_letter,
+            delay_millis: 0,
+        };
+        let route = self.inner.routes.get("send_back", &message.queue.topic).await?;
+        let master = route.master(&message.queue.broker_name).ok_or_else(|| ClientError::NoQueue {
+            op: "send_back",
+            topic: message.queue.topic.clone(),
+            what: "readable",
+        })?;
+        let send_back = |mut c: BrokerClient| {
+            let request = request.clone();
+            async move { c.consumer_send_back(request).await }
+        };
+        self.call_member("send_back", master, self.inner.config.request_timeout, &send_back).await
+    }
+
     /// The group's live members as the member reads of `broker_name` go to sees them (push consumer re-balance).
     pub(crate) async fn consumer_list(&self, topic: &str, broker_name: &str) -> Result<Vec<String>, ClientError> {
         let request = pb::GetConsumerListRequest { group: self.inner.config.group.clone() };

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use comet_model::MessageQueue;
-use comet_model::system::PROP_SHARDING_KEY;
+use comet_model::system::{PROP_ORIGIN_MESSAGE_ID, PROP_ORIGIN_TOPIC, PROP_SHARDING_KEY};
 use comet_proto::comet::v1 as pb;
 
 /// A message to send.
@@ -91,17 +91,23 @@ pub struct SendResult {
 /// A message as a consumer receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
-    /// The message id.
+    /// The message id (the same on every redelivery of a message).
     pub message_id: String,
-    /// The queue it was read from.
+    /// The topic the message was sent to. For a redelivery read from the group's retry topic this is the original
+    /// topic, not the queue's.
+    pub topic: String,
+    /// The queue it was read from (for a redelivery: the group's `%RETRY%<group>` queue).
     pub queue: MessageQueue,
     /// Its offset in that queue.
     pub queue_offset: u64,
+    /// Byte position of its record in the broker's CommitLog: the handle a send-back names.
+    pub commit_log_offset: u64,
     /// The tag.
     pub tags: String,
     /// Business keys.
     pub keys: Vec<String>,
-    /// User properties.
+    /// User properties (the broker's retry bookkeeping is in [`ReceivedMessage::topic`] and
+    /// [`ReceivedMessage::origin_message_id`], not here).
     pub properties: HashMap<String, String>,
     /// Payload.
     pub body: Bytes,
@@ -109,12 +115,12 @@ pub struct ReceivedMessage {
     pub flag: u32,
     /// Producer-side creation time, ms since the epoch.
     pub born_timestamp_millis: u64,
-    /// When the broker stored it, ms since the epoch.
+    /// When the broker stored it (this copy), ms since the epoch.
     pub store_timestamp_millis: u64,
-    /// How often it was delivered again (retry machinery comes later; 0 for now).
+    /// How many times a listener failed it before this delivery (0 on the first delivery).
     pub reconsume_times: u32,
-    /// Where its record starts in the broker's CommitLog: names the stored copy when it is sent back.
-    pub commit_log_offset: u64,
+    /// The message id as first sent (equal to `message_id` for messages sent by Comet producers).
+    pub origin_message_id: String,
 }
 
 impl ReceivedMessage {
@@ -123,11 +129,15 @@ impl ReceivedMessage {
         self.properties.get(PROP_SHARDING_KEY).map(String::as_str)
     }
 
-    pub(crate) fn from_wire(broker_name: &str, m: pb::StoredMessage) -> Self {
+    pub(crate) fn from_wire(broker_name: &str, mut m: pb::StoredMessage) -> Self {
+        let topic = m.properties.remove(PROP_ORIGIN_TOPIC).unwrap_or_else(|| m.topic.clone());
+        let origin_message_id = m.properties.remove(PROP_ORIGIN_MESSAGE_ID).unwrap_or_else(|| m.message_id.clone());
         Self {
             message_id: m.message_id,
+            topic,
             queue: MessageQueue { topic: m.topic, broker_name: broker_name.to_owned(), queue_id: m.queue_id },
             queue_offset: m.queue_offset,
+            commit_log_offset: m.commit_log_offset,
             tags: m.tags,
             keys: m.keys,
             properties: m.properties,
@@ -136,7 +146,12 @@ impl ReceivedMessage {
             born_timestamp_millis: m.born_timestamp_millis,
             store_timestamp_millis: m.store_timestamp_millis,
             reconsume_times: m.reconsume_times,
-            commit_log_offset: m.commit_log_offset,
+            origin_message_id,
         }
+    }
+
+    /// True for a redelivery read from a consumer group's retry topic.
+    pub fn is_retry(&self) -> bool {
+        comet_model::system::is_retry_topic(&self.queue.topic)
     }
 }

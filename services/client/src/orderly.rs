@@ -271,6 +271,8 @@ impl OrderlyConsumer {
                     next_offset: q.next_pull.load(Ordering::Relaxed),
                     committable_offset: q.processed.load(Ordering::Relaxed),
                     broker_address: q.read_from.lock().clone(),
+                    consume_timeouts: 0,
+                    overdue_messages: 0,
                     locked: q.is_locked(),
                     blocked_on: q.blocked_on.lock().clone(),
                 }

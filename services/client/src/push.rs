@@ -2,9 +2,17 @@
 //! group's live members; broadcasting: every queue), runs one long-poll loop per queue, hands messages to a
 //! listener on worker threads, and commits per queue the lowest offset not yet acknowledged.
 //!
-//! At-least-once: a message counts as consumed only after the listener returned `Ok`; a failed or panicking call
-//! is handed to the listener again after a back-off (the retry/DLQ topics come with a later issue), and commits
-//! never pass a message in flight or failed. Duplicates happen around re-balances and restarts.
+//! At-least-once: a message counts as consumed only after the listener returned `Ok`, or — when it failed or
+//! panicked — once the broker took it back for a later redelivery (clustering: ConsumerSendBack, redelivered to
+//! this group only through `%RETRY%<group>`, which every clustering member reads implicitly, then
+//! `%DLQ%<group>`). A send-back that fails leaves the message here and it is retried locally after
+//! `retry_backoff`; commits never pass a message in flight, failed or being sent back. Broadcasting members have
+//! no retry topic: they retry locally up to `max_reconsume_times`, then log the message and skip it.
+//!
+//! Consumption timeout: a listener call running longer than `consume_timeout` is logged and counted in
+//! [`QueueStats`], but the message is not redelivered while the call runs (RocketMQ #1600 redelivers it and
+//! processes it twice); when the call returns, its result applies. Duplicates happen around re-balances and
+//! restarts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -14,6 +22,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use comet_model::MessageQueue;
+use comet_model::system::{is_retry_topic, retry_topic};
 use comet_nameserver_client::ClientConfig;
 use comet_proto::comet::v1 as pb;
 use parking_lot::Mutex;
@@ -26,7 +35,8 @@ use crate::member::ReadPreference;
 use crate::message::ReceivedMessage;
 use crate::rebalance::{OffsetWindow, allocate_averagely};
 
-/// What a listener returns: `Ok` acknowledges the message; an error has it delivered again after a back-off.
+/// What a listener returns: `Ok` acknowledges the message; an error (like a panic) has it delivered again later
+/// (clustering: by the broker, through the group's retry topic, with growing delays).
 pub type ListenerResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// The application's message handler, called concurrently from the worker threads.
@@ -83,8 +93,15 @@ pub struct PushConsumerConfig {
     pub max_cached_messages: usize,
     /// A queue's pulls pause above this many unacknowledged body bytes (default 100 MiB).
     pub max_cached_bytes: usize,
-    /// Delay before a failed message goes to the listener again (default 1 s).
+    /// Delay before a message is retried locally (default 5 s, as RocketMQ): a failed message whose send-back
+    /// to the broker failed (clustering), or a failed message of a broadcasting member.
     pub retry_backoff: Duration,
+    /// Broadcasting: local retries of a failed message before it is logged and skipped (default 16). Clustering
+    /// groups use the broker's group setting `retry_max_times` instead.
+    pub max_reconsume_times: u32,
+    /// A listener call running longer is logged and counted in [`QueueStats::consume_timeouts`]; the message is
+    /// not redelivered while it runs (default 15 min).
+    pub consume_timeout: Duration,
     /// How long `shutdown` waits for listener calls in progress (default 10 s).
     pub shutdown_timeout: Duration,
     /// How old a cached route may get (default 30 s).
@@ -116,7 +133,9 @@ impl PushConsumerConfig {
             pull_wait: Duration::from_secs(5),
             max_cached_messages: 1000,
             max_cached_bytes: 100 << 20,
-            retry_backoff: Duration::from_secs(1),
+            retry_backoff: Duration::from_secs(5),
+            max_reconsume_times: 16,
+            consume_timeout: Duration::from_secs(15 * 60),
             shutdown_timeout: Duration::from_secs(10),
             route_refresh: Duration::from_secs(30),
             read_preference: ReadPreference::Master,
@@ -169,6 +188,12 @@ impl PushConsumerBuilder {
         self
     }
 
+    /// How long a listener call may run before it is reported as overdue (default 15 min).
+    pub fn consume_timeout(mut self, timeout: Duration) -> Self {
+        self.config.consume_timeout = timeout;
+        self
+    }
+
     /// The message handler.
     pub fn listener(mut self, listener: impl Fn(&ReceivedMessage) -> ListenerResult + Send + Sync + 'static) -> Self {
         self.listener = Some(Arc::new(listener));
@@ -209,6 +234,18 @@ struct QueueState {
     pauses: AtomicU64,
     /// Address of the member (master or slave) that answered the last pull.
     read_from: Mutex<String>,
+    /// Listener calls in progress, by queue offset.
+    running: Mutex<HashMap<u64, Running>>,
+    /// Listener calls that ran past the consume timeout.
+    consume_timeouts: AtomicU64,
+}
+
+/// A listener call in progress.
+struct Running {
+    started: Instant,
+    message_id: String,
+    /// Already logged and counted as past the consume timeout.
+    overdue: bool,
 }
 
 impl QueueState {
@@ -221,6 +258,8 @@ impl QueueState {
             peak_bytes: AtomicUsize::new(0),
             pauses: AtomicU64::new(0),
             read_from: Mutex::new(String::new()),
+            running: Mutex::new(HashMap::new()),
+            consume_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -253,6 +292,11 @@ pub struct QueueStats {
     /// Orderly consumer: the id of the message the queue is blocked on (its listener failed it and it is retried
     /// in place), with the failed attempts so far; `None` while the queue flows.
     pub blocked_on: Option<(String, u32)>,
+    /// Listener calls that ran longer than `consume_timeout` since the queue was assigned (each counted once).
+    pub consume_timeouts: u64,
+    /// Listener calls running longer than `consume_timeout` right now (their messages are not redelivered
+    /// meanwhile).
+    pub overdue_messages: usize,
 }
 
 struct Assigned {
@@ -287,7 +331,12 @@ impl PushConsumer {
         PushConsumerBuilder { config: PushConsumerConfig::new(nameservers, group), listener: None }
     }
 
-    async fn start(config: PushConsumerConfig, listener: Listener) -> Result<Self, ClientError> {
+    async fn start(mut config: PushConsumerConfig, listener: Listener) -> Result<Self, ClientError> {
+        if config.model == MessageModel::Clustering {
+            // Failed messages come back to this group through its retry topic: read it like any subscribed topic
+            // (every tag: the filter applied when the message was first delivered).
+            config.subscriptions.entry(retry_topic(&config.group)).or_insert_with(|| "*".to_owned());
+        }
         let pullers = topic_pullers(&config)?;
         // Unique per consumer, also among several in one process (the system tests run three).
         let client_id = crate::new_client_id();
@@ -333,6 +382,7 @@ impl PushConsumer {
             tokio::spawn(Arc::clone(&shared).heartbeat_loop()),
             tokio::spawn(Arc::clone(&shared).rebalance_loop()),
             tokio::spawn(Arc::clone(&shared).commit_loop()),
+            tokio::spawn(Arc::clone(&shared).consume_timeout_loop()),
         ];
         Ok(Self { shared, background })
     }
@@ -372,6 +422,13 @@ impl PushConsumer {
                     broker_address: state.read_from.lock().clone(),
                     locked: false,
                     blocked_on: None,
+                    consume_timeouts: state.consume_timeouts.load(Ordering::Relaxed),
+                    overdue_messages: state
+                        .running
+                        .lock()
+                        .values()
+                        .filter(|r| r.started.elapsed() > self.shared.config.consume_timeout)
+                        .count(),
                 }
             })
             .collect();
@@ -438,29 +495,110 @@ fn worker(shared: &Arc<Shared>, receiver: &Mutex<mpsc::Receiver<Task>>) {
             shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
+        let offset = task.message.queue_offset;
+        let running = Running { started: Instant::now(), message_id: task.message.message_id.clone(), overdue: false };
+        task.queue.running.lock().insert(offset, running);
         let listener = &shared.listener;
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| listener(&task.message)));
+        if let Some(call) = task.queue.running.lock().remove(&offset)
+            && call.overdue
+        {
+            tracing::warn!(queue = %task.message.queue, offset, message_id = %call.message_id,
+                elapsed = ?call.started.elapsed(), succeeded = matches!(outcome, Ok(Ok(()))),
+                "overdue listener call returned; its result applies");
+        }
         match outcome {
-            Ok(Ok(())) => {
-                task.queue.window.lock().ack(task.message.queue_offset);
-                task.queue.acked.notify_one();
-            }
+            Ok(Ok(())) => task.queue.acknowledge(offset),
             Ok(Err(error)) => {
-                tracing::warn!(queue = %task.message.queue, offset = task.message.queue_offset, %error,
-                    "listener failed; delivering the message again after a back-off");
-                shared.retry_later(task);
+                tracing::warn!(queue = %task.message.queue, offset, message_id = %task.message.message_id,
+                    reconsume_times = task.message.reconsume_times, %error, "listener failed");
+                shared.failed(task);
             }
             Err(_) => {
-                tracing::warn!(queue = %task.message.queue, offset = task.message.queue_offset,
-                    "listener panicked; delivering the message again after a back-off");
-                shared.retry_later(task);
+                tracing::warn!(queue = %task.message.queue, offset, message_id = %task.message.message_id,
+                    reconsume_times = task.message.reconsume_times, "listener panicked");
+                shared.failed(task);
             }
         }
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+impl QueueState {
+    /// The message at `offset` is done: it no longer holds the commit back, and a paused pull may go on.
+    fn acknowledge(&self, offset: u64) {
+        self.window.lock().ack(offset);
+        self.acked.notify_one();
+    }
+}
+
 impl Shared {
+    /// A message the listener failed. Clustering: sent back to its broker (on this worker thread, so shutdown
+    /// waits for it) and done once the broker has it; if that fails, retried here after `retry_backoff`.
+    /// Broadcasting: retried here up to `max_reconsume_times`, then logged and skipped.
+    fn failed(self: &Arc<Self>, task: Task) {
+        if task.queue.dropped.load(Ordering::SeqCst) {
+            // The queue's new owner reads it again from the committed offset: sending it back too would deliver
+            // it twice.
+            return;
+        }
+        let message = &task.message;
+        match self.config.model {
+            MessageModel::Clustering => {
+                let sent = match self.pullers.get(&message.queue.topic) {
+                    Some(puller) => self.runtime.block_on(puller.send_back(message, false)),
+                    None => Err(ClientError::Invalid {
+                        op: "send_back",
+                        message: format!("no subscription of {}", message.queue.topic),
+                    }),
+                };
+                match sent {
+                    Ok(answer) => {
+                        tracing::debug!(queue = %message.queue, offset = message.queue_offset,
+                            message_id = %message.message_id, dead_lettered = answer.dead_lettered,
+                            reconsume_times = answer.reconsume_times, "message sent back");
+                        task.queue.acknowledge(message.queue_offset);
+                    }
+                    Err(error) => {
+                        tracing::warn!(queue = %message.queue, offset = message.queue_offset,
+                            message_id = %message.message_id, %error, retry_in = ?self.config.retry_backoff,
+                            "send-back failed; retrying the message locally");
+                        self.retry_later(task);
+                    }
+                }
+            }
+            MessageModel::Broadcasting if message.reconsume_times >= self.config.max_reconsume_times => {
+                tracing::error!(queue = %message.queue, offset = message.queue_offset,
+                    message_id = %message.message_id, attempts = message.reconsume_times + 1,
+                    "broadcasting: the listener failed the message on every attempt; skipped");
+                task.queue.acknowledge(message.queue_offset);
+            }
+            MessageModel::Broadcasting => self.retry_later(task),
+        }
+    }
+
+    /// Logs and counts listener calls running past the consume timeout (each once); nothing else happens to
+    /// them: the message is not redelivered while its call runs.
+    async fn consume_timeout_loop(self: Arc<Self>) {
+        let timeout = self.config.consume_timeout;
+        let mut tick = tokio::time::interval((timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            let queues: Vec<(MessageQueue, Arc<QueueState>)> =
+                self.assigned.lock().iter().map(|(q, a)| (q.clone(), Arc::clone(&a.state))).collect();
+            for (queue, state) in queues {
+                for (offset, call) in state.running.lock().iter_mut() {
+                    if !call.overdue && call.started.elapsed() > timeout {
+                        call.overdue = true;
+                        state.consume_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%queue, offset, message_id = %call.message_id, ?timeout,
+                            "listener call exceeds the consume timeout; the message is not redelivered while it runs");
+                    }
+                }
+            }
+        }
+    }
+
     fn retry_later(self: &Arc<Self>, mut task: Task) {
         task.message.reconsume_times += 1;
         let shared = Arc::clone(self);
@@ -639,6 +777,10 @@ impl Shared {
             return Ok(offset);
         }
         let (min, max) = puller.queue_offsets(queue).await?;
+        // The retry topic holds only this group's redeliveries: all of them are due to it.
+        if is_retry_topic(&queue.topic) {
+            return Ok(min);
+        }
         Ok(match self.config.consume_from {
             ConsumeFrom::FirstOffset => min,
             ConsumeFrom::LastOffset => max,

@@ -9,5 +9,6 @@ pub mod long_poll;
 pub mod offsets;
 pub mod persist;
 pub mod pulled;
+pub mod retry;
 pub mod timer;
 pub mod topics;

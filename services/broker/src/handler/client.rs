@@ -66,6 +66,24 @@ pub async fn heartbeat(
             })
             .await?;
     }
+    // A clustering group's retry topic exists from its first heartbeat (RocketMQ does the same), so its members
+    // find it in the route and read it from the start, before the first failed message goes there.
+    let retry_topics: Vec<String> = consumers
+        .iter()
+        .filter(|c| c.model == MessageModel::Clustering)
+        .map(|c| comet_model::system::retry_topic(&c.group))
+        .filter(|t| broker.topics.get(t).is_none())
+        .collect();
+    if !retry_topics.is_empty() && !broker.config.is_slave() {
+        broker
+            .blocking(move |b| {
+                for topic in &retry_topics {
+                    b.system_topic(topic, 1)?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
     // Checked after auto-creation, which always allows broadcasting; so only a configured refusal applies.
     let refused = consumers
         .iter()

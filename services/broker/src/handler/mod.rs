@@ -9,6 +9,7 @@ mod offset;
 mod pull;
 mod query;
 mod replication;
+mod retry;
 mod send;
 mod topic;
 
@@ -184,16 +185,16 @@ impl BrokerService for BrokerHandler {
 
     async fn consumer_send_back(
         &self,
-        _request: Request<pb::ConsumerSendBackRequest>,
+        request: Request<pb::ConsumerSendBackRequest>,
     ) -> Answer<pb::ConsumerSendBackResponse> {
-        Err(Status::unimplemented("ConsumerSendBack is being built (issue 5)"))
+        answer(retry::send_back(&self.broker, request.into_inner()).await)
     }
 
     async fn resend_dead_letters(
         &self,
-        _request: Request<pb::ResendDeadLettersRequest>,
+        request: Request<pb::ResendDeadLettersRequest>,
     ) -> Answer<pb::ResendDeadLettersResponse> {
-        Err(Status::unimplemented("ResendDeadLetters is being built (issue 5)"))
+        answer(retry::resend_dead_letters(&self.broker, request.into_inner()).await)
     }
 
     async fn end_transaction(
