@@ -11,4 +11,5 @@ mod ha;
 mod metrics;
 mod nameserver_etcd;
 mod nameserver_memory;
+mod orderly;
 mod push_consumer;
