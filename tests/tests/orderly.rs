@@ -91,11 +91,8 @@ async fn the_broker_grants_a_queue_lock_to_one_member_at_a_time() -> anyhow::Res
     let mut client = broker.client().await?;
     for id in ["member-a", "member-b"] {
         let group = pb::ConsumerGroupHeartbeat { group: "g".into(), message_model: 0, subscriptions: Vec::new() };
-        let heartbeat = pb::ClientHeartbeatRequest {
-            client_id: id.into(),
-            consumer_groups: vec![group],
-            ..Default::default()
-        };
+        let heartbeat =
+            pb::ClientHeartbeatRequest { client_id: id.into(), consumer_groups: vec![group], ..Default::default() };
         client.heartbeat(heartbeat).await?;
     }
     let lock = |client_id: &str, queue_ids: Vec<u32>| pb::LockQueuesRequest {
@@ -208,10 +205,8 @@ async fn per_key_order_holds_across_a_rebalance_and_a_killed_consumer() -> anyho
     .await?;
 
     // The child is killed with -9: no commit, no unlock.
-    wait_until("two thirds sent", Duration::from_secs(30), || async {
-        sent.load(Ordering::SeqCst) >= 2 * SEQS / 3
-    })
-    .await?;
+    wait_until("two thirds sent", Duration::from_secs(30), || async { sent.load(Ordering::SeqCst) >= 2 * SEQS / 3 })
+        .await?;
     child.kill()?;
     child.wait()?;
     let _ = reader.join();
@@ -231,7 +226,8 @@ async fn per_key_order_holds_across_a_rebalance_and_a_killed_consumer() -> anyho
         seen.len()
     };
     // The killed member's queues are taken over after its lease (or its expiry from the member list).
-    let taken_over = wait_until("every message processed", Duration::from_secs(40), || async { complete() == total }).await;
+    let taken_over =
+        wait_until("every message processed", Duration::from_secs(40), || async { complete() == total }).await;
     let stats_a = a.queue_stats();
     let stats_b = b.queue_stats();
     anyhow::ensure!(taken_over.is_ok(), "{} of {total} processed; a: {stats_a:?}\nb: {stats_b:?}", complete());

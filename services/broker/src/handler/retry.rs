@@ -6,9 +6,7 @@
 use std::sync::Arc;
 
 use comet_model::CommitLogOffset;
-use comet_model::system::{
-    PROP_ORIGIN_MESSAGE_ID, PROP_ORIGIN_TOPIC, TIMER_TOPIC, dlq_topic, retry_topic,
-};
+use comet_model::system::{PROP_ORIGIN_MESSAGE_ID, PROP_ORIGIN_TOPIC, TIMER_TOPIC, dlq_topic, retry_topic};
 use comet_proto::comet::v1 as pb;
 use comet_store::StoredMessage;
 
@@ -63,7 +61,12 @@ pub async fn send_back(
     if record.topic() != request.topic {
         return Err(BrokerError::invalid(
             "topic",
-            format!("message {:?} is stored in topic {:?}, not {:?}", request.message_id, record.topic(), request.topic),
+            format!(
+                "message {:?} is stored in topic {:?}, not {:?}",
+                request.message_id,
+                record.topic(),
+                request.topic
+            ),
         ));
     }
     let slot = broker.send_backs.slot(&request.group, offset, now_ms());
@@ -151,8 +154,11 @@ pub async fn resend_dead_letters(
     let mut response = pb::ResendDeadLettersResponse::default();
     for letter in selected {
         let Some(origin) = letter.property(PROP_ORIGIN_TOPIC).map(str::to_owned) else {
-            tracing::warn!(message_id = letter.msg_id(), offset = letter.queue_offset().0,
-                "dead letter without an original topic; not re-sent");
+            tracing::warn!(
+                message_id = letter.msg_id(),
+                offset = letter.queue_offset().0,
+                "dead letter without an original topic; not re-sent"
+            );
             continue;
         };
         let name = origin.clone();
@@ -190,7 +196,8 @@ fn select_dead_letters(
     request: &pb::ResendDeadLettersRequest,
 ) -> Result<Vec<StoredMessage>> {
     let Some((min, max)) = broker.store.queue_range(dlq, 0) else { return Ok(Vec::new()) };
-    let wanted = |m: &StoredMessage| request.message_ids.is_empty() || request.message_ids.iter().any(|id| id == m.msg_id());
+    let wanted =
+        |m: &StoredMessage| request.message_ids.is_empty() || request.message_ids.iter().any(|id| id == m.msg_id());
     let read = |from: u64, count: usize| -> Result<Vec<StoredMessage>> {
         let got = broker.store.get_messages(dlq, 0, comet_model::QueueOffset(from), count, usize::MAX, None)?;
         Ok(got.messages)
@@ -337,12 +344,9 @@ mod tests {
         assert_eq!(l.property(PROP_REAL_TOPIC), None);
 
         // Re-sent to the original topic as a fresh message.
-        let resent = resend_dead_letters(
-            &b,
-            pb::ResendDeadLettersRequest { group: "g2".into(), ..Default::default() },
-        )
-        .await
-        .unwrap();
+        let resent = resend_dead_letters(&b, pb::ResendDeadLettersRequest { group: "g2".into(), ..Default::default() })
+            .await
+            .unwrap();
         assert_eq!(resent.queue_offsets, vec![0]);
         assert_eq!(resent.results.len(), 1);
         let back = b.store.read(CommitLogOffset(resent.results[0].commit_log_offset)).unwrap();
@@ -350,7 +354,11 @@ mod tests {
         assert_eq!(props(&back), vec![("user".to_owned(), "v".to_owned())]);
         let none = resend_dead_letters(
             &b,
-            pb::ResendDeadLettersRequest { group: "g2".into(), message_ids: vec!["other".into()], ..Default::default() },
+            pb::ResendDeadLettersRequest {
+                group: "g2".into(),
+                message_ids: vec!["other".into()],
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
