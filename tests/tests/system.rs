@@ -12,5 +12,6 @@ mod ha;
 mod metrics;
 mod nameserver_etcd;
 mod nameserver_memory;
+mod orderly;
 mod push_consumer;
 mod retry;

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::Config;
 use crate::domain::clients::ClientRegistry;
 use crate::domain::groups::GroupTable;
+use crate::domain::locks::QueueLocks;
 use crate::domain::long_poll::PullWaiters;
 use crate::domain::offsets::OffsetStore;
 use crate::domain::pulled::PulledOffsets;
@@ -38,6 +39,8 @@ pub struct Broker {
     pub offsets: OffsetStore,
     /// Live producers and consumers.
     pub clients: ClientRegistry,
+    /// Orderly consumption's queue locks (`messaging.queue-lock-lease-ms`).
+    pub locks: QueueLocks,
     /// Parked long polls; also the store's arrival listener.
     pub waiters: Arc<PullWaiters>,
     /// Permits for sends in flight (`max-inflight-sends`).
@@ -146,6 +149,7 @@ impl Broker {
             groups,
             offsets,
             clients: ClientRegistry::new(config.broker.client_expiry_ms),
+            locks: QueueLocks::new(config.messaging.queue_lock_lease_ms),
             waiters,
             sends: Arc::new(Semaphore::new(config.broker.max_inflight_sends)),
             topics_changed: Notify::new(),

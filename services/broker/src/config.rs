@@ -293,6 +293,10 @@ impl Config {
         if b.max_inflight_sends == 0 {
             return bad("broker.max-inflight-sends", "must be > 0".into());
         }
+        if self.messaging.queue_lock_lease_ms < 1_000 {
+            // Orderly consumers renew every third of the lease and give a lock up after half of it unrenewed.
+            return bad("messaging.queue-lock-lease-ms", "must be at least 1000".into());
+        }
         self.validate_ha()?;
         self.validate_timer()?;
         self.validate_retry()?;

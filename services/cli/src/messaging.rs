@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comet_client::{
-    ConsumeFrom, ListenerResult, Message, MessageModel, MessageQueue, Producer, ProducerConfig, PullConsumer,
-    PullConsumerConfig, PushConsumer, ReadPreference, ReceivedMessage,
+    ConsumeFrom, ListenerResult, Message, MessageModel, MessageQueue, OrderlyConsumer, Producer, ProducerConfig,
+    PullConsumer, PullConsumerConfig, PushConsumer, ReadPreference, ReceivedMessage,
 };
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -31,6 +31,10 @@ pub struct SendArgs {
     /// Send the message this many times.
     #[arg(long, default_value_t = 1)]
     count: u64,
+    /// Sharding key: every message with the same key goes to the same queue (a stable hash over the topic's
+    /// writable queues), so an orderly consumer gets them in the order sent.
+    #[arg(long)]
+    sharding_key: Option<String>,
     /// Producer group.
     #[arg(long, default_value = "comet-cli-producer")]
     group: String,
@@ -126,6 +130,14 @@ pub struct ConsumeArgs {
     /// chosen one is unreachable.
     #[arg(long, value_enum, default_value = "master")]
     read_from: ReadFrom,
+    /// Consume as an orderly member of the group: each queue's messages one at a time in queue order, only
+    /// while this member holds the queue's broker lock; a message the consumer fails is retried in place.
+    #[arg(long, conflicts_with = "broadcast")]
+    orderly: bool,
+    /// With --orderly: how often the member heartbeats, in ms (it must stay below the broker's
+    /// `broker.client-expiry-ms`).
+    #[arg(long, default_value_t = 30_000, requires = "orderly")]
+    heartbeat_interval_ms: u64,
 }
 
 /// Sends the body `count` times and prints where each message was stored.
@@ -146,6 +158,9 @@ pub async fn send(args: SendArgs, namesrv: &[String]) -> anyhow::Result<()> {
     }
     if let Some(at) = args.deliver_at {
         message = message.with_deliver_at(std::time::UNIX_EPOCH + Duration::from_millis(at));
+    }
+    if let Some(key) = args.sharding_key {
+        message = message.with_sharding_key(key);
     }
     for _ in 0..args.count {
         let result = producer.send(message.clone()).await?;
@@ -178,6 +193,9 @@ pub async fn send(args: SendArgs, namesrv: &[String]) -> anyhow::Result<()> {
 pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
     if args.broadcast {
         return consume_broadcast(args, namesrv).await;
+    }
+    if args.orderly {
+        return consume_orderly(args, namesrv).await;
     }
     let mut config = PullConsumerConfig::new(namesrv.to_vec(), args.group);
     config.tag_expression = args.tags;
@@ -274,6 +292,60 @@ async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Res
     // The SDK only logs a failed write; say so here instead of claiming the offsets were kept.
     anyhow::ensure!(offset_file.exists(), "the offsets file {} was not written", offset_file.display());
     eprintln!("consumed {} message(s); offsets kept in {}", printed.load(Ordering::SeqCst), offset_file.display());
+    Ok(())
+}
+
+/// `comet consume --orderly`: the SDK's orderly push consumer, printing each queue's messages one at a time in
+/// queue order. Stops on ctrl-c or after `count` messages; the shutdown commits offsets and releases the locks.
+async fn consume_orderly(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    let probe = PullConsumer::new(PullConsumerConfig::new(namesrv.to_vec(), args.group.clone()))?;
+    anyhow::ensure!(!probe.queues(&args.topic).await?.is_empty(), "topic {} has no readable queue", args.topic);
+
+    let printed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let listener = {
+        let (printed, done, count, json) = (Arc::clone(&printed), Arc::clone(&done), args.count, args.json);
+        let stdout = Arc::new(std::sync::Mutex::new(()));
+        move |message: &ReceivedMessage| -> ListenerResult {
+            // Queues run concurrently: one print at a time, and never past --count.
+            let _one = stdout.lock().map_err(|_| "stdout lock poisoned")?;
+            if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
+                return Err("beyond --count; left for the next run".into());
+            }
+            print_message(message, json);
+            if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
+                done.notify_one();
+            }
+            Ok(())
+        }
+    };
+    let from = match args.from {
+        StartAt::Begin => ConsumeFrom::FirstOffset,
+        StartAt::Committed | StartAt::End => ConsumeFrom::LastOffset,
+    };
+    let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
+    let heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(1));
+    let consumer = OrderlyConsumer::builder(namesrv.to_vec(), args.group.clone())
+        .subscribe(args.topic.clone(), args.tags.clone())
+        .consume_from(from)
+        .configure(|c| {
+            c.commit_interval = commit_interval;
+            c.heartbeat_interval = heartbeat_interval;
+            c.read_preference = args.read_from.into();
+        })
+        .listener(listener)
+        .start()
+        .await
+        .with_context(|| format!("joining group {} as an orderly member", args.group))?;
+    eprintln!("orderly consumer {} started", consumer.client_id());
+    if args.count != Some(0) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = done.notified() => {}
+        }
+    }
+    consumer.shutdown().await;
+    eprintln!("consumed {} message(s); offsets committed, queue locks released", printed.load(Ordering::SeqCst));
     Ok(())
 }
 

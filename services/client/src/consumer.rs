@@ -372,6 +372,37 @@ impl PullConsumer {
         result
     }
 
+    /// One call to the master of `broker_name` (hosting `topic`), never a slave: for what only a master keeps
+    /// (orderly consumption's queue locks, sending a message back). A retryable failure marks the route for
+    /// refresh.
+    pub(crate) async fn call_master<T, F, Fut>(
+        &self,
+        op: &'static str,
+        topic: &str,
+        broker_name: &str,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(BrokerClient) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let route = self.inner.routes.get(op, topic).await?;
+        let Some(master) = route.master(broker_name).map(str::to_owned) else {
+            self.inner.routes.invalidate(topic);
+            return Err(ClientError::NoQueue { op, topic: topic.to_owned(), what: "master" });
+        };
+        let result = self.call_member(op, &master, self.inner.config.request_timeout, &call).await;
+        if result.as_ref().is_err_and(ClientError::is_retryable) {
+            self.inner.routes.invalidate(topic);
+        }
+        result
+    }
+
+    /// The consumer group.
+    pub(crate) fn group(&self) -> &str {
+        &self.inner.config.group
+    }
+
     /// The member of a broker group a call in `order` goes to now, skipping `tried` and members marked down.
     fn member(&self, members: &crate::route::BrokerMembers, order: Order, tried: &[String]) -> Option<Member> {
         let now = Instant::now();

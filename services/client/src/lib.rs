@@ -9,6 +9,10 @@
 //! - [`PushConsumer`]: the SDK picks the queues (clustering: an average share among the group's live members,
 //!   re-balanced on membership changes; broadcasting: every queue), long-polls each, calls a listener on worker
 //!   threads and commits the lowest unacknowledged offset per queue (at-least-once; failures are retried).
+//! - [`OrderlyConsumer`]: a push consumer that processes each queue's messages one at a time in queue order,
+//!   holding the broker's lock of every queue it consumes; a failing message is retried in place, then
+//!   dead-lettered. With [`Message::with_sharding_key`] (or [`Producer::send_with_selector`]) related messages land
+//!   on one queue, so they are consumed in the order they were sent.
 //! - [`Admin`]: the master brokers of a cluster and clients of them, for administration tools (`comet topic`...).
 //!
 //! The SDK depends on comet-proto and comet-nameserver-client only (never on the broker or the store); its API
@@ -21,6 +25,7 @@ mod error;
 mod fault;
 mod member;
 mod message;
+mod orderly;
 mod producer;
 mod push;
 mod rebalance;
@@ -34,6 +39,7 @@ pub use consumer::{PullConsumer, PullConsumerConfig, PullResult, PullStatus};
 pub use error::{ClientError, ErrorKind};
 pub use member::ReadPreference;
 pub use message::{Message, ReceivedMessage, SendResult};
+pub use orderly::{OrderlyConsumer, OrderlyConsumerBuilder};
 pub use producer::{Producer, ProducerConfig};
 
 /// The SDK's language in heartbeats (RocketMQ's LanguageCode spelling): brokers count connections by it.

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use comet_model::MessageQueue;
-use comet_model::system::{PROP_ORIGIN_MESSAGE_ID, PROP_ORIGIN_TOPIC};
+use comet_model::system::{PROP_ORIGIN_MESSAGE_ID, PROP_ORIGIN_TOPIC, PROP_SHARDING_KEY};
 use comet_proto::comet::v1 as pb;
 
 /// A message to send.
@@ -66,6 +66,18 @@ impl Message {
         self.deliver_at = Some(at);
         self.delay = None;
         self
+    }
+
+    /// Sets the sharding key (property `__SHARDINGKEY`): the producer sends every message with the same key to
+    /// the same queue (a stable hash over the topic's writable queues), so an orderly consumer sees them in order.
+    pub fn with_sharding_key(mut self, key: impl Into<String>) -> Self {
+        self.properties.insert(PROP_SHARDING_KEY.to_owned(), key.into());
+        self
+    }
+
+    /// The sharding key, if one is set.
+    pub fn sharding_key(&self) -> Option<&str> {
+        self.properties.get(PROP_SHARDING_KEY).map(String::as_str)
     }
 
     pub(crate) fn to_wire(&self, born_millis: u64) -> pb::OutgoingMessage {
@@ -138,6 +150,11 @@ pub struct ReceivedMessage {
 }
 
 impl ReceivedMessage {
+    /// The sharding key the producer set, if any.
+    pub fn sharding_key(&self) -> Option<&str> {
+        self.properties.get(PROP_SHARDING_KEY).map(String::as_str)
+    }
+
     pub(crate) fn from_wire(broker_name: &str, mut m: pb::StoredMessage) -> Self {
         let topic = m.properties.remove(PROP_ORIGIN_TOPIC).unwrap_or_else(|| m.topic.clone());
         let origin_message_id = m.properties.remove(PROP_ORIGIN_MESSAGE_ID).unwrap_or_else(|| m.message_id.clone());

@@ -170,8 +170,15 @@ impl Producer {
     }
 
     /// Sends one message and waits for the broker's acknowledgement, retrying retryable failures on another
-    /// broker up to `retries` times.
+    /// broker up to `retries` times. A message with a sharding key goes to its key's queue instead (see
+    /// [`Producer::send_with_selector`]).
     pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
+        if let Some(key) = message.sharding_key() {
+            let hash = sharding_hash(key);
+            return self
+                .send_with_selector(message, move |queues, _| usize::try_from(hash % queues.len() as u64).unwrap_or(0))
+                .await;
+        }
         let wire = vec![message.to_wire(now_millis())];
         let mut results = self.send_with_retries("send", &message.topic, wire).await?;
         results.pop().ok_or_else(|| empty_answer("send"))
@@ -194,6 +201,58 @@ impl Producer {
                 tracing::warn!(topic = %message.topic, error = %e, "oneway send failed");
             }
         });
+    }
+
+    /// Sends one message to the queue `selector` picks: it gets the topic's writable queues sorted by (broker
+    /// name, queue id) and the message, and returns an index (taken modulo the count). Ordered messaging: the
+    /// queue is chosen once and retryable failures are retried on that same queue (up to `retries` times, after
+    /// a short pause) rather than on another broker, since order matters more than availability here; ordering
+    /// therefore holds per queue while the topic's queues and brokers stay the same. The topic must exist.
+    pub async fn send_with_selector(
+        &self,
+        message: Message,
+        selector: impl Fn(&[MessageQueue], &Message) -> usize,
+    ) -> Result<SendResult, ClientError> {
+        const OP: &str = "send";
+        let topic = message.topic.as_str();
+        let route = self.inner.routes.get(OP, topic).await?;
+        let mut queues = route.writable.clone();
+        if queues.is_empty() {
+            return Err(ClientError::NoQueue { op: OP, topic: topic.to_owned(), what: "writable" });
+        }
+        queues.sort_by(|a, b| (&a.broker_name, a.queue_id).cmp(&(&b.broker_name, b.queue_id)));
+        let queue = queues[selector(&queues, &message) % queues.len()].clone();
+        let outgoing = Outgoing { topic, messages: vec![message.to_wire(now_millis())] };
+        let mut last = None;
+        for attempt in 0..=self.inner.config.retries {
+            if attempt > 0 {
+                tokio::time::sleep(ORDERED_RETRY_PAUSE * u32::try_from(attempt).unwrap_or(u32::MAX)).await;
+            }
+            // The master's address may have changed since the last attempt (the route was refreshed).
+            let route = match self.inner.routes.get(OP, topic).await {
+                Ok(route) => route,
+                Err(error) if error.is_retryable() => {
+                    last = Some(error);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let Some(address) = route.master(&queue.broker_name).map(str::to_owned) else {
+                last = Some(ClientError::NoQueue { op: OP, topic: topic.to_owned(), what: "writable" });
+                self.inner.routes.invalidate(topic);
+                continue;
+            };
+            match self.send_to(OP, &outgoing, &queue.broker_name, &address, Some(queue.queue_id)).await {
+                Ok(mut results) => return results.pop().ok_or_else(|| empty_answer(OP)),
+                Err((error, _)) if error.is_retryable() => {
+                    tracing::debug!(%queue, attempt, %error, "ordered send failed; retrying the same queue");
+                    self.inner.routes.invalidate(topic);
+                    last = Some(error);
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| empty_answer(OP)))
     }
 
     /// Sends messages of ONE topic as one request, stored atomically in order in one queue. Results are in
@@ -398,6 +457,15 @@ pub(crate) fn nameserver_client(
     NameServerClient::new(config).map_err(|e| ClientError::Invalid { op: "connect", message: e.to_string() })
 }
 
+/// First pause before an ordered send retries its queue (then 2×, 3×...).
+const ORDERED_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// FNV-1a of a sharding key: stable across processes, platforms and releases (unlike `std`'s `DefaultHasher`),
+/// so every producer sends a key to the same queue.
+pub(crate) fn sharding_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 fn empty_answer(op: &'static str) -> ClientError {
     ClientError::Invalid { op, message: "the broker returned no result".into() }
 }
@@ -425,6 +493,17 @@ mod tests {
             }));
         }
         route
+    }
+
+    #[test]
+    fn sharding_keys_hash_stably_and_spread_over_queues() {
+        assert_eq!(sharding_hash(""), 0xcbf2_9ce4_8422_2325, "FNV-1a offset basis");
+        assert_eq!(sharding_hash("a"), 0xaf63_dc4c_8601_ec8c, "FNV-1a of \"a\": the same in every process");
+        let mut per_queue = [0usize; 8];
+        for i in 0..800 {
+            per_queue[(sharding_hash(&format!("order-{i}")) % 8) as usize] += 1;
+        }
+        assert!(per_queue.iter().all(|&n| n > 50), "keys spread over all queues: {per_queue:?}");
     }
 
     #[tokio::test]

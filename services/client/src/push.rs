@@ -286,6 +286,12 @@ pub struct QueueStats {
     /// Address of the broker group member (master or slave) that answered the queue's last pull (empty before the
     /// first answer), so an application can see a fail-over to a slave.
     pub broker_address: String,
+    /// Orderly consumer: whether this member holds the queue's broker lock now (it consumes the queue only then).
+    /// Always false for the concurrent push consumer, which takes no locks.
+    pub locked: bool,
+    /// Orderly consumer: the id of the message the queue is blocked on (its listener failed it and it is retried
+    /// in place), with the failed attempts so far; `None` while the queue flows.
+    pub blocked_on: Option<(String, u32)>,
     /// Listener calls that ran longer than `consume_timeout` since the queue was assigned (each counted once).
     pub consume_timeouts: u64,
     /// Listener calls running longer than `consume_timeout` right now (their messages are not redelivered
@@ -331,19 +337,7 @@ impl PushConsumer {
             // (every tag: the filter applied when the message was first delivered).
             config.subscriptions.entry(retry_topic(&config.group)).or_insert_with(|| "*".to_owned());
         }
-        let mut pullers = HashMap::new();
-        // A member down for one topic is down for all: the topics' pull consumers share one fault tracker.
-        let faults = Arc::new(Faults::new(config.failover_backoff));
-        for (topic, expression) in &config.subscriptions {
-            // One pull consumer per topic because the tag expression is a pull consumer setting.
-            let mut pull = PullConsumerConfig::new(config.nameservers.clone(), config.group.clone());
-            pull.tag_expression = expression.clone();
-            pull.route_refresh = config.route_refresh;
-            pull.read_preference = config.read_preference;
-            pull.failover_backoff = config.failover_backoff;
-            pull.nameserver_client = config.nameserver_client.clone();
-            pullers.insert(topic.clone(), PullConsumer::with_faults(pull, Arc::clone(&faults))?);
-        }
+        let pullers = topic_pullers(&config)?;
         // Unique per consumer, also among several in one process (the system tests run three).
         let client_id = crate::new_client_id();
         let file_offsets = match (config.model, config.offset_file.as_deref()) {
@@ -426,6 +420,8 @@ impl PushConsumer {
                     next_offset: window.next_pull(),
                     committable_offset: window.committable(),
                     broker_address: state.read_from.lock().clone(),
+                    locked: false,
+                    blocked_on: None,
                     consume_timeouts: state.consume_timeouts.load(Ordering::Relaxed),
                     overdue_messages: state
                         .running
@@ -640,73 +636,19 @@ impl Shared {
         }
     }
 
-    /// Every member (master and slaves) of the broker groups hosting a subscribed topic, each with its broker id
-    /// and the pull consumer of one topic it hosts.
-    async fn brokers(&self) -> Vec<(u64, String, PullConsumer)> {
-        let mut out: Vec<(u64, String, PullConsumer)> = Vec::new();
-        for (topic, puller) in &self.pullers {
-            match puller.member_addresses(topic).await {
-                Ok(addresses) => {
-                    for (id, address) in addresses {
-                        if !out.iter().any(|(_, known, _)| *known == address) {
-                            out.push((id, address, puller.clone()));
-                        }
-                    }
-                }
-                Err(error) => tracing::warn!(topic, %error, "no route for the heartbeat"),
-            }
-        }
-        out
-    }
-
-    /// Heartbeats to every member of the broker groups of the subscribed topics (slaves too, so a slave knows
-    /// the group's members when its master dies). Transient failures are logged (the next heartbeat tries again;
-    /// an unreachable member is marked down); the first refusal (a permanent error: invalid group, broadcasting
-    /// not allowed) is returned. A slave refusing with FAILED_PRECONDITION (something only a master does, such as
-    /// creating the group) is logged only: the master, or the copy of its config, decides.
+    /// Heartbeats to every member of the broker groups of the subscribed topics (see [`heartbeat_members`]).
     async fn heartbeat(&self) -> Result<(), ClientError> {
-        let request = self.heartbeat_request();
-        let timeout = Duration::from_secs(3);
-        let heartbeat = |mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>| {
-            let request = request.clone();
-            async move { client.heartbeat(request).await }
-        };
-        let mut refused = None;
-        for (id, address, puller) in self.brokers().await {
-            let Err(error) = puller.call_member("heartbeat", &address, timeout, &heartbeat).await else { continue };
-            let slave_only = id != comet_model::MASTER_ID && error.code() == tonic::Code::FailedPrecondition;
-            if error.is_retryable() || slave_only {
-                tracing::warn!(broker = address, broker_id = id, %error, "heartbeat failed");
-            } else {
-                refused.get_or_insert(error);
-            }
-        }
-        refused.map_or(Ok(()), Err)
+        heartbeat_members(&self.pullers, &self.heartbeat_request()).await
     }
 
     /// Leaves the group on every member, so the others re-balance at once.
     async fn unregister(&self) {
-        let request =
-            pb::UnregisterClientRequest { client_id: self.client_id.clone(), groups: vec![self.config.group.clone()] };
-        let unregister = |mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>| {
-            let request = request.clone();
-            async move { client.unregister_client(request).await }
-        };
-        for (_, address, puller) in self.brokers().await {
-            let _ = puller.call_member("unregister_client", &address, Duration::from_secs(3), &unregister).await;
-        }
+        unregister_members(&self.pullers, &self.client_id, &self.config.group).await;
     }
 
-    /// The group's live members as the first answering broker group of `topic` sees them, each asked at the
-    /// member its reads go to (the next member on a transport failure).
+    /// The group's live members as the first answering broker group of `topic` sees them.
     async fn members(&self, topic: &str, puller: &PullConsumer) -> Option<Vec<String>> {
-        for broker_name in puller.broker_names(topic).await.ok()? {
-            match puller.consumer_list(topic, &broker_name).await {
-                Ok(members) => return Some(members),
-                Err(error) => tracing::debug!(topic, broker_name, %error, "consumer list unavailable"),
-            }
-        }
-        None
+        live_members(topic, puller).await
     }
 
     async fn heartbeat_loop(self: Arc<Self>) {
@@ -907,6 +849,93 @@ impl Shared {
             }
         }
     }
+}
+
+/// One pull consumer per subscribed topic (the tag expression is a pull consumer setting), sharing one fault
+/// tracker: a member down for one topic is down for all. Shared with the orderly consumer.
+pub(crate) fn topic_pullers(config: &PushConsumerConfig) -> Result<HashMap<String, PullConsumer>, ClientError> {
+    let faults = Arc::new(Faults::new(config.failover_backoff));
+    let mut pullers = HashMap::new();
+    for (topic, expression) in &config.subscriptions {
+        let mut pull = PullConsumerConfig::new(config.nameservers.clone(), config.group.clone());
+        pull.tag_expression = expression.clone();
+        pull.route_refresh = config.route_refresh;
+        pull.read_preference = config.read_preference;
+        pull.failover_backoff = config.failover_backoff;
+        pull.nameserver_client = config.nameserver_client.clone();
+        pullers.insert(topic.clone(), PullConsumer::with_faults(pull, Arc::clone(&faults))?);
+    }
+    Ok(pullers)
+}
+
+/// Every member (master and slaves) of the broker groups hosting a subscribed topic, each with its broker id
+/// and the pull consumer of one topic it hosts.
+async fn member_brokers(pullers: &HashMap<String, PullConsumer>) -> Vec<(u64, String, PullConsumer)> {
+    let mut out: Vec<(u64, String, PullConsumer)> = Vec::new();
+    for (topic, puller) in pullers {
+        match puller.member_addresses(topic).await {
+            Ok(addresses) => {
+                for (id, address) in addresses {
+                    if !out.iter().any(|(_, known, _)| *known == address) {
+                        out.push((id, address, puller.clone()));
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(topic, %error, "no route for the heartbeat"),
+        }
+    }
+    out
+}
+
+/// Heartbeats `request` to every member of the broker groups of the subscribed topics (slaves too, so a slave
+/// knows the group's members when its master dies). Transient failures are logged (the next heartbeat tries
+/// again; an unreachable member is marked down); the first refusal (a permanent error: invalid group,
+/// broadcasting not allowed) is returned. A slave refusing with FAILED_PRECONDITION (something only a master
+/// does, such as creating the group) is logged only: the master, or the copy of its config, decides.
+pub(crate) async fn heartbeat_members(
+    pullers: &HashMap<String, PullConsumer>,
+    request: &pb::ClientHeartbeatRequest,
+) -> Result<(), ClientError> {
+    let timeout = Duration::from_secs(3);
+    let heartbeat = |mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>| {
+        let request = request.clone();
+        async move { client.heartbeat(request).await }
+    };
+    let mut refused = None;
+    for (id, address, puller) in member_brokers(pullers).await {
+        let Err(error) = puller.call_member("heartbeat", &address, timeout, &heartbeat).await else { continue };
+        let slave_only = id != comet_model::MASTER_ID && error.code() == tonic::Code::FailedPrecondition;
+        if error.is_retryable() || slave_only {
+            tracing::warn!(broker = address, broker_id = id, %error, "heartbeat failed");
+        } else {
+            refused.get_or_insert(error);
+        }
+    }
+    refused.map_or(Ok(()), Err)
+}
+
+/// Leaves `group` on every member, so the others re-balance at once.
+pub(crate) async fn unregister_members(pullers: &HashMap<String, PullConsumer>, client_id: &str, group: &str) {
+    let request = pb::UnregisterClientRequest { client_id: client_id.to_owned(), groups: vec![group.to_owned()] };
+    let unregister = |mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>| {
+        let request = request.clone();
+        async move { client.unregister_client(request).await }
+    };
+    for (_, address, puller) in member_brokers(pullers).await {
+        let _ = puller.call_member("unregister_client", &address, Duration::from_secs(3), &unregister).await;
+    }
+}
+
+/// The group's live members as the first answering broker group of `topic` sees them, each asked at the
+/// member its reads go to (the next member on a transport failure).
+pub(crate) async fn live_members(topic: &str, puller: &PullConsumer) -> Option<Vec<String>> {
+    for broker_name in puller.broker_names(topic).await.ok()? {
+        match puller.consumer_list(topic, &broker_name).await {
+            Ok(members) => return Some(members),
+            Err(error) => tracing::debug!(topic, broker_name, %error, "consumer list unavailable"),
+        }
+    }
+    None
 }
 
 fn offset_path(group: &str, configured: Option<&Path>) -> PathBuf {

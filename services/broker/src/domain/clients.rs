@@ -147,6 +147,16 @@ impl ClientRegistry {
             .is_some_and(|m| m.values().any(|c| c.model == model && !self.expired(c.last_heartbeat_ms, now_ms)))
     }
 
+    /// True when `client_id` is a live member of consumer group `group` (queue locks are only for those).
+    pub fn is_live_member(&self, group: &str, client_id: &str, now_ms: u64) -> bool {
+        let state = self.state.lock();
+        state
+            .consumers
+            .get(group)
+            .and_then(|m| m.get(client_id))
+            .is_some_and(|c| !self.expired(c.last_heartbeat_ms, now_ms))
+    }
+
     /// Drops every client silent for longer than the expiry; returns how many memberships were removed.
     pub fn expire(&self, now_ms: u64) -> usize {
         let mut state = self.state.lock();

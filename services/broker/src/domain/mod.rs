@@ -4,6 +4,7 @@ pub mod clients;
 pub mod copy;
 pub mod filter;
 pub mod groups;
+pub mod locks;
 pub mod long_poll;
 pub mod offsets;
 pub mod persist;

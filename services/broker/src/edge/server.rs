@@ -209,6 +209,12 @@ fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
                 if removed > 0 {
                     tracing::info!(removed, "silent clients expired");
                 }
+                let now = now_ms();
+                let released =
+                    broker.locks.sweep(now, |group, client| broker.clients.is_live_member(group, client, now));
+                if released > 0 {
+                    tracing::info!(released, "queue locks of expired holders released");
+                }
             }
         })
     };

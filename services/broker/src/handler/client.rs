@@ -108,6 +108,7 @@ pub fn unregister(broker: &Broker, request: pb::UnregisterClientRequest) -> Resu
         return Err(BrokerError::invalid("client_id", "must not be empty"));
     }
     broker.clients.unregister(&request.client_id, &request.groups);
+    broker.locks.release_client(&request.client_id, &request.groups);
     Ok(pb::UnregisterClientResponse {})
 }
 

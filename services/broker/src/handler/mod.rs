@@ -4,6 +4,7 @@
 
 mod client;
 mod group;
+mod lock;
 mod offset;
 mod pull;
 mod query;
@@ -213,11 +214,11 @@ impl BrokerService for BrokerHandler {
         Err(Status::unimplemented("WatchTransactionChecks is being built (issue 5)"))
     }
 
-    async fn lock_queues(&self, _request: Request<pb::LockQueuesRequest>) -> Answer<pb::LockQueuesResponse> {
-        Err(Status::unimplemented("LockQueues is being built (issue 5)"))
+    async fn lock_queues(&self, request: Request<pb::LockQueuesRequest>) -> Answer<pb::LockQueuesResponse> {
+        answer(lock::lock(&self.broker, request.into_inner()))
     }
 
-    async fn unlock_queues(&self, _request: Request<pb::UnlockQueuesRequest>) -> Answer<pb::UnlockQueuesResponse> {
-        Err(Status::unimplemented("UnlockQueues is being built (issue 5)"))
+    async fn unlock_queues(&self, request: Request<pb::UnlockQueuesRequest>) -> Answer<pb::UnlockQueuesResponse> {
+        answer(lock::unlock(&self.broker, request.into_inner()))
     }
 }
