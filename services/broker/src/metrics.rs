@@ -65,6 +65,9 @@ pub struct BrokerMetrics {
     throughput_in: Counter<u64>,
     messages_out: Counter<u64>,
     throughput_out: Counter<u64>,
+    transactions_resolved: Counter<u64>,
+    transaction_checks: Counter<u64>,
+    duplicates: Counter<u64>,
     topics: LabelCap,
     groups: LabelCap,
     /// Client library versions (connections).
@@ -94,6 +97,21 @@ impl BrokerMetrics {
                 "rocketmq_throughput_out_total",
                 "By",
                 "Body bytes delivered by pulls, by topic and group",
+            ),
+            transactions_resolved: counter(
+                "rocketmq_transaction_resolved_total",
+                "1",
+                "Half messages resolved, by how (commit, rollback, policy_commit, policy_rollback)",
+            ),
+            transaction_checks: counter(
+                "rocketmq_transaction_checks_total",
+                "1",
+                "Check-backs of unresolved half messages (sent to a live producer or not)",
+            ),
+            duplicates: counter(
+                "rocketmq_send_duplicates_total",
+                "1",
+                "Sends answered with an earlier result instead of being stored again (idempotent send)",
             ),
             topics: LabelCap::new(config.max_topic_labels),
             groups: LabelCap::new(config.max_group_labels),
@@ -136,6 +154,21 @@ impl BrokerMetrics {
         ]);
         add(&attrs);
         self.out_attrs.write().entry(group.to_owned()).or_default().insert(topic.to_owned(), attrs);
+    }
+
+    /// Counts one resolved half message; `how` is `commit`, `rollback`, `policy_commit` or `policy_rollback`.
+    pub fn transaction_resolved(&self, how: &'static str) {
+        self.transactions_resolved.add(1, &[KeyValue::new("how", how)]);
+    }
+
+    /// Counts one check-back.
+    pub fn transaction_checked(&self) {
+        self.transaction_checks.add(1, &[]);
+    }
+
+    /// Counts messages of one send answered as duplicates.
+    pub fn send_duplicates(&self, messages: u64) {
+        self.duplicates.add(messages, &[]);
     }
 
     /// Drops cached attributes of a changed or deleted topic (its label value keeps its slot).

@@ -2,6 +2,7 @@
 
 pub mod clients;
 pub mod copy;
+pub mod dedup;
 pub mod filter;
 pub mod groups;
 pub mod long_poll;
@@ -10,3 +11,4 @@ pub mod persist;
 pub mod pulled;
 pub mod timer;
 pub mod topics;
+pub mod transactions;
