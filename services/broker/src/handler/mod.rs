@@ -196,10 +196,7 @@ impl BrokerService for BrokerHandler {
         Err(Status::unimplemented("ResendDeadLetters is being built (issue 5)"))
     }
 
-    async fn end_transaction(
-        &self,
-        request: Request<pb::EndTransactionRequest>,
-    ) -> Answer<pb::EndTransactionResponse> {
+    async fn end_transaction(&self, request: Request<pb::EndTransactionRequest>) -> Answer<pb::EndTransactionResponse> {
         answer(transaction::end(&self.broker, request.into_inner()).await)
     }
 

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use comet_model::system::TRANSACTION_HALF_TOPIC;
 use comet_proto::comet::v1 as pb;
 use comet_store::record::{MAX_KEYS, MAX_MSG_ID_LEN, MAX_TAGS_LEN};
-use comet_model::system::TRANSACTION_HALF_TOPIC;
 use comet_store::{AppendResult, FlushMode, NewMessage};
 
 use super::{check_group, check_topic, transaction};
@@ -85,10 +85,8 @@ pub async fn send(
     } else {
         Vec::new()
     };
-    let (fresh, duplicates): (Vec<Indexed>, Vec<Indexed>) = messages
-        .into_iter()
-        .enumerate()
-        .partition(|(i, _)| !matches!(reserved.get(*i), Some(Reserved::Duplicate(_))));
+    let (fresh, duplicates): (Vec<Indexed>, Vec<Indexed>) =
+        messages.into_iter().enumerate().partition(|(i, _)| !matches!(reserved.get(*i), Some(Reserved::Duplicate(_))));
     let stored = match store(broker, fresh).await {
         Ok(stored) => stored,
         Err(e) => {
@@ -203,7 +201,10 @@ async fn dedup_reserve(
         }
         if messages[..i].iter().zip(given_ids).any(|(p, &g)| g && p.msg_id == m.msg_id) {
             release(&reserved);
-            return Err(BrokerError::invalid("message_id", format!("message {i}: {:?} twice in one request", m.msg_id)));
+            return Err(BrokerError::invalid(
+                "message_id",
+                format!("message {i}: {:?} twice in one request", m.msg_id),
+            ));
         }
         match broker.dedup.reserve(&m.topic, &m.msg_id, now) {
             Reservation::Fresh => reserved.push(Reserved::Fresh { topic: m.topic.clone(), id: m.msg_id.clone() }),

@@ -146,10 +146,7 @@ pub async fn end(broker: &Arc<Broker>, request: pb::EndTransactionRequest) -> Re
         },
     };
     Ok(match resolved {
-        None => pb::EndTransactionResponse {
-            resolution: pb::TransactionResolution::Unknown as i32,
-            committed: None,
-        },
+        None => pb::EndTransactionResponse { resolution: pb::TransactionResolution::Unknown as i32, committed: None },
         Some(r) => pb::EndTransactionResponse {
             resolution: if r.outcome.committed() {
                 pb::TransactionResolution::Commit as i32
