@@ -12,3 +12,4 @@ mod metrics;
 mod nameserver_etcd;
 mod nameserver_memory;
 mod push_consumer;
+mod transactions;

@@ -153,7 +153,8 @@ pub struct Due {
 #[derive(Debug, Default)]
 struct State {
     pending: BTreeMap<u64, Half>,
-    resolved: HashMap<u64, Resolved>,
+    /// Half offset → (its message id, its resolution).
+    resolved: HashMap<u64, (String, Resolved)>,
     resolved_order: VecDeque<u64>,
 }
 
@@ -199,8 +200,8 @@ impl TransactionTable {
         self.state.lock().pending.get(&half_offset).cloned()
     }
 
-    /// The remembered resolution of `half_offset`.
-    pub fn resolved(&self, half_offset: u64) -> Option<Resolved> {
+    /// The remembered resolution of `half_offset` with the half's message id.
+    pub fn resolved(&self, half_offset: u64) -> Option<(String, Resolved)> {
         self.state.lock().resolved.get(&half_offset).cloned()
     }
 
@@ -224,14 +225,15 @@ impl TransactionTable {
         }
     }
 
-    /// Moves a half from pending to resolved (the first resolution stays in force).
+    /// Moves a half from pending to resolved (the first resolution stays in force; a half not pending is
+    /// not remembered).
     pub fn resolve(&self, half_offset: u64, resolved: Resolved) {
         let mut state = self.state.lock();
-        state.pending.remove(&half_offset);
+        let Some(half) = state.pending.remove(&half_offset) else { return };
         if state.resolved.contains_key(&half_offset) {
             return;
         }
-        state.resolved.insert(half_offset, resolved);
+        state.resolved.insert(half_offset, (half.msg_id, resolved));
         state.resolved_order.push_back(half_offset);
         while state.resolved_order.len() > RESOLVED_CACHE {
             if let Some(old) = state.resolved_order.pop_front() {
@@ -347,8 +349,8 @@ mod tests {
         t.apply(Op::Resolved { half_offset: 300, outcome: Outcome::Rollback }, 2_000, 500);
         t.apply(Op::Resolved { half_offset: 300, outcome: Outcome::PolicyCommit }, 2_500, 500);
         assert_eq!(t.pending_len(), 1);
-        assert_eq!(t.resolved(100).map(|r| r.outcome), Some(Outcome::Commit));
-        assert_eq!(t.resolved(300).map(|r| r.outcome), Some(Outcome::Rollback), "the first resolution stays");
+        assert_eq!(t.resolved(100).map(|r| (r.0, r.1.outcome)), Some(("a".into(), Outcome::Commit)));
+        assert_eq!(t.resolved(300).map(|r| r.1.outcome), Some(Outcome::Rollback), "the first resolution stays");
         let h = t.pending(200).unwrap();
         assert_eq!((h.checks, h.next_check_ms), (2, 3_500));
         assert!(t.due(3_499, 0, 10).is_empty(), "not before the interval");
@@ -364,6 +366,7 @@ mod tests {
         t.add(2, "b".into(), "pg".into(), 0, false);
         assert!(t.is_full());
         for i in 0..(RESOLVED_CACHE as u64 + 10) {
+            t.add(i, "x".into(), "pg".into(), 0, false);
             t.resolve(i, Resolved { outcome: Outcome::Rollback, committed: None });
         }
         assert!(t.resolved(0).is_none(), "the oldest resolutions are forgotten");

@@ -172,8 +172,8 @@ fn mismatch(offset: u64, id: &str) -> BrokerError {
 /// Resolves the half at `offset` (which must carry `id`) as `outcome`, once: an already resolved half answers
 /// its first resolution. A not-pending half is answered from the store (a committed copy, or a rollback).
 async fn resolve(broker: &Arc<Broker>, offset: u64, id: &str, outcome: Outcome) -> Result<Resolved> {
-    if let Some(r) = broker.transactions.resolved(offset) {
-        return Ok(r);
+    if let Some((half_id, r)) = broker.transactions.resolved(offset) {
+        return if half_id == id { Ok(r) } else { Err(mismatch(offset, id)) };
     }
     let Some(half) = broker.transactions.pending(offset) else { return from_store(broker, offset, id).await };
     if half.msg_id != id {
@@ -185,7 +185,7 @@ async fn resolve(broker: &Arc<Broker>, offset: u64, id: &str, outcome: Outcome) 
 
 /// [`resolve`] with the half's lock held.
 async fn resolve_locked(broker: &Arc<Broker>, offset: u64, outcome: Outcome) -> Result<Resolved> {
-    if let Some(r) = broker.transactions.resolved(offset) {
+    if let Some((_, r)) = broker.transactions.resolved(offset) {
         return Ok(r);
     }
     let Some(half) = broker.transactions.pending(offset) else {
