@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha fuzz-remoting clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging fuzz-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -83,7 +83,7 @@ nextest:
 	fi
 
 ## bench: every benchmark; results go to docs/benchmarks.md by hand
-bench: bench-store bench-nameserver bench-remoting bench-broker bench-ha
+bench: bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging
 
 bench-store:
 	$(CARGO) bench -p comet-store --bench append -- $(BENCH_ARGS)
@@ -124,6 +124,12 @@ bench-broker:
 bench-ha:
 	$(CARGO) build --release -p comet-nameserver -p comet-broker -p comet
 	CARGO_TARGET_DIR=$(TARGET_DIR) python3 scripts/bench-ha.py $(HA_BENCH_ARGS)
+
+## bench-messaging: delayed (scheduled, delivered, lateness) and transactional (send + commit) 1 KiB messages
+## beside plain sends, one release broker, one run; prints a markdown table (MSG_BENCH_ARGS, e.g. --secs 5)
+bench-messaging:
+	$(CARGO) build --release -p comet-nameserver -p comet-broker -p comet
+	CARGO_TARGET_DIR=$(TARGET_DIR) python3 scripts/bench-messaging.py $(MSG_BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

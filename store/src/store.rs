@@ -417,13 +417,13 @@ impl Store {
         Ok(None)
     }
 
-    /// Every stored message with id `msg_id`, at most `max`: a message the broker moves (a delayed delivery, a
-    /// retry) keeps its id, so one id can name several records.
-    pub fn query_all_by_id(&self, msg_id: &str, max: usize) -> Result<Vec<StoredMessage>> {
+    /// Every stored message with id `msg_id` (any topic) stored within `[begin_ms, end_ms]`, newest first, at
+    /// most `max`: idempotent send and transaction commits look for earlier copies of one id.
+    pub fn query_all_by_id(&self, msg_id: &str, max: usize, begin_ms: u64, end_ms: u64) -> Result<Vec<StoredMessage>> {
         let mut out = Vec::new();
-        for off in self.inner.index.lookup(IndexKey::Id(msg_id), max, 0, u64::MAX) {
+        for off in self.inner.index.lookup(IndexKey::Id(msg_id), max, begin_ms, end_ms) {
             match self.inner.log.read(CommitLogOffset(off)) {
-                Ok(m) if m.msg_id() == msg_id => out.push(m),
+                Ok(m) if m.msg_id() == msg_id && (begin_ms..=end_ms).contains(&m.store_timestamp()) => out.push(m),
                 Ok(_) | Err(Error::OffsetMoved { .. } | Error::NoRecord { .. }) => {}
                 Err(e) => return Err(e),
             }

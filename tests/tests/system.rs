@@ -15,3 +15,4 @@ mod nameserver_memory;
 mod orderly;
 mod push_consumer;
 mod retry;
+mod transactions;

@@ -12,6 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
 use crate::domain::clients::ClientRegistry;
+use crate::domain::dedup::Dedup;
 use crate::domain::groups::GroupTable;
 use crate::domain::locks::QueueLocks;
 use crate::domain::long_poll::PullWaiters;
@@ -19,6 +20,7 @@ use crate::domain::offsets::OffsetStore;
 use crate::domain::pulled::PulledOffsets;
 use crate::domain::retry::SendBacks;
 use crate::domain::topics::TopicTable;
+use crate::domain::transactions::{CheckStreams, TransactionTable};
 use crate::error::{BrokerError, Result};
 use crate::ha::Replication;
 use crate::metrics::BrokerMetrics;
@@ -55,6 +57,12 @@ pub struct Broker {
     pub ha: Arc<Replication>,
     /// Recent consumer send-backs, so a repeated one stores a single retry copy.
     pub send_backs: SendBacks,
+    /// Idempotent send: message ids stored within `messaging.dedup-window-ms`.
+    pub dedup: Dedup,
+    /// Transactions: unresolved half messages and recent resolutions (rebuilt from the store at start).
+    pub transactions: TransactionTable,
+    /// Transactions: the open check-back streams of live producers, by producer group.
+    pub check_streams: CheckStreams<comet_proto::comet::v1::TransactionCheck>,
     ids: MessageIds,
     next_queue: AtomicU64,
 }
@@ -142,6 +150,10 @@ impl Broker {
         let waiters = Arc::new(PullWaiters::new(config.broker.max_parked_pulls));
         let ha = Arc::new(Replication::new(&config));
         store.set_arrival_listener(Arc::new(Arrivals { waiters: Arc::clone(&waiters), ha: Arc::clone(&ha) }));
+        let started = now_ms();
+        let messaging = &config.messaging;
+        let dedup = Dedup::new(messaging.dedup_window_ms, messaging.dedup_max_entries, started);
+        let transactions = TransactionTable::new(messaging.transaction_max_pending);
         let broker = Broker {
             advertised: advertised.clone(),
             store,
@@ -160,10 +172,14 @@ impl Broker {
                 crate::domain::retry::SEND_BACK_MEMORY_MS,
                 crate::domain::retry::SEND_BACK_MEMORY_ENTRIES,
             ),
-            ids: MessageIds::new(&advertised, now_ms()),
+            dedup,
+            transactions,
+            check_streams: CheckStreams::default(),
+            ids: MessageIds::new(&advertised, started),
             next_queue: AtomicU64::new(0),
             config,
         };
+        crate::handler::transaction::recover(&broker)?;
         Ok(Arc::new(broker))
     }
 

@@ -67,6 +67,9 @@ pub struct MessagingSection {
     pub transaction_check_max: u32,
     /// Transactions: what happens to a half message still unresolved after the last check-back.
     pub transaction_check_policy: TransactionCheckPolicy,
+    /// Transactions: most unresolved half messages held; a transactional send beyond it is refused as busy
+    /// (each costs about 200 bytes of memory).
+    pub transaction_max_pending: usize,
     /// Orderly consumption: how long a queue lock lasts unless its holder renews it (RocketMQ: 60 s).
     pub queue_lock_lease_ms: u64,
 }
@@ -90,6 +93,7 @@ impl Default for MessagingSection {
             transaction_check_interval_ms: 30_000,
             transaction_check_max: 15,
             transaction_check_policy: TransactionCheckPolicy::Rollback,
+            transaction_max_pending: 200_000,
             queue_lock_lease_ms: 60_000,
         }
     }
@@ -300,6 +304,7 @@ impl Config {
         self.validate_ha()?;
         self.validate_timer()?;
         self.validate_retry()?;
+        self.validate_transactions()?;
         self.store.validate().map_err(|e| BrokerError::Config(format!("store: {e}")))?;
         self.metrics.validate().map_err(|e| BrokerError::Config(e.to_string()))?;
         Ok(())
@@ -338,6 +343,32 @@ impl Config {
             .map_err(|why| BrokerError::Config(format!("messaging.retry-delays-ms: {why}")))?;
         if self.messaging.retry_delays_ms.is_empty() {
             return Err(BrokerError::Config("messaging.retry-delays-ms: at least one delay is required".into()));
+        }
+        Ok(())
+    }
+
+    /// The transaction and idempotent-send keys of `messaging`.
+    fn validate_transactions(&self) -> Result<(), BrokerError> {
+        let bad = |key: &str, why: &str| Err(BrokerError::Config(format!("messaging.{key}: {why}")));
+        let m = &self.messaging;
+        if m.dedup_window_ms > 0 && m.dedup_max_entries == 0 {
+            return bad("dedup-max-entries", "must be > 0 when dedup-window-ms is on");
+        }
+        if m.transaction_check_interval_ms == 0 {
+            return bad("transaction-check-interval-ms", "must be > 0");
+        }
+        if m.transaction_max_pending == 0 {
+            return bad("transaction-max-pending", "must be > 0");
+        }
+        let retention_ms = self.store.retention_hours.saturating_mul(3_600_000);
+        let last_check = m
+            .transaction_check_delay_ms
+            .saturating_add(m.transaction_check_interval_ms.saturating_mul(u64::from(m.transaction_check_max)));
+        if retention_ms > 0 && last_check >= retention_ms {
+            return bad(
+                "transaction-check-max",
+                "the last check-back (delay + max x interval) must come before store.retention-hours deletes the half",
+            );
         }
         Ok(())
     }

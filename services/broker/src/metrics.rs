@@ -67,6 +67,9 @@ pub struct BrokerMetrics {
     messages_out: Counter<u64>,
     throughput_out: Counter<u64>,
     send_backs: Counter<u64>,
+    transactions_resolved: Counter<u64>,
+    transaction_checks: Counter<u64>,
+    duplicates: Counter<u64>,
     topics: LabelCap,
     groups: LabelCap,
     /// Client library versions (connections).
@@ -105,6 +108,21 @@ impl BrokerMetrics {
                 "rocketmq_send_back_total",
                 "1",
                 "Messages a group's listener failed, by group and result (retry or dlq)",
+            ),
+            transactions_resolved: counter(
+                "rocketmq_transaction_resolved_total",
+                "1",
+                "Half messages resolved, by how (commit, rollback, policy_commit, policy_rollback)",
+            ),
+            transaction_checks: counter(
+                "rocketmq_transaction_checks_total",
+                "1",
+                "Check-backs of unresolved half messages (sent to a live producer or not)",
+            ),
+            duplicates: counter(
+                "rocketmq_send_duplicates_total",
+                "1",
+                "Sends answered with an earlier result instead of being stored again (idempotent send)",
             ),
             topics: LabelCap::new(config.max_topic_labels),
             groups: LabelCap::new(config.max_group_labels),
@@ -188,6 +206,21 @@ impl BrokerMetrics {
         let result = if dead_lettered { "dlq" } else { "retry" };
         self.send_backs
             .add(1, &[KeyValue::new("consumer_group", self.groups.value(group)), KeyValue::new("result", result)]);
+    }
+
+    /// Counts one resolved half message; `how` is `commit`, `rollback`, `policy_commit` or `policy_rollback`.
+    pub fn transaction_resolved(&self, how: &'static str) {
+        self.transactions_resolved.add(1, &[KeyValue::new("how", how)]);
+    }
+
+    /// Counts one check-back.
+    pub fn transaction_checked(&self) {
+        self.transaction_checks.add(1, &[]);
+    }
+
+    /// Counts messages of one send answered as duplicates.
+    pub fn send_duplicates(&self, messages: u64) {
+        self.duplicates.add(messages, &[]);
     }
 
     /// Drops cached attributes of a changed or deleted topic (its label value keeps its slot).

@@ -32,6 +32,7 @@ mod rebalance;
 mod route;
 #[cfg(test)]
 mod testing;
+mod transaction;
 
 pub use admin::{Admin, MasterBroker};
 pub use comet_model::MessageQueue;
@@ -41,6 +42,7 @@ pub use member::ReadPreference;
 pub use message::{Message, ReceivedMessage, SendResult};
 pub use orderly::{OrderlyConsumer, OrderlyConsumerBuilder};
 pub use producer::{Producer, ProducerConfig};
+pub use transaction::{LocalTransactionState, TransactionChecker, TransactionSendResult};
 
 /// The SDK's language in heartbeats (RocketMQ's LanguageCode spelling): brokers count connections by it.
 pub const LANGUAGE: &str = "RUST";
@@ -64,4 +66,27 @@ pub(crate) fn new_client_id() -> String {
         .unwrap_or(0);
     let n = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{}@{millis}@{n}", std::process::id())
+}
+
+/// Counter of [`new_message_id`] within this process.
+static NEXT_MESSAGE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A unique message id, as brokers assign them: 32 hex digits, a prefix unique per process and start time (pid,
+/// start nanoseconds, mixed) and a counter. Producers give every message one, so their retries are deduplicated.
+pub fn new_message_id() -> String {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        // FNV-1a over pid and start time: distinct processes and restarts get distinct prefixes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in u64::from(std::process::id()).to_le_bytes().into_iter().chain(nanos.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    });
+    let n = NEXT_MESSAGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix:016X}{n:016X}")
 }

@@ -11,6 +11,9 @@ use comet_proto::comet::v1 as pb;
 /// A message to send.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
+    /// The message id; empty = the producer assigns a unique one when sending. Brokers store an id once per
+    /// topic within their dedup window, so re-sending a message with the same id is answered, not stored again.
+    pub message_id: String,
     /// Destination topic.
     pub topic: String,
     /// Payload (must not be empty; the broker limits it to 4 MiB by default).
@@ -34,6 +37,12 @@ impl Message {
     /// A message for `topic` with `body` and nothing else.
     pub fn new(topic: impl Into<String>, body: impl Into<Bytes>) -> Self {
         Self { topic: topic.into(), body: body.into(), ..Default::default() }
+    }
+
+    /// Sets the message id (see [`Message::message_id`]): for an application that re-sends after a crash.
+    pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = id.into();
+        self
     }
 
     /// Sets the tag.
@@ -85,7 +94,8 @@ impl Message {
         // never silently dropped (the broker then delivers at once anyway).
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         pb::OutgoingMessage {
-            message_id: String::new(),
+            // Assigned once per send: the producer's own retries of it carry the same id (deduplicated).
+            message_id: if self.message_id.is_empty() { crate::new_message_id() } else { self.message_id.clone() },
             tags: self.tags.clone(),
             keys: self.keys.clone(),
             properties: self.properties.clone(),
@@ -101,17 +111,21 @@ impl Message {
 /// Where a sent message was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendResult {
-    /// The message id (assigned by the broker).
+    /// The message id (assigned by the producer unless the message named one).
     pub message_id: String,
-    /// The queue it was appended to.
+    /// The queue it was appended to (a transactional half: the queue it is committed to).
     pub queue: MessageQueue,
-    /// Its offset in that queue.
+    /// Its offset in that queue (a transactional half: 0 until committed).
     pub queue_offset: u64,
     /// The address of the broker that stored it.
     pub broker_address: String,
     /// For a delayed message, when it becomes visible to consumers (`queue_offset` is then its place in the
     /// broker's timer queue; its offset in `queue` is assigned at delivery).
     pub deliver_at: Option<SystemTime>,
+    /// Its record's position in the broker's CommitLog (a transactional half: the handle that ends it).
+    pub commit_log_offset: u64,
+    /// True when the broker already held this message id and answered the first send's result.
+    pub duplicate: bool,
 }
 
 /// A message as a consumer receives it.

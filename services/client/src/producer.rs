@@ -43,6 +43,9 @@ pub struct ProducerConfig {
     pub heartbeat_interval: Duration,
     /// Settings of the NameServer client (addresses are taken from `nameservers`).
     pub nameserver_client: Option<ClientConfig>,
+    /// Transactions: answers the brokers' check-backs of half messages this producer group left unresolved.
+    /// When set, the producer keeps a check stream open to every master broker of its NameServers' clusters.
+    pub transaction_checker: Option<crate::TransactionChecker>,
 }
 
 impl ProducerConfig {
@@ -59,6 +62,7 @@ impl ProducerConfig {
             fault_isolation: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(30),
             nameserver_client: None,
+            transaction_checker: None,
         }
     }
 }
@@ -70,16 +74,18 @@ pub struct Producer {
 }
 
 #[derive(Debug)]
-struct Inner {
-    config: ProducerConfig,
-    client_id: String,
-    routes: Arc<Routes>,
-    channels: Channels,
+pub(crate) struct Inner {
+    pub(crate) config: ProducerConfig,
+    pub(crate) client_id: String,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) channels: Channels,
     next_queue: AtomicUsize,
     /// Broker names that failed recently, avoided for `fault_isolation`.
     faults: Faults,
     /// The heartbeat task; it holds only a weak reference, and is stopped when the last clone goes away.
     heartbeats: Mutex<Option<JoinHandle<()>>>,
+    /// With a transaction checker: the task keeping check streams open (stopped with the last clone).
+    pub(crate) check_streams: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -87,13 +93,18 @@ impl Drop for Inner {
         if let Some(task) = self.heartbeats.lock().take() {
             task.abort();
         }
+        if let Some(task) = self.check_streams.lock().take() {
+            task.abort();
+        }
     }
 }
 
 /// What one attempt sends: a topic and its messages, already in wire form.
-struct Outgoing<'a> {
-    topic: &'a str,
-    messages: Vec<pb::OutgoingMessage>,
+pub(crate) struct Outgoing<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) messages: Vec<pb::OutgoingMessage>,
+    /// Store as a half message (one message).
+    pub(crate) transactional: bool,
 }
 
 impl Producer {
@@ -120,10 +131,15 @@ impl Producer {
             next_queue: AtomicUsize::new(start),
             faults,
             heartbeats: Mutex::new(None),
+            check_streams: Mutex::new(None),
         });
         if !interval.is_zero() {
             let task = runtime.spawn(heartbeat_loop(Arc::downgrade(&inner), interval));
             *inner.heartbeats.lock() = Some(task);
+        }
+        if inner.config.transaction_checker.is_some() {
+            let task = runtime.spawn(crate::transaction::check_stream_loop(Arc::downgrade(&inner)));
+            *inner.check_streams.lock() = Some(task);
         }
         Ok(Self { inner })
     }
@@ -131,6 +147,10 @@ impl Producer {
     /// This producer's client id, as its heartbeats name it to the brokers.
     pub fn client_id(&self) -> &str {
         &self.inner.client_id
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     /// Sends a heartbeat (client id, producer group) now to the master of every broker this producer has a route
@@ -196,7 +216,7 @@ impl Producer {
         let producer = self.clone();
         tokio::spawn(async move {
             let wire = vec![message.to_wire(now_millis())];
-            let outgoing = Outgoing { topic: &message.topic, messages: wire };
+            let outgoing = Outgoing { topic: &message.topic, messages: wire, transactional: false };
             if let Err((e, _)) = producer.attempt("send_oneway", &outgoing, None).await {
                 tracing::warn!(topic = %message.topic, error = %e, "oneway send failed");
             }
@@ -222,7 +242,7 @@ impl Producer {
         }
         queues.sort_by(|a, b| (&a.broker_name, a.queue_id).cmp(&(&b.broker_name, b.queue_id)));
         let queue = queues[selector(&queues, &message) % queues.len()].clone();
-        let outgoing = Outgoing { topic, messages: vec![message.to_wire(now_millis())] };
+        let outgoing = Outgoing { topic, messages: vec![message.to_wire(now_millis())], transactional: false };
         let mut last = None;
         for attempt in 0..=self.inner.config.retries {
             if attempt > 0 {
@@ -284,13 +304,25 @@ impl Producer {
         topic: &str,
         messages: Vec<pb::OutgoingMessage>,
     ) -> Result<Vec<SendResult>, ClientError> {
-        let outgoing = Outgoing { topic, messages };
+        let outgoing = Outgoing { topic, messages, transactional: false };
+        self.send_outgoing(op, outgoing).await
+    }
+
+    /// [`Self::send_with_retries`] of a prepared request. A transactional send is not retried after a timeout:
+    /// its half may be stored, and a second half on another broker could be committed by a check-back too.
+    pub(crate) async fn send_outgoing(
+        &self,
+        op: &'static str,
+        outgoing: Outgoing<'_>,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        let topic = outgoing.topic;
         let attempts = self.inner.config.retries + 1;
         let mut failed_broker: Option<String> = None;
         let mut last = None;
         for attempt in 0..attempts {
             match self.attempt(op, &outgoing, failed_broker.as_deref()).await {
                 Ok(results) => return Ok(results),
+                Err((error @ ClientError::Timeout { .. }, _)) if outgoing.transactional => return Err(error),
                 Err((error, broker_name)) if error.is_retryable() => {
                     tracing::debug!(op, topic, attempt, error = %error, "send failed; retrying on another broker");
                     self.inner.routes.invalidate(topic);
@@ -371,7 +403,7 @@ impl Producer {
             queue_id,
             producer_group: self.inner.config.group.clone(),
             messages: outgoing.messages.clone(),
-            transactional: false,
+            transactional: outgoing.transactional,
         };
         let timeout = self.inner.config.send_timeout;
         let response = match tokio::time::timeout(timeout, client.send_message(request)).await {
@@ -393,6 +425,8 @@ impl Producer {
                 broker_address: address.to_owned(),
                 deliver_at: (r.deliver_at_millis > 0)
                     .then(|| std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.deliver_at_millis)),
+                commit_log_offset: r.commit_log_offset,
+                duplicate: r.duplicate,
             })
             .collect();
         if results.len() != outgoing.messages.len() {
@@ -470,7 +504,7 @@ fn empty_answer(op: &'static str) -> ClientError {
     ClientError::Invalid { op, message: "the broker returned no result".into() }
 }
 
-fn now_millis() -> u64 {
+pub(crate) fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 

@@ -2,6 +2,7 @@
 
 pub mod clients;
 pub mod copy;
+pub mod dedup;
 pub mod filter;
 pub mod groups;
 pub mod locks;
@@ -12,3 +13,4 @@ pub mod pulled;
 pub mod retry;
 pub mod timer;
 pub mod topics;
+pub mod transactions;

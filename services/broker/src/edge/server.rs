@@ -184,7 +184,7 @@ impl Bound {
     }
 }
 
-/// The offset flusher and the client expiry scan.
+/// The offset flusher, the client expiry scan and (masters) the transaction check-back service.
 fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
     let flusher = {
         let broker = Arc::clone(broker);
@@ -218,5 +218,7 @@ fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         })
     };
-    vec![flusher, expiry]
+    let mut tasks = vec![flusher, expiry];
+    tasks.extend(crate::handler::transaction::spawn_checker(broker));
+    tasks
 }

@@ -12,6 +12,7 @@ mod replication;
 mod retry;
 mod send;
 mod topic;
+pub mod transaction;
 
 use std::sync::Arc;
 
@@ -197,11 +198,8 @@ impl BrokerService for BrokerHandler {
         answer(retry::resend_dead_letters(&self.broker, request.into_inner()).await)
     }
 
-    async fn end_transaction(
-        &self,
-        _request: Request<pb::EndTransactionRequest>,
-    ) -> Answer<pb::EndTransactionResponse> {
-        Err(Status::unimplemented("EndTransaction is being built (issue 5)"))
+    async fn end_transaction(&self, request: Request<pb::EndTransactionRequest>) -> Answer<pb::EndTransactionResponse> {
+        answer(transaction::end(&self.broker, request.into_inner()).await)
     }
 
     type WatchTransactionChecksStream =
@@ -209,9 +207,11 @@ impl BrokerService for BrokerHandler {
 
     async fn watch_transaction_checks(
         &self,
-        _request: Request<pb::WatchTransactionChecksRequest>,
+        request: Request<pb::WatchTransactionChecksRequest>,
     ) -> Answer<Self::WatchTransactionChecksStream> {
-        Err(Status::unimplemented("WatchTransactionChecks is being built (issue 5)"))
+        let stream = transaction::watch(&self.broker, request.get_ref())?;
+        let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(stream), Ok);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn lock_queues(&self, request: Request<pb::LockQueuesRequest>) -> Answer<pb::LockQueuesResponse> {

@@ -5,14 +5,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use comet_model::system::TRANSACTION_HALF_TOPIC;
 use comet_proto::comet::v1 as pb;
 use comet_store::record::{MAX_KEYS, MAX_MSG_ID_LEN, MAX_TAGS_LEN};
-use comet_store::{FlushMode, NewMessage};
+use comet_store::{AppendResult, FlushMode, NewMessage};
 
-use comet_model::system::{RESERVED_PROPERTIES, TIMER_TOPIC, is_system_topic};
+use comet_model::system::{PROP_REAL_QUEUE_ID, RESERVED_PROPERTIES, TIMER_TOPIC, is_system_topic};
 
-use super::{check_group, check_topic};
+use super::{check_group, check_topic, transaction};
 use crate::broker::{Broker, now_ms};
+use crate::domain::dedup::{Reservation, Stored};
 use crate::domain::timer;
 use crate::error::{BrokerError, Result};
 
@@ -75,16 +77,22 @@ pub async fn send(
         now: now_ms(),
         max_delay: broker.config.messaging.max_delay_ms,
     };
+    if request.transactional {
+        check_transactional(broker, &request)?;
+    }
     let count = request.messages.len();
     let mut messages = Vec::with_capacity(count);
+    let mut given_ids = Vec::with_capacity(count);
     // Delivery times, allocated only once a request holds a delayed message.
     let mut deliver_at: Option<Vec<u64>> = None;
-    let mut body_bytes = 0u64;
     for (i, m) in request.messages.into_iter().enumerate() {
-        body_bytes += m.body.len() as u64;
-        let (message, at) = target.message(broker, m, i)?;
+        given_ids.push(!m.message_id.is_empty());
+        let (mut message, at) = target.message(broker, m, i)?;
         if at > 0 {
             deliver_at.get_or_insert_with(|| vec![0; count])[i] = at;
+        }
+        if request.transactional {
+            transaction::make_half(&mut message, &request.producer_group);
         }
         messages.push(message);
     }
@@ -92,6 +100,208 @@ pub async fn send(
         // The first delayed message creates the timer topic (it writes topics.json: off the async workers).
         broker.blocking(|b| b.system_topic(TIMER_TOPIC, 1).map(drop)).await?;
     }
+    if request.transactional && broker.topics.get(TRANSACTION_HALF_TOPIC).is_none() {
+        broker.blocking(|b| transaction::half_topic(b).map(drop)).await?;
+    }
+    // Idempotent send: ids stored within the window are answered, not stored again.
+    let reserved = if broker.dedup.enabled() && given_ids.contains(&true) {
+        dedup_reserve(broker, &messages, &given_ids, target.now).await?
+    } else {
+        Vec::new()
+    };
+    let (fresh, duplicates): (Vec<Indexed>, Vec<Indexed>) =
+        messages.into_iter().enumerate().partition(|(i, _)| !matches!(reserved.get(*i), Some(Reserved::Duplicate(_))));
+    let stored = match store(broker, fresh).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            for r in &reserved {
+                if let Reserved::Fresh { topic, id } = r {
+                    broker.dedup.release(topic, id);
+                }
+            }
+            return Err(e);
+        }
+    };
+    let body_bytes: u64 = stored.iter().map(|(_, m, _)| m.body.len() as u64).sum();
+    if !stored.is_empty() && !request.transactional {
+        broker.metrics.sent(&request.topic, topic.message_type, stored.len() as u64, body_bytes);
+    }
+    if !duplicates.is_empty() {
+        broker.metrics.send_duplicates(duplicates.len() as u64);
+    }
+    let mut results: Vec<(usize, pb::SendResult)> = Vec::with_capacity(stored.len() + duplicates.len());
+    let due = |i: usize| deliver_at.as_ref().and_then(|d| d.get(i).copied()).unwrap_or(0);
+    for (i, m, r) in stored {
+        // The real queue: a delayed or half message's record sits in queue 0 of a system topic.
+        let stored =
+            Stored { queue_id, queue_offset: r.queue_offset.0, commit_log_offset: r.offset.0, deliver_at: due(i) };
+        if let Some(Reserved::Fresh { topic, id }) = reserved.get(i) {
+            broker.dedup.complete(topic, id, stored);
+        }
+        if request.transactional {
+            transaction::added(broker, r.offset.0, &m.msg_id, &request.producer_group, target.now);
+        }
+        results.push((i, result(m.msg_id, stored, false, request.transactional)));
+    }
+    for (i, m) in duplicates {
+        if let Some(Reserved::Duplicate(stored)) = reserved.get(i) {
+            results.push((i, result(m.msg_id, *stored, true, request.transactional)));
+        }
+    }
+    results.sort_unstable_by_key(|(i, _)| *i);
+    Ok(pb::SendMessageResponse { results: results.into_iter().map(|(_, r)| r).collect() })
+}
+
+/// A message with its index in the request.
+type Indexed = (usize, NewMessage);
+
+/// The SendResult of a stored (or, `duplicate`, earlier stored) message: always the real queue. A half message
+/// answers queue offset 0 (known at commit) and its own CommitLog offset (the handle EndTransaction names); a
+/// delayed one its place in the timer topic and its delivery time.
+fn result(message_id: String, stored: Stored, duplicate: bool, half: bool) -> pb::SendResult {
+    pb::SendResult {
+        message_id,
+        queue_id: stored.queue_id,
+        queue_offset: if half { 0 } else { stored.queue_offset },
+        commit_log_offset: stored.commit_log_offset,
+        duplicate,
+        deliver_at_millis: stored.deliver_at,
+    }
+}
+
+/// A transactional send: one message, a producer group, no delay, a user topic, room in the table.
+fn check_transactional(broker: &Broker, request: &pb::SendMessageRequest) -> Result<()> {
+    if request.producer_group.is_empty() {
+        return Err(BrokerError::invalid("producer_group", "a transactional send needs its producer group"));
+    }
+    if request.messages.len() != 1 {
+        return Err(BrokerError::invalid("messages", "a transactional send carries exactly one message"));
+    }
+    if request.messages.iter().any(|m| m.deliver_at_millis != 0 || m.delay_millis != 0) {
+        return Err(BrokerError::invalid("messages", "a transactional message cannot be delayed"));
+    }
+    if comet_model::system::is_system_topic(&request.topic) {
+        return Err(BrokerError::invalid("topic", "a transactional message cannot go to a system topic"));
+    }
+    if broker.transactions.is_full() {
+        return Err(BrokerError::Busy {
+            reason: format!(
+                "{} unresolved transactions (messaging.transaction-max-pending)",
+                broker.config.messaging.transaction_max_pending
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// What [`dedup_reserve`] decided for one message.
+enum Reserved {
+    /// No producer id, or idempotent send off: stored as usual.
+    Unchecked,
+    /// Reserved in the dedup table for this send (completed after the append, released if it fails).
+    Fresh { topic: String, id: String },
+    /// Already stored within the window, here.
+    Duplicate(Stored),
+}
+
+/// Reserves every producer-given id of the batch, or finds its earlier copy (in memory, or in the store's
+/// index when the table cannot be complete). A second send of an id being stored right now is refused as busy
+/// (its retry gets the duplicate answer); an id twice in one request is refused as invalid.
+async fn dedup_reserve(
+    broker: &Arc<Broker>,
+    messages: &[NewMessage],
+    given_ids: &[bool],
+    now: u64,
+) -> Result<Vec<Reserved>> {
+    let release = |reserved: &[Reserved]| {
+        for r in reserved {
+            if let Reserved::Fresh { topic, id } = r {
+                broker.dedup.release(topic, id);
+            }
+        }
+    };
+    let mut reserved = Vec::with_capacity(messages.len());
+    for (i, (m, &given)) in messages.iter().zip(given_ids).enumerate() {
+        if !given {
+            reserved.push(Reserved::Unchecked);
+            continue;
+        }
+        if messages[..i].iter().zip(given_ids).any(|(p, &g)| g && p.msg_id == m.msg_id) {
+            release(&reserved);
+            return Err(BrokerError::invalid(
+                "message_id",
+                format!("message {i}: {:?} twice in one request", m.msg_id),
+            ));
+        }
+        match broker.dedup.reserve(&m.topic, &m.msg_id, now) {
+            Reservation::Fresh => reserved.push(Reserved::Fresh { topic: m.topic.clone(), id: m.msg_id.clone() }),
+            Reservation::Duplicate(stored) => reserved.push(Reserved::Duplicate(stored)),
+            Reservation::InFlight => {
+                release(&reserved);
+                return Err(BrokerError::Busy { reason: format!("message id {:?} is being stored", m.msg_id) });
+            }
+        }
+    }
+    if broker.dedup.needs_index(now) && reserved.iter().any(|r| matches!(r, Reserved::Fresh { .. })) {
+        // Restarted (or evicted) within the window: a miss in memory is not proof, the index decides.
+        let wanted: Vec<(usize, String, String)> = reserved
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Reserved::Fresh { topic, id } => Some((i, topic.clone(), id.clone())),
+                _ => None,
+            })
+            .collect();
+        let since = now.saturating_sub(broker.dedup.window_ms());
+        let found = broker
+            .blocking(move |b| {
+                let mut found = Vec::new();
+                for (i, topic, id) in wanted {
+                    let copies = b.store.query_all_by_id(&id, 16, since, u64::MAX)?;
+                    // Newest first: the last copy in the topic is the first send.
+                    if let Some(m) = copies.iter().rev().find(|m| m.topic() == topic) {
+                        // A delayed or half message's first copy sits in a system topic: its real queue and
+                        // delivery time are properties.
+                        let real_queue = m.property(PROP_REAL_QUEUE_ID).and_then(|q| q.parse().ok());
+                        let stored = Stored {
+                            queue_id: real_queue.unwrap_or_else(|| m.queue_id()),
+                            queue_offset: m.queue_offset().0,
+                            commit_log_offset: m.physical_offset().0,
+                            deliver_at: timer::deliver_at(m),
+                        };
+                        found.push((i, stored));
+                    }
+                }
+                Ok(found)
+            })
+            .await;
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                release(&reserved);
+                return Err(e);
+            }
+        };
+        for (i, stored) in found {
+            if let Some(Reserved::Fresh { topic, id }) = reserved.get(i) {
+                broker.dedup.complete(topic, id, stored);
+            }
+            reserved[i] = Reserved::Duplicate(stored);
+        }
+    }
+    Ok(reserved)
+}
+
+/// Appends the fresh messages (all one topic and queue) under a send permit; with sync replication waits
+/// until enough slaves hold them. Answers each with its request index and store result.
+async fn store(
+    broker: &Arc<Broker>,
+    fresh: Vec<(usize, NewMessage)>,
+) -> Result<Vec<(usize, NewMessage, AppendResult)>> {
+    if fresh.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (indexes, messages): (Vec<usize>, Vec<NewMessage>) = fresh.into_iter().unzip();
     // Back-pressure: a full broker answers at once with the one retryable busy status rather than queueing.
     let permit = Arc::clone(&broker.sends).try_acquire_owned().map_err(|_| BrokerError::Busy {
         reason: format!("{} sends in flight", broker.config.broker.max_inflight_sends),
@@ -115,31 +325,16 @@ pub async fn send(
             })
             .await?
     };
-    broker.metrics.sent(&request.topic, topic.message_type, results.len() as u64, body_bytes);
     // Parked slave fetches learn of the new bytes now rather than after the dispatcher's pass.
     broker.ha.on_appended();
     if broker.ha.is_sync()
         && let (Some(first), Some(last)) = (results.first(), results.last())
     {
-        // Sync replication: stored (and counted) above, acknowledged only once enough slaves hold the whole batch.
+        // Sync replication: stored above, acknowledged only once enough slaves hold the whole batch.
         let end = last.offset.0 + u64::from(last.size);
         broker.ha.wait_replicated(end, first.offset.0).await?;
     }
-    Ok(pb::SendMessageResponse {
-        results: results
-            .iter()
-            .zip(messages)
-            .enumerate()
-            .map(|(i, (r, m))| pb::SendResult {
-                message_id: m.msg_id,
-                queue_id,
-                queue_offset: r.queue_offset.0,
-                commit_log_offset: r.offset.0,
-                duplicate: false,
-                deliver_at_millis: deliver_at.as_ref().and_then(|d| d.get(i).copied()).unwrap_or(0),
-            })
-            .collect(),
-    })
+    Ok(indexes.into_iter().zip(messages).zip(results).map(|((i, m), r)| (i, m, r)).collect())
 }
 
 /// Largest batch (body bytes) an async-flush send appends in place on the async worker.

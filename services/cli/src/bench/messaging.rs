@@ -66,6 +66,9 @@ pub struct ProduceArgs {
     conn: Connection,
     #[command(flatten)]
     load: Load,
+    /// Send every message as a transaction: a half message, then its commit (one message per request).
+    #[arg(long)]
+    transactional: bool,
     #[command(flatten)]
     out: Output,
 }
@@ -238,7 +241,11 @@ async fn send_phase(
 /// `comet bench produce`.
 pub async fn produce(args: ProduceArgs, namesrv: &[String]) -> anyhow::Result<()> {
     args.load.check()?;
-    let sink = Sink::connect(&args.conn, namesrv).await?;
+    anyhow::ensure!(!args.transactional || args.load.batch == 1, "--transactional sends one message per request");
+    let mut sink = Sink::connect(&args.conn, namesrv).await?;
+    if args.transactional {
+        sink = sink.transactional()?;
+    }
     let bodies = Bodies { template: Bytes::from(vec![b'c'; args.load.size]), stamp: None };
     let duration = Duration::from_secs(args.load.duration_secs);
     if args.load.warmup_secs > 0 {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
-use comet_client::{Admin, Message, MessageQueue, Producer, ProducerConfig, PullConsumer, PullConsumerConfig};
+use comet_client::{
+    Admin, LocalTransactionState, Message, MessageQueue, Producer, ProducerConfig, PullConsumer, PullConsumerConfig,
+};
 use comet_proto::comet::v1 as pb;
 use futures_util::StreamExt;
 use futures_util::future::try_join_all;
@@ -78,6 +80,8 @@ pub enum Sink {
         producer: Producer,
         /// Topic.
         topic: String,
+        /// Each message a transaction: a half message, then its commit (`--transactional`).
+        transactional: bool,
     },
     /// JetStream: publish every body, then await every PubAck (a "batch" is a pipelined burst).
     Nats {
@@ -95,7 +99,7 @@ impl Sink {
             System::Comet => {
                 ensure_topic(namesrv, &conn.topic, conn.queues).await?;
                 let producer = Producer::new(ProducerConfig::new(namesrv.to_vec(), "comet-bench-producer"))?;
-                Ok(Self::Comet { producer, topic: conn.topic.clone() })
+                Ok(Self::Comet { producer, topic: conn.topic.clone(), transactional: false })
             }
             System::Nats => {
                 let (js, _) = nats(&conn.nats_url).await?;
@@ -104,10 +108,27 @@ impl Sink {
         }
     }
 
+    /// The same sink sending every message as a transaction (send, then commit). Comet only.
+    pub fn transactional(self) -> anyhow::Result<Self> {
+        match self {
+            Self::Comet { producer, topic, .. } => Ok(Self::Comet { producer, topic, transactional: true }),
+            Self::Nats { .. } => anyhow::bail!("--transactional is for --system comet"),
+        }
+    }
+
     /// Sends `bodies` as one request, each delayed by `delay` if given, and waits until all are acknowledged.
     pub async fn send(&self, bodies: Vec<Bytes>, delay: Option<Duration>) -> anyhow::Result<()> {
         match self {
-            Self::Comet { producer, topic } => {
+            Self::Comet { producer, topic, transactional: true } => {
+                anyhow::ensure!(delay.is_none(), "a transactional message cannot be delayed");
+                for body in bodies {
+                    let message = Message::new(topic.as_str(), body);
+                    let sent = producer.send_transactional(message, |_| LocalTransactionState::Commit).await?;
+                    anyhow::ensure!(sent.committed.is_some(), "the broker did not commit {}", sent.half.message_id);
+                }
+                Ok(())
+            }
+            Self::Comet { producer, topic, .. } => {
                 let message = |body| {
                     let m = Message::new(topic.as_str(), body);
                     match delay {

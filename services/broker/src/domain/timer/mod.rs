@@ -9,7 +9,7 @@ pub mod index;
 pub mod service;
 
 use comet_model::system::{PROP_DELIVER_AT, PROP_REAL_QUEUE_ID, PROP_REAL_TOPIC, TIMER_TOPIC};
-use comet_store::NewMessage;
+use comet_store::{NewMessage, StoredMessage};
 
 /// Properties the timer adds to a waiting message (dropped again on delivery).
 pub const TIMER_PROPERTIES: &[&str] = &[PROP_REAL_TOPIC, PROP_REAL_QUEUE_ID, PROP_DELIVER_AT];
@@ -25,4 +25,12 @@ pub fn wrap(mut msg: NewMessage, deliver_at_ms: u64) -> NewMessage {
     msg.topic = TIMER_TOPIC.to_owned();
     msg.queue_id = 0;
     msg
+}
+
+/// A timer-topic record's delivery time (0 for any other record, or a malformed property).
+pub fn deliver_at(stored: &StoredMessage) -> u64 {
+    if stored.topic() != TIMER_TOPIC {
+        return 0;
+    }
+    stored.property(PROP_DELIVER_AT).and_then(|v| v.parse().ok()).unwrap_or(0)
 }

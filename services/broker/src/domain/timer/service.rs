@@ -349,6 +349,6 @@ fn prepare(broker: &Broker, dues: Vec<Due>, verify_before: u64) -> Result<(Vec<N
 
 /// True if a copy of the timer message `stored` already sits in `real_topic`, written after it.
 fn delivered_before(broker: &Broker, stored: &StoredMessage, real_topic: &str) -> Result<bool> {
-    let copies = broker.store.query_all_by_id(stored.msg_id(), VERIFY_CANDIDATES)?;
+    let copies = broker.store.query_all_by_id(stored.msg_id(), VERIFY_CANDIDATES, 0, u64::MAX)?;
     Ok(copies.iter().any(|c| c.topic() == real_topic && c.physical_offset() > stored.physical_offset()))
 }
