@@ -152,7 +152,7 @@ impl Broker {
         store.set_arrival_listener(Arc::new(Arrivals { waiters: Arc::clone(&waiters), ha: Arc::clone(&ha) }));
         let started = now_ms();
         let messaging = &config.messaging;
-        let dedup = Dedup::new(messaging.dedup_window_ms, messaging.dedup_max_entries, started);
+        let dedup = Dedup::new(messaging.dedup_window_ms, messaging.dedup_max_entries, newest_store_time(&store));
         let transactions = TransactionTable::new(messaging.transaction_max_pending);
         let broker = Broker {
             advertised: advertised.clone(),
@@ -291,6 +291,23 @@ impl Broker {
         let closed = self.store.clone().close().map_err(BrokerError::from);
         flushed.and(closed)
     }
+}
+
+/// Store time of the newest message in any consume queue (0 = an empty store): what idempotent send must still
+/// find in the index after a restart. One consume-queue read per queue, at start-up.
+fn newest_store_time(store: &Store) -> u64 {
+    let mut newest = 0;
+    for (topic, queues) in store.topics() {
+        for queue in queues {
+            if let Some((min, max)) = store.queue_range(&topic, queue)
+                && max.0 > min.0
+                && let Some(t) = store.store_time_at(&topic, queue, comet_model::QueueOffset(max.0 - 1))
+            {
+                newest = newest.max(t);
+            }
+        }
+    }
+    newest
 }
 
 /// The store's arrival listener: wakes parked long polls and parked slave fetches.

@@ -56,8 +56,8 @@ pub struct MessagingSection {
     pub retry_delays_ms: Vec<u64>,
     /// Idempotent send: a message id stored within this window is not stored again (0 = off).
     pub dedup_window_ms: u64,
-    /// Idempotent send: most message ids remembered in memory; beyond it the oldest are checked in the on-disk
-    /// index instead.
+    /// Idempotent send: most message ids remembered in memory (about 110 bytes each); beyond it the oldest are
+    /// forgotten early, so the window shrinks to `max-entries / send rate`.
     pub dedup_max_entries: usize,
     /// Transactions: a half message unresolved this long is checked back with a live producer of its group.
     pub transaction_check_delay_ms: u64,
@@ -88,7 +88,7 @@ impl Default for MessagingSection {
             timer_tick_ms: 100,
             retry_delays_ms: DEFAULT_RETRY_DELAYS_MS.to_vec(),
             dedup_window_ms: 600_000,
-            dedup_max_entries: 1 << 20,
+            dedup_max_entries: 1 << 18,
             transaction_check_delay_ms: 6_000,
             transaction_check_interval_ms: 30_000,
             transaction_check_max: 15,

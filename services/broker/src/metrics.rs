@@ -395,6 +395,19 @@ pub fn register_gauges(meter: &Meter, broker: &Arc<Broker>) {
         "Delayed messages (and retries) waiting in the timer for their delivery time",
         |b, o| o.observe(b.metrics.timer_pending.load(Ordering::Relaxed), &[]),
     );
+    gauge(
+        "comet_dedup_entries",
+        "1",
+        "Message ids the idempotent-send table remembers (messaging.dedup-max-entries at most)",
+        |b, o| o.observe(b.dedup.len() as u64, &[]),
+    );
+    gauge(
+        "comet_dedup_evicted_early",
+        "1",
+        "Ids evicted from the idempotent-send table for space while still inside the window (since start): the \
+         window is shorter than messaging.dedup-window-ms at this send rate",
+        |b, o| o.observe(b.dedup.evicted_early(), &[]),
+    );
     gauge("rocketmq_storage_size", "By", "Bytes of every store file (CommitLog, consume queues, index)", |b, o| {
         o.observe(b.store.stats().disk_bytes, &[])
     });

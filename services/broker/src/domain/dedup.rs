@@ -1,13 +1,18 @@
 //! Idempotent send: the (topic, message id) pairs stored within `messaging.dedup-window-ms`, so a producer's
 //! retry after a timeout is answered with the first send's result instead of being stored twice.
 //!
-//! A bounded in-memory table (`dedup-max-entries`) with time expiry. An id is *reserved* before its append and
-//! *completed* with its result after, so two concurrent sends of one id never both store. The table is
-//! complete only once the broker has run a whole window and evicted nothing younger than the window; until
-//! then [`Dedup::needs_index`] says the caller must also consult the store's message-id index (restarts keep
-//! the guarantee).
+//! A bounded in-memory table (`dedup-max-entries`) with time expiry, keyed by a 128-bit hash of the pair (no
+//! string per entry: about 110 bytes each). An id is *reserved* before its append and *completed* with its result
+//! after, so two concurrent sends of one id never both store. Under a sustained send rate above
+//! `max-entries / window` the oldest entries are evicted early: the window then shrinks to `max-entries / rate`
+//! (counted, see [`Dedup::evicted_early`]). After a restart the table misses what was stored before it; for one
+//! window after the newest of those messages, [`Dedup::needs_index`] says the caller must also consult the
+//! store's message-id index (restarts keep the guarantee; a broker whose store held nothing recent pays nothing).
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -23,6 +28,11 @@ pub struct Stored {
     /// A delayed message's delivery time, ms since the epoch (0 = visible at once).
     pub deliver_at: u64,
 }
+
+/// A (topic, id) pair as the table knows it: two independent 64-bit hashes (a false duplicate needs both to
+/// collide: about 2^-128 per pair of ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(u64, u64);
 
 /// What [`Dedup::reserve`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,15 +58,35 @@ struct Slot {
     entry: Entry,
 }
 
+/// The keys are already uniformly random: hash them by taking their first half.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached through `write_u64` below for `Key`; fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        if self.0 == 0 {
+            self.0 = n;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// `topic \0 id` → slot.
-    map: HashMap<String, Slot>,
+    map: HashMap<Key, Slot, BuildHasherDefault<KeyHasher>>,
     /// Insertion order (time, key): expiry and eviction walk it from the front. A key re-inserted later has a
     /// newer slot time, so a stale front entry is recognised and skipped.
-    order: VecDeque<(u64, String)>,
-    /// Newest time of an entry evicted for space: ids stored at or before it may be missing from the map.
-    evicted_until_ms: u64,
+    order: VecDeque<(u64, Key)>,
 }
 
 /// The dedup table. Window 0 turns it off.
@@ -64,23 +94,26 @@ struct State {
 pub struct Dedup {
     window_ms: u64,
     max_entries: usize,
-    started_ms: u64,
+    /// Store time of the newest message stored before this broker started (0 = none): until a window after it,
+    /// a miss in memory is not proof.
+    incomplete_until_ms: u64,
+    hashers: (RandomState, RandomState),
     state: Mutex<State>,
-}
-
-fn key(topic: &str, id: &str) -> String {
-    let mut k = String::with_capacity(topic.len() + 1 + id.len());
-    k.push_str(topic);
-    k.push('\0');
-    k.push_str(id);
-    k
+    evicted_early: AtomicU64,
 }
 
 impl Dedup {
-    /// A table remembering ids for `window_ms`, at most `max_entries` of them, for a broker started at
-    /// `started_ms`.
-    pub fn new(window_ms: u64, max_entries: usize, started_ms: u64) -> Self {
-        Self { window_ms, max_entries: max_entries.max(1), started_ms, state: Mutex::new(State::default()) }
+    /// A table remembering ids for `window_ms`, at most `max_entries` of them, for a broker whose store's newest
+    /// message before start was stored at `newest_before_start_ms` (0 = an empty store).
+    pub fn new(window_ms: u64, max_entries: usize, newest_before_start_ms: u64) -> Self {
+        Self {
+            window_ms,
+            max_entries: max_entries.max(1),
+            incomplete_until_ms: newest_before_start_ms,
+            hashers: (RandomState::new(), RandomState::new()),
+            state: Mutex::new(State::default()),
+            evicted_early: AtomicU64::new(0),
+        }
     }
 
     /// True when idempotent send is on (a non-zero window).
@@ -93,43 +126,80 @@ impl Dedup {
         self.window_ms
     }
 
-    /// True when a miss in memory is not proof: the broker started less than a window ago, or an entry younger
-    /// than the window was evicted for space. The caller then looks the id up in the store's index.
-    pub fn needs_index(&self, now_ms: u64) -> bool {
-        let since = now_ms.saturating_sub(self.window_ms);
-        self.started_ms > since || self.state.lock().evicted_until_ms >= since
+    /// The table's key of (topic, id).
+    // Hot path (one per message with a producer-given id): two SipHash passes, no allocation.
+    pub fn key(&self, topic: &str, id: &str) -> Key {
+        let hash = |state: &RandomState| {
+            let mut h = state.build_hasher();
+            h.write(topic.as_bytes());
+            h.write_u8(0);
+            h.write(id.as_bytes());
+            h.finish()
+        };
+        Key(hash(&self.hashers.0), hash(&self.hashers.1))
     }
 
-    /// Looks up (topic, id) and, when it is not known, reserves it.
-    // Hot path (one per message with a producer-given id): one lock, one hash lookup, amortised expiry.
-    pub fn reserve(&self, topic: &str, id: &str, now_ms: u64) -> Reservation {
-        let k = key(topic, id);
+    /// True when a miss in memory is not proof: messages stored before this broker started are younger than the
+    /// window. The caller then looks the id up in the store's index.
+    pub fn needs_index(&self, now_ms: u64) -> bool {
+        self.incomplete_until_ms > 0 && self.incomplete_until_ms >= now_ms.saturating_sub(self.window_ms)
+    }
+
+    /// Looks `key` up and, when it is not known, reserves it.
+    pub fn reserve(&self, key: Key, now_ms: u64) -> Reservation {
         let mut state = self.state.lock();
         self.expire(&mut state, now_ms);
-        if let Some(slot) = state.map.get(&k) {
+        Self::reserve_in(&mut state, key, now_ms)
+    }
+
+    /// [`Dedup::reserve`] for every key of a batch under one lock, in order (a key twice in `keys` is
+    /// [`Reservation::InFlight`] the second time). `None` keys (no producer id) are skipped.
+    // Hot path: one lock per request, one hash lookup per message, amortised expiry.
+    pub fn reserve_all(&self, keys: &[Option<Key>], now_ms: u64) -> Vec<Option<Reservation>> {
+        let mut state = self.state.lock();
+        self.expire(&mut state, now_ms);
+        keys.iter().map(|k| k.map(|k| Self::reserve_in(&mut state, k, now_ms))).collect()
+    }
+
+    fn reserve_in(state: &mut State, key: Key, now_ms: u64) -> Reservation {
+        if let Some(slot) = state.map.get(&key) {
             return match slot.entry {
                 Entry::Reserved => Reservation::InFlight,
                 Entry::Stored(s) => Reservation::Duplicate(s),
             };
         }
-        state.order.push_back((now_ms, k.clone()));
-        state.map.insert(k, Slot { at_ms: now_ms, entry: Entry::Reserved });
+        state.order.push_back((now_ms, key));
+        state.map.insert(key, Slot { at_ms: now_ms, entry: Entry::Reserved });
         Reservation::Fresh
     }
 
     /// Records where a reserved id was stored (or, after an index hit, where its first copy is).
-    pub fn complete(&self, topic: &str, id: &str, stored: Stored) {
-        if let Some(slot) = self.state.lock().map.get_mut(&key(topic, id)) {
-            slot.entry = Entry::Stored(stored);
+    pub fn complete(&self, key: Key, stored: Stored) {
+        self.complete_all([(key, stored)]);
+    }
+
+    /// [`Dedup::complete`] for a batch under one lock.
+    pub fn complete_all(&self, stored: impl IntoIterator<Item = (Key, Stored)>) {
+        let mut state = self.state.lock();
+        for (key, stored) in stored {
+            if let Some(slot) = state.map.get_mut(&key) {
+                slot.entry = Entry::Stored(stored);
+            }
         }
     }
 
     /// Forgets a reservation whose send failed, so a retry can store it.
-    pub fn release(&self, topic: &str, id: &str) {
+    pub fn release(&self, key: Key) {
+        self.release_all([key]);
+    }
+
+    /// [`Dedup::release`] for a batch under one lock.
+    pub fn release_all(&self, keys: impl IntoIterator<Item = Key>) {
         let mut state = self.state.lock();
-        let k = key(topic, id);
-        if matches!(state.map.get(&k), Some(Slot { entry: Entry::Reserved, .. })) {
-            state.map.remove(&k);
+        for key in keys {
+            if matches!(state.map.get(&key), Some(Slot { entry: Entry::Reserved, .. })) {
+                state.map.remove(&key);
+            }
         }
     }
 
@@ -141,6 +211,11 @@ impl Dedup {
     /// True when no id is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Entries evicted for space while still inside the window (each shortened the window for its id).
+    pub fn evicted_early(&self) -> u64 {
+        self.evicted_early.load(Ordering::Relaxed)
     }
 
     fn expire(&self, state: &mut State, now_ms: u64) {
@@ -157,8 +232,7 @@ impl Dedup {
                 continue;
             }
             if at >= cutoff {
-                // Evicted for space while still inside the window: misses are no longer proof.
-                state.evicted_until_ms = state.evicted_until_ms.max(at);
+                self.evicted_early.fetch_add(1, Ordering::Relaxed);
             }
             state.map.remove(&k);
         }
@@ -179,35 +253,46 @@ mod tests {
     #[test]
     fn a_stored_id_is_a_duplicate_within_the_window_and_fresh_after_it() {
         let d = Dedup::new(1_000, 10, 0);
-        assert_eq!(d.reserve("t", "a", 5_000), Reservation::Fresh);
-        assert_eq!(d.reserve("t", "a", 5_001), Reservation::InFlight, "concurrent second send of one id");
-        d.complete("t", "a", S);
-        assert_eq!(d.reserve("t", "a", 5_500), Reservation::Duplicate(S));
-        assert_eq!(d.reserve("u", "a", 5_500), Reservation::Fresh, "ids are per topic");
-        assert_eq!(d.reserve("t", "a", 6_001), Reservation::Fresh, "expired after the window");
+        let (ta, ua) = (d.key("t", "a"), d.key("u", "a"));
+        assert_ne!(ta, ua, "ids are per topic");
+        assert_eq!(d.key("t", "a"), ta, "keys are stable");
+        assert_ne!(d.key("ta", ""), d.key("t", "a"), "the separator keeps topic and id apart");
+        assert_eq!(d.reserve(ta, 5_000), Reservation::Fresh);
+        assert_eq!(d.reserve(ta, 5_001), Reservation::InFlight, "concurrent second send of one id");
+        d.complete(ta, S);
+        assert_eq!(d.reserve(ta, 5_500), Reservation::Duplicate(S));
+        assert_eq!(d.reserve(ua, 5_500), Reservation::Fresh);
+        assert_eq!(d.reserve(ta, 6_001), Reservation::Fresh, "expired after the window");
     }
 
     #[test]
     fn a_released_reservation_can_be_stored_again() {
         let d = Dedup::new(1_000, 10, 0);
-        assert_eq!(d.reserve("t", "a", 5_000), Reservation::Fresh);
-        d.release("t", "a");
-        assert_eq!(d.reserve("t", "a", 5_001), Reservation::Fresh);
-        d.complete("t", "a", S);
-        d.release("t", "a");
-        assert_eq!(d.reserve("t", "a", 5_002), Reservation::Duplicate(S), "release never drops a stored id");
+        let k = d.key("t", "a");
+        assert_eq!(d.reserve(k, 5_000), Reservation::Fresh);
+        d.release(k);
+        assert_eq!(d.reserve(k, 5_001), Reservation::Fresh);
+        d.complete(k, S);
+        d.release(k);
+        assert_eq!(d.reserve(k, 5_002), Reservation::Duplicate(S), "release never drops a stored id");
     }
 
     #[test]
-    fn the_table_is_bounded_and_says_when_the_index_is_needed() {
+    fn the_table_is_bounded_and_evictions_inside_the_window_are_counted() {
         let d = Dedup::new(1_000, 3, 0);
-        assert!(d.needs_index(500), "started less than a window ago");
-        assert!(!d.needs_index(2_000));
         for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
-            assert_eq!(d.reserve("t", id, 2_000 + i as u64), Reservation::Fresh);
+            assert_eq!(d.reserve(d.key("t", id), 2_000 + i as u64), Reservation::Fresh);
         }
         assert!(d.len() <= 3);
-        assert!(d.needs_index(2_500), "an entry inside the window was evicted");
-        assert!(!d.needs_index(3_100), "everything evicted has left the window");
+        assert_eq!(d.evicted_early(), 1, "\"a\" left early, inside its window");
+        assert!(!d.needs_index(2_500), "an empty store before start: the table is complete");
+    }
+
+    #[test]
+    fn the_index_is_needed_until_a_window_after_the_newest_message_before_start() {
+        let d = Dedup::new(1_000, 10, 5_000);
+        assert!(d.needs_index(5_500));
+        assert!(d.needs_index(6_000));
+        assert!(!d.needs_index(6_001));
     }
 }

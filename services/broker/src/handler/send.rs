@@ -14,7 +14,7 @@ use comet_model::system::{PROP_REAL_QUEUE_ID, RESERVED_PROPERTIES, TIMER_TOPIC, 
 
 use super::{check_group, check_topic, transaction};
 use crate::broker::{Broker, now_ms};
-use crate::domain::dedup::{Reservation, Stored};
+use crate::domain::dedup::{Key, Reservation, Stored};
 use crate::domain::timer;
 use crate::error::{BrokerError, Result};
 
@@ -114,11 +114,7 @@ pub async fn send(
     let stored = match store(broker, fresh).await {
         Ok(stored) => stored,
         Err(e) => {
-            for r in &reserved {
-                if let Reserved::Fresh { topic, id } = r {
-                    broker.dedup.release(topic, id);
-                }
-            }
+            release(broker, &reserved);
             return Err(e);
         }
     };
@@ -131,13 +127,21 @@ pub async fn send(
     }
     let mut results: Vec<(usize, pb::SendResult)> = Vec::with_capacity(stored.len() + duplicates.len());
     let due = |i: usize| deliver_at.as_ref().and_then(|d| d.get(i).copied()).unwrap_or(0);
+    // The real queue: a delayed or half message's record sits in queue 0 of a system topic.
+    let at = |i: usize, r: &AppendResult| Stored {
+        queue_id,
+        queue_offset: r.queue_offset.0,
+        commit_log_offset: r.offset.0,
+        deliver_at: due(i),
+    };
+    if !reserved.is_empty() {
+        broker.dedup.complete_all(stored.iter().filter_map(|(i, _, r)| match reserved.get(*i) {
+            Some(Reserved::Fresh(key)) => Some((*key, at(*i, r))),
+            _ => None,
+        }));
+    }
     for (i, m, r) in stored {
-        // The real queue: a delayed or half message's record sits in queue 0 of a system topic.
-        let stored =
-            Stored { queue_id, queue_offset: r.queue_offset.0, commit_log_offset: r.offset.0, deliver_at: due(i) };
-        if let Some(Reserved::Fresh { topic, id }) = reserved.get(i) {
-            broker.dedup.complete(topic, id, stored);
-        }
+        let stored = at(i, &r);
         if request.transactional {
             transaction::added(broker, r.offset.0, &m.msg_id, &request.producer_group, target.now);
         }
@@ -199,9 +203,17 @@ enum Reserved {
     /// No producer id, or idempotent send off: stored as usual.
     Unchecked,
     /// Reserved in the dedup table for this send (completed after the append, released if it fails).
-    Fresh { topic: String, id: String },
+    Fresh(Key),
     /// Already stored within the window, here.
     Duplicate(Stored),
+}
+
+/// Releases this request's reservations (its append failed, or another of its ids was refused).
+fn release(broker: &Broker, reserved: &[Reserved]) {
+    broker.dedup.release_all(reserved.iter().filter_map(|r| match r {
+        Reserved::Fresh(key) => Some(*key),
+        _ => None,
+    }));
 }
 
 /// Reserves every producer-given id of the batch, or finds its earlier copy (in memory, or in the store's
@@ -213,42 +225,38 @@ async fn dedup_reserve(
     given_ids: &[bool],
     now: u64,
 ) -> Result<Vec<Reserved>> {
-    let release = |reserved: &[Reserved]| {
-        for r in reserved {
-            if let Reserved::Fresh { topic, id } = r {
-                broker.dedup.release(topic, id);
-            }
+    let keys: Vec<Option<Key>> = messages
+        .iter()
+        .zip(given_ids)
+        .map(|(m, &given)| given.then(|| broker.dedup.key(&m.topic, &m.msg_id)))
+        .collect();
+    let found = broker.dedup.reserve_all(&keys, now);
+    let mut reserved: Vec<Reserved> = found
+        .iter()
+        .zip(&keys)
+        .map(|(r, k)| match (r, k) {
+            (Some(Reservation::Fresh), Some(k)) => Reserved::Fresh(*k),
+            (Some(Reservation::Duplicate(stored)), _) => Reserved::Duplicate(*stored),
+            _ => Reserved::Unchecked,
+        })
+        .collect();
+    if let Some(i) = found.iter().position(|r| *r == Some(Reservation::InFlight)) {
+        release(broker, &reserved);
+        let id = &messages[i].msg_id;
+        // Reserved earlier in this very request (the rare case, so found by a scan only here): invalid.
+        if keys[..i].contains(&keys[i]) {
+            return Err(BrokerError::invalid("message_id", format!("message {i}: {id:?} twice in one request")));
         }
-    };
-    let mut reserved = Vec::with_capacity(messages.len());
-    for (i, (m, &given)) in messages.iter().zip(given_ids).enumerate() {
-        if !given {
-            reserved.push(Reserved::Unchecked);
-            continue;
-        }
-        if messages[..i].iter().zip(given_ids).any(|(p, &g)| g && p.msg_id == m.msg_id) {
-            release(&reserved);
-            return Err(BrokerError::invalid(
-                "message_id",
-                format!("message {i}: {:?} twice in one request", m.msg_id),
-            ));
-        }
-        match broker.dedup.reserve(&m.topic, &m.msg_id, now) {
-            Reservation::Fresh => reserved.push(Reserved::Fresh { topic: m.topic.clone(), id: m.msg_id.clone() }),
-            Reservation::Duplicate(stored) => reserved.push(Reserved::Duplicate(stored)),
-            Reservation::InFlight => {
-                release(&reserved);
-                return Err(BrokerError::Busy { reason: format!("message id {:?} is being stored", m.msg_id) });
-            }
-        }
+        return Err(BrokerError::Busy { reason: format!("message id {id:?} is being stored") });
     }
     if broker.dedup.needs_index(now) && reserved.iter().any(|r| matches!(r, Reserved::Fresh { .. })) {
-        // Restarted (or evicted) within the window: a miss in memory is not proof, the index decides.
+        // Restarted within a window of the store's newest message: a miss in memory is not proof, the index decides.
         let wanted: Vec<(usize, String, String)> = reserved
             .iter()
+            .zip(messages)
             .enumerate()
-            .filter_map(|(i, r)| match r {
-                Reserved::Fresh { topic, id } => Some((i, topic.clone(), id.clone())),
+            .filter_map(|(i, (r, m))| match r {
+                Reserved::Fresh(_) => Some((i, m.topic.clone(), m.msg_id.clone())),
                 _ => None,
             })
             .collect();
@@ -278,13 +286,13 @@ async fn dedup_reserve(
         let found = match found {
             Ok(found) => found,
             Err(e) => {
-                release(&reserved);
+                release(broker, &reserved);
                 return Err(e);
             }
         };
         for (i, stored) in found {
-            if let Some(Reserved::Fresh { topic, id }) = reserved.get(i) {
-                broker.dedup.complete(topic, id, stored);
+            if let Some(Reserved::Fresh(key)) = reserved.get(i) {
+                broker.dedup.complete(*key, stored);
             }
             reserved[i] = Reserved::Duplicate(stored);
         }
