@@ -259,14 +259,27 @@ impl Broker {
     /// commits and records): on the blocking pool, then, with sync replication, until enough slaves hold them,
     /// so an internal move is as durable as the send it stands for. All messages must name one topic and queue.
     pub async fn append_internal(self: &Arc<Self>, messages: Vec<NewMessage>) -> Result<Vec<AppendResult>> {
+        let results = self.store_internal(messages).await?;
+        self.replicated(&results).await?;
+        Ok(results)
+    }
+
+    /// [`Broker::append_internal`] without the replication wait, for callers that must record what was stored
+    /// before anything else can fail (then call [`Broker::replicated`]).
+    pub async fn store_internal(self: &Arc<Self>, messages: Vec<NewMessage>) -> Result<Vec<AppendResult>> {
         let results = self.blocking(move |b| Ok(b.store.append_batch(&messages)?)).await?;
         self.ha.on_appended();
+        Ok(results)
+    }
+
+    /// With sync replication, waits until enough slaves hold the stored `results` (at once otherwise).
+    pub async fn replicated(&self, results: &[AppendResult]) -> Result<()> {
         if self.ha.is_sync()
             && let (Some(first), Some(last)) = (results.first(), results.last())
         {
             self.ha.wait_replicated(last.offset.0 + u64::from(last.size), first.offset.0).await?;
         }
-        Ok(results)
+        Ok(())
     }
 
     /// Refuses a write (send, topic or group change) on a slave: its data and metadata come from its master.

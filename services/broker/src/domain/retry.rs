@@ -49,6 +49,8 @@ pub struct SendBackOutcome {
     pub reconsume_times: u32,
     /// When the retry becomes visible, ms since the epoch (0 when dead-lettered).
     pub deliver_at_ms: u64,
+    /// The copy's CommitLog record (start, end): a repeated send-back waits for its replication too.
+    pub stored: (u64, u64),
 }
 
 type Key = (String, u64);
@@ -143,7 +145,7 @@ mod tests {
     #[tokio::test]
     async fn a_repeated_send_back_gets_the_first_outcome_and_memory_is_bounded() {
         let memory = SendBacks::new(1_000, 2);
-        let outcome = SendBackOutcome { dead_lettered: false, reconsume_times: 1, deliver_at_ms: 5 };
+        let outcome = SendBackOutcome { dead_lettered: false, reconsume_times: 1, deliver_at_ms: 5, stored: (0, 1) };
         let first = memory.slot("g", CommitLogOffset(7), 0);
         first.get_or_init(|| async { outcome }).await;
         let again = memory.slot("g", CommitLogOffset(7), 10);

@@ -212,6 +212,14 @@ impl TransactionTable {
         }
     }
 
+    /// Marks a half as possibly committed already (a commit's append failed or was interrupted after it may
+    /// have stored the copy): the next resolution looks for that copy in the index first.
+    pub fn suspect(&self, half_offset: u64) {
+        if let Some(h) = self.state.lock().pending.get_mut(&half_offset) {
+            h.recovered = true;
+        }
+    }
+
     /// Applies an op record (live, or replayed at start; `at_ms` is its store time).
     pub fn apply(&self, op: Op, at_ms: u64, interval_ms: u64) {
         match op {

@@ -70,7 +70,18 @@ pub async fn send_back(
         ));
     }
     let slot = broker.send_backs.slot(&request.group, offset, now_ms());
-    let outcome = slot.get_or_try_init(|| store_attempt(broker, &request, &record)).await?;
+    // Detached: a consumer that gives up must not interrupt the copy between its append and the slot that
+    // answers the consumer's retry (which would store a second copy).
+    let task = {
+        let broker = Arc::clone(broker);
+        tokio::spawn(async move { slot.get_or_try_init(|| store_attempt(&broker, &request, &record)).await.copied() })
+    };
+    let outcome: SendBackOutcome =
+        task.await.map_err(|e| BrokerError::Internal(format!("send-back task failed: {e}")))??;
+    // With sync replication, acknowledged (the first time and on a repeat) once the slaves hold the copy.
+    if broker.ha.is_sync() {
+        broker.ha.wait_replicated(outcome.stored.1, outcome.stored.0).await?;
+    }
     Ok(pb::ConsumerSendBackResponse {
         dead_lettered: outcome.dead_lettered,
         reconsume_times: outcome.reconsume_times,
@@ -99,10 +110,10 @@ async fn store_attempt(
         let dlq = dlq_topic(&request.group);
         let topic = dlq.clone();
         broker.blocking(move |b| b.system_topic(&topic, 1)).await?;
-        broker.append_internal(vec![copy_to(record, &dlq, 0, copy)]).await?;
+        let stored = span(&broker.store_internal(vec![copy_to(record, &dlq, 0, copy)]).await?)?;
         broker.metrics.sent_back(&request.group, true);
         tracing::info!(group = %request.group, message_id = %request.message_id, attempts, "message dead-lettered");
-        return Ok(SendBackOutcome { dead_lettered: true, reconsume_times: attempts, deliver_at_ms: 0 });
+        return Ok(SendBackOutcome { dead_lettered: true, reconsume_times: attempts, deliver_at_ms: 0, stored });
     }
     let delay = match request.delay_millis {
         0 => retry_delay_ms(&group.retry_delays_ms, &broker.config.messaging.retry_delays_ms, attempts),
@@ -118,10 +129,16 @@ async fn store_attempt(
             b.system_topic(TIMER_TOPIC, 1)
         })
         .await?;
-    broker.append_internal(vec![timer::wrap(copy_to(record, &retry, 0, copy), deliver_at)]).await?;
+    let stored = span(&broker.store_internal(vec![timer::wrap(copy_to(record, &retry, 0, copy), deliver_at)]).await?)?;
     broker.metrics.sent_back(&request.group, false);
     tracing::debug!(group = %request.group, message_id = %request.message_id, attempts, delay, "retry scheduled");
-    Ok(SendBackOutcome { dead_lettered: false, reconsume_times: attempts, deliver_at_ms: deliver_at })
+    Ok(SendBackOutcome { dead_lettered: false, reconsume_times: attempts, deliver_at_ms: deliver_at, stored })
+}
+
+/// The CommitLog span (start, end) of one stored copy.
+fn span(results: &[comet_store::AppendResult]) -> Result<(u64, u64)> {
+    let r = results.first().ok_or_else(|| BrokerError::Internal("a send-back stored nothing".into()))?;
+    Ok((r.offset.0, r.offset.0 + u64::from(r.size)))
 }
 
 /// The record starting at `offset`; NOT_FOUND when no record starts there (or retention removed it).

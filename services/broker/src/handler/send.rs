@@ -8,9 +8,9 @@ use std::sync::Arc;
 use comet_model::system::TRANSACTION_HALF_TOPIC;
 use comet_proto::comet::v1 as pb;
 use comet_store::record::{MAX_KEYS, MAX_MSG_ID_LEN, MAX_TAGS_LEN};
-use comet_store::{AppendResult, FlushMode, NewMessage};
+use comet_store::{AppendResult, FlushMode, NewMessage, StoredMessage};
 
-use comet_model::system::{PROP_REAL_QUEUE_ID, RESERVED_PROPERTIES, TIMER_TOPIC, is_system_topic};
+use comet_model::system::{PROP_REAL_QUEUE_ID, PROP_REAL_TOPIC, RESERVED_PROPERTIES, TIMER_TOPIC, is_system_topic};
 
 use super::{check_group, check_topic, transaction};
 use crate::broker::{Broker, now_ms};
@@ -103,29 +103,65 @@ pub async fn send(
     if request.transactional && broker.topics.get(TRANSACTION_HALF_TOPIC).is_none() {
         broker.blocking(|b| transaction::half_topic(b).map(drop)).await?;
     }
+    let now = target.now;
+    let batch = Batch {
+        messages,
+        given_ids,
+        deliver_at,
+        topic: request.topic,
+        queue_id,
+        message_type: topic.message_type,
+        transactional: request.transactional,
+        producer_group: request.producer_group,
+        now,
+    };
+    if request.transactional || (broker.dedup.enabled() && batch.given_ids.contains(&true)) {
+        // Reserved ids must be completed or released, and a stored half recorded, whatever happens to this
+        // call: a caller that gives up (timeout, disconnect) drops this future, not the detached task.
+        let broker = Arc::clone(broker);
+        return tokio::spawn(async move { finish(&broker, batch).await })
+            .await
+            .map_err(|e| BrokerError::Internal(format!("send task failed: {e}")))?;
+    }
+    finish(broker, batch).await
+}
+
+/// A validated request, ready to be deduplicated and stored.
+struct Batch {
+    messages: Vec<NewMessage>,
+    /// Per message: the producer gave its id (only those can be duplicates).
+    given_ids: Vec<bool>,
+    /// Per message delivery times, when any is delayed.
+    deliver_at: Option<Vec<u64>>,
+    /// The user topic and its real queue (a delayed or half message is stored in a system topic).
+    topic: String,
+    queue_id: u32,
+    message_type: comet_model::MessageType,
+    transactional: bool,
+    producer_group: String,
+    now: u64,
+}
+
+/// Idempotent send, the append, the bookkeeping of what was stored (dedup table, pending transactions), then
+/// with sync replication the wait for the slaves, and the answer.
+async fn finish(broker: &Arc<Broker>, batch: Batch) -> Result<pb::SendMessageResponse> {
+    let Batch { messages, given_ids, deliver_at, topic, queue_id, message_type, transactional, producer_group, now } =
+        batch;
     // Idempotent send: ids stored within the window are answered, not stored again.
     let reserved = if broker.dedup.enabled() && given_ids.contains(&true) {
-        dedup_reserve(broker, &messages, &given_ids, target.now).await?
+        dedup_reserve(broker, &topic, &messages, &given_ids, now).await?
     } else {
         Vec::new()
     };
     let (fresh, duplicates): (Vec<Indexed>, Vec<Indexed>) =
         messages.into_iter().enumerate().partition(|(i, _)| !matches!(reserved.get(*i), Some(Reserved::Duplicate(_))));
-    let stored = match store(broker, fresh).await {
+    let stored = match append(broker, fresh).await {
         Ok(stored) => stored,
         Err(e) => {
             release(broker, &reserved);
             return Err(e);
         }
     };
-    let body_bytes: u64 = stored.iter().map(|(_, m, _)| m.body.len() as u64).sum();
-    if !stored.is_empty() && !request.transactional {
-        broker.metrics.sent(&request.topic, topic.message_type, stored.len() as u64, body_bytes);
-    }
-    if !duplicates.is_empty() {
-        broker.metrics.send_duplicates(duplicates.len() as u64);
-    }
-    let mut results: Vec<(usize, pb::SendResult)> = Vec::with_capacity(stored.len() + duplicates.len());
     let due = |i: usize| deliver_at.as_ref().and_then(|d| d.get(i).copied()).unwrap_or(0);
     // The real queue: a delayed or half message's record sits in queue 0 of a system topic.
     let at = |i: usize, r: &AppendResult| Stored {
@@ -134,22 +170,47 @@ pub async fn send(
         commit_log_offset: r.offset.0,
         deliver_at: due(i),
     };
+    // Recorded before anything else can fail: from here on the messages are stored.
     if !reserved.is_empty() {
         broker.dedup.complete_all(stored.iter().filter_map(|(i, _, r)| match reserved.get(*i) {
             Some(Reserved::Fresh(key)) => Some((*key, at(*i, r))),
             _ => None,
         }));
     }
+    if transactional {
+        for (_, m, r) in &stored {
+            transaction::added(broker, r.offset.0, &m.msg_id, &producer_group, now);
+        }
+    }
+    let body_bytes: u64 = stored.iter().map(|(_, m, _)| m.body.len() as u64).sum();
+    if !stored.is_empty() && !transactional {
+        broker.metrics.sent(&topic, message_type, stored.len() as u64, body_bytes);
+    }
+    if !duplicates.is_empty() {
+        broker.metrics.send_duplicates(duplicates.len() as u64);
+    }
+    // Sync replication: acknowledged only once enough slaves hold the whole batch — and a duplicate only once
+    // they hold its first copy (its first send may have failed exactly there).
+    if broker.ha.is_sync() {
+        let first = stored.first().map(|(_, _, r)| r.offset.0);
+        let mut end = stored.last().map(|(_, _, r)| r.offset.0 + u64::from(r.size));
+        for (i, _) in &duplicates {
+            if let Some(Reserved::Duplicate(d)) = reserved.get(*i) {
+                end = Some(end.unwrap_or(0).max(d.commit_log_offset + 1));
+            }
+        }
+        if let Some(end) = end {
+            broker.ha.wait_replicated(end, first.unwrap_or(end - 1)).await?;
+        }
+    }
+    let mut results: Vec<(usize, pb::SendResult)> = Vec::with_capacity(stored.len() + duplicates.len());
     for (i, m, r) in stored {
         let stored = at(i, &r);
-        if request.transactional {
-            transaction::added(broker, r.offset.0, &m.msg_id, &request.producer_group, target.now);
-        }
-        results.push((i, result(m.msg_id, stored, false, request.transactional)));
+        results.push((i, result(m.msg_id, stored, false, transactional)));
     }
     for (i, m) in duplicates {
         if let Some(Reserved::Duplicate(stored)) = reserved.get(i) {
-            results.push((i, result(m.msg_id, *stored, true, request.transactional)));
+            results.push((i, result(m.msg_id, *stored, true, transactional)));
         }
     }
     results.sort_unstable_by_key(|(i, _)| *i);
@@ -221,15 +282,13 @@ fn release(broker: &Broker, reserved: &[Reserved]) {
 /// (its retry gets the duplicate answer); an id twice in one request is refused as invalid.
 async fn dedup_reserve(
     broker: &Arc<Broker>,
+    topic: &str,
     messages: &[NewMessage],
     given_ids: &[bool],
     now: u64,
 ) -> Result<Vec<Reserved>> {
-    let keys: Vec<Option<Key>> = messages
-        .iter()
-        .zip(given_ids)
-        .map(|(m, &given)| given.then(|| broker.dedup.key(&m.topic, &m.msg_id)))
-        .collect();
+    let keys: Vec<Option<Key>> =
+        messages.iter().zip(given_ids).map(|(m, &given)| given.then(|| broker.dedup.key(topic, &m.msg_id))).collect();
     let found = broker.dedup.reserve_all(&keys, now);
     let mut reserved: Vec<Reserved> = found
         .iter()
@@ -256,7 +315,7 @@ async fn dedup_reserve(
             .zip(messages)
             .enumerate()
             .filter_map(|(i, (r, m))| match r {
-                Reserved::Fresh(_) => Some((i, m.topic.clone(), m.msg_id.clone())),
+                Reserved::Fresh(_) => Some((i, topic.to_owned(), m.msg_id.clone())),
                 _ => None,
             })
             .collect();
@@ -267,7 +326,11 @@ async fn dedup_reserve(
                 for (i, topic, id) in wanted {
                     let copies = b.store.query_all_by_id(&id, 16, since, u64::MAX)?;
                     // Newest first: the last copy in the topic is the first send.
-                    if let Some(m) = copies.iter().rev().find(|m| m.topic() == topic) {
+                    // The first copy may be a delayed or half message's, in a system topic naming the real one.
+                    let in_topic = |m: &StoredMessage| {
+                        m.topic() == topic || m.property(PROP_REAL_TOPIC).is_some_and(|t| t == topic)
+                    };
+                    if let Some(m) = copies.iter().rev().find(|m| in_topic(m)) {
                         // A delayed or half message's first copy sits in a system topic: its real queue and
                         // delivery time are properties.
                         let real_queue = m.property(PROP_REAL_QUEUE_ID).and_then(|q| q.parse().ok());
@@ -300,9 +363,9 @@ async fn dedup_reserve(
     Ok(reserved)
 }
 
-/// Appends the fresh messages (all one topic and queue) under a send permit; with sync replication waits
-/// until enough slaves hold them. Answers each with its request index and store result.
-async fn store(
+/// Appends the fresh messages (all one topic and queue) under a send permit. Answers each with its request
+/// index and store result. (The sync-replication wait is the caller's, after its bookkeeping.)
+async fn append(
     broker: &Arc<Broker>,
     fresh: Vec<(usize, NewMessage)>,
 ) -> Result<Vec<(usize, NewMessage, AppendResult)>> {
@@ -335,13 +398,6 @@ async fn store(
     };
     // Parked slave fetches learn of the new bytes now rather than after the dispatcher's pass.
     broker.ha.on_appended();
-    if broker.ha.is_sync()
-        && let (Some(first), Some(last)) = (results.first(), results.last())
-    {
-        // Sync replication: stored above, acknowledged only once enough slaves hold the whole batch.
-        let end = last.offset.0 + u64::from(last.size);
-        broker.ha.wait_replicated(end, first.offset.0).await?;
-    }
     Ok(indexes.into_iter().zip(messages).zip(results).map(|((i, m), r)| (i, m, r)).collect())
 }
 

@@ -179,8 +179,16 @@ async fn resolve(broker: &Arc<Broker>, offset: u64, id: &str, outcome: Outcome) 
     if half.msg_id != id {
         return Err(mismatch(offset, id));
     }
-    let _held = Arc::clone(&half.lock).lock_owned().await;
-    resolve_locked(broker, offset, outcome).await
+    let held = Arc::clone(&half.lock).lock_owned().await;
+    // Detached: a caller that gives up (timeout, disconnect) must not interrupt a commit between storing the
+    // visible copy and recording the resolution, or a retry would commit twice.
+    let broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        let _held = held;
+        resolve_locked(&broker, offset, outcome).await
+    })
+    .await
+    .map_err(|e| BrokerError::Internal(format!("resolution task failed: {e}")))?
 }
 
 /// [`resolve`] with the half's lock held.
@@ -220,7 +228,15 @@ async fn resolve_locked(broker: &Arc<Broker>, offset: u64, outcome: Outcome) -> 
             Copy { drop: INTERNAL, prepared_transaction_offset: offset, ..Copy::default() },
         );
         let body_bytes = copy.body.len() as u64;
-        let results = broker.append_internal(vec![copy]).await?;
+        let results = match broker.append_internal(vec![copy]).await {
+            Ok(results) => results,
+            Err(e) => {
+                // The copy may be stored (a sync-replication wait failed after the append): the next attempt
+                // looks for it before committing again.
+                broker.transactions.suspect(offset);
+                return Err(e);
+            }
+        };
         let r = results.first().ok_or_else(|| BrokerError::Internal("a commit stored nothing".into()))?;
         broker.metrics.sent(&real_topic, topic.message_type, 1, body_bytes);
         Some(Committed {

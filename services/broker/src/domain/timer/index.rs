@@ -96,11 +96,10 @@ struct Loaded {
 #[derive(Debug)]
 pub struct TimerIndex {
     dir: PathBuf,
-    sync: bool,
     checkpoint: Checkpoint,
     /// Start (ms) of every bucket file.
     buckets: BTreeSet<u64>,
-    /// Buckets appended to since the last save (fsynced before the checkpoint moves, with `sync`).
+    /// Buckets appended to since the last save (fsynced before the checkpoint moves).
     dirty: BTreeSet<u64>,
     /// Buckets fully delivered in the current pass (deleted once the checkpoint is past them).
     finished: Vec<u64>,
@@ -121,7 +120,7 @@ impl TimerIndex {
     /// Opens (or creates) the index under `dir`: reads the checkpoint, cuts torn bucket tails, counts the
     /// waiting entries, and marks the checkpoint unclean until [`TimerIndex::close`]. Returns the index and
     /// whether the previous run stopped cleanly (true for a new index).
-    pub fn open(dir: &Path, bucket_ms: u64, sync: bool) -> Result<(TimerIndex, bool)> {
+    pub fn open(dir: &Path, bucket_ms: u64) -> Result<(TimerIndex, bool)> {
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
         let saved: Option<Checkpoint> = persist::load(&dir.join(CHECKPOINT_FILE))?;
         let was_clean = saved.is_none_or(|c| c.clean);
@@ -166,7 +165,6 @@ impl TimerIndex {
         };
         let mut index = TimerIndex {
             dir: dir.to_owned(),
-            sync,
             checkpoint,
             buckets,
             dirty: BTreeSet::new(),
@@ -358,20 +356,16 @@ impl TimerIndex {
         self.handed_out = 0;
     }
 
-    /// Makes the filed entries and the checkpoint durable: fsyncs the buckets appended to (with `sync`), then
-    /// replaces the checkpoint atomically.
+    /// Makes the filed entries and the checkpoint durable: fsyncs the buckets appended to, then replaces the
+    /// checkpoint atomically (which fsyncs too), so the checkpoint never claims entries a power loss could take.
     pub fn save(&mut self) -> Result<()> {
-        if self.sync {
-            for start in std::mem::take(&mut self.dirty) {
-                let path = self.path(start);
-                match File::open(&path) {
-                    Ok(f) => f.sync_data().map_err(|e| io_err("syncing", &path, e))?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_err("opening", &path, e)),
-                }
+        for start in std::mem::take(&mut self.dirty) {
+            let path = self.path(start);
+            match File::open(&path) {
+                Ok(f) => f.sync_data().map_err(|e| io_err("syncing", &path, e))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("opening", &path, e)),
             }
-        } else {
-            self.dirty.clear();
         }
         persist::store(&self.dir.join(CHECKPOINT_FILE), &self.checkpoint)?;
         self.saved_until = self.checkpoint.delivered_until;
@@ -411,7 +405,7 @@ mod tests {
     #[test]
     fn due_entries_come_out_in_time_order_across_buckets_and_only_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut index, clean) = TimerIndex::open(dir.path(), 1000, false).unwrap();
+        let (mut index, clean) = TimerIndex::open(dir.path(), 1000).unwrap();
         assert!(clean);
         let entries = [entry(2500, 1), entry(1200, 2), entry(900, 3), entry(2100, 4), entry(1200, 5), entry(5000, 6)];
         index.file(&entries, QueueOffset(6)).unwrap();
@@ -436,7 +430,7 @@ mod tests {
     #[test]
     fn reopening_after_a_crash_resumes_from_the_checkpoint_without_duplicates() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut index, _) = TimerIndex::open(dir.path(), 1000, true).unwrap();
+        let (mut index, _) = TimerIndex::open(dir.path(), 1000).unwrap();
         index.file(&[entry(100, 1), entry(1500, 2), entry(1600, 3)], QueueOffset(3)).unwrap();
         index.save().unwrap();
         assert_eq!(drain(&mut index, 1550), vec![entry(100, 1), entry(1500, 2)]);
@@ -448,7 +442,7 @@ mod tests {
         f.write_all(&[1, 2, 3]).unwrap();
         drop(f);
 
-        let (mut index, clean) = TimerIndex::open(dir.path(), 1000, true).unwrap();
+        let (mut index, clean) = TimerIndex::open(dir.path(), 1000).unwrap();
         assert!(!clean, "the previous run did not close");
         assert_eq!(index.enqueued(), QueueOffset(3), "the checkpoint did not cover the last filing");
         assert_eq!(index.delivered_until(), 1551);
@@ -457,14 +451,14 @@ mod tests {
         assert_eq!(index.pending(), 0);
         assert_eq!(index.bucket_count(), 0);
         index.close().unwrap();
-        let (_, clean) = TimerIndex::open(dir.path(), 1000, true).unwrap();
+        let (_, clean) = TimerIndex::open(dir.path(), 1000).unwrap();
         assert!(clean);
     }
 
     #[test]
     fn a_corrupt_entry_is_skipped_and_the_rest_delivered() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut index, _) = TimerIndex::open(dir.path(), 1000, false).unwrap();
+        let (mut index, _) = TimerIndex::open(dir.path(), 1000).unwrap();
         index.file(&[entry(10, 1), entry(20, 2), entry(30, 3)], QueueOffset(3)).unwrap();
         let path = dir.path().join("0.bucket");
         let mut bytes = std::fs::read(&path).unwrap();
@@ -477,7 +471,7 @@ mod tests {
     #[test]
     fn failed_delivery_is_handed_out_again_after_rewind() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut index, _) = TimerIndex::open(dir.path(), 1000, false).unwrap();
+        let (mut index, _) = TimerIndex::open(dir.path(), 1000).unwrap();
         index.file(&[entry(10, 1), entry(1020, 2)], QueueOffset(2)).unwrap();
         assert_eq!(index.due(1500, 10).unwrap(), vec![entry(10, 1), entry(1020, 2)]);
         index.rewind();
@@ -487,7 +481,7 @@ mod tests {
     #[test]
     fn memory_holds_one_bucket_while_many_wait_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut index, _) = TimerIndex::open(dir.path(), 10, false).unwrap();
+        let (mut index, _) = TimerIndex::open(dir.path(), 10).unwrap();
         // 100 000 entries spread over 10 000 buckets of 10 entries each.
         let entries: Vec<Entry> = (0..100_000u64).map(|i| entry(i, i)).collect();
         for chunk in entries.chunks(10_000) {

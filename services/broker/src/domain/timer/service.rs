@@ -100,9 +100,8 @@ impl Timer {
     /// that never delays anything lists no timer topic.
     fn open(broker: &Broker) -> Result<Timer> {
         let m = &broker.config.messaging;
-        let sync = broker.config.store.flush_mode == comet_store::FlushMode::Sync;
         let dir = broker.store.dir().join(TIMER_DIR);
-        let (index, clean) = TimerIndex::open(&dir, m.timer_bucket_ms, sync)?;
+        let (index, clean) = TimerIndex::open(&dir, m.timer_bucket_ms)?;
         let verify_before = if clean { 0 } else { now_ms() };
         tracing::info!(
             dir = %dir.display(),
@@ -273,13 +272,24 @@ fn read_entries(broker: &Broker, entries: &[Entry]) -> Result<Vec<Due>> {
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         match broker.store.read(e.offset) {
-            Ok(stored) if stored.topic() == TIMER_TOPIC && stored.physical_offset() == e.offset => {
+            Ok(stored)
+                if stored.topic() == TIMER_TOPIC
+                    && stored.physical_offset() == e.offset
+                    && stored.size() == e.size as usize =>
+            {
                 out.push(Due { deliver_at: e.deliver_at, stored });
             }
             Ok(other) => tracing::error!(
                 offset = e.offset.0,
                 found_topic = other.topic(),
-                "timer entry points at a record of another topic (the log was truncated); dropped"
+                "timer entry points at another record (the log was truncated or rewritten); dropped"
+            ),
+            // A damaged record must not stop every later delivery: it is dropped, loudly.
+            Err(err @ comet_store::Error::Corrupt { .. }) => tracing::error!(
+                offset = e.offset.0,
+                deliver_at = e.deliver_at,
+                error = %err,
+                "timer message unreadable (corrupt record); dropped"
             ),
             Err(comet_store::Error::OffsetMoved { .. } | comet_store::Error::NoRecord { .. }) => {
                 tracing::error!(
