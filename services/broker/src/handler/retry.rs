@@ -145,9 +145,12 @@ fn span(results: &[comet_store::AppendResult]) -> Result<(u64, u64)> {
 fn read_record(broker: &Broker, offset: CommitLogOffset) -> Result<StoredMessage> {
     match broker.store.read(offset) {
         Ok(record) => Ok(record),
-        Err(comet_store::Error::NoRecord { .. } | comet_store::Error::OffsetMoved { .. }) => {
-            Err(BrokerError::MessageNotFound { what: format!("commit-log offset {}", offset.0) })
-        }
+        // An offset inside a record (or past the log) decodes as garbage: the consumer named no record.
+        Err(
+            comet_store::Error::NoRecord { .. }
+            | comet_store::Error::OffsetMoved { .. }
+            | comet_store::Error::Corrupt { .. },
+        ) => Err(BrokerError::MessageNotFound { what: format!("commit-log offset {}", offset.0) }),
         Err(e) => Err(e.into()),
     }
 }
@@ -170,6 +173,23 @@ pub async fn resend_dead_letters(
     broker.topic(&dlq)?;
     let selected = broker.blocking(move |b| select_dead_letters(b, &dlq, &request)).await?;
     let mut response = pb::ResendDeadLettersResponse::default();
+    match resend(broker, selected, &mut response).await {
+        Ok(()) => Ok(response),
+        // Some were re-sent: answer those (the operator's re-run must not send them twice) and log the rest.
+        Err(e) if !response.results.is_empty() => {
+            tracing::warn!(resent = response.results.len(), error = %e, "dead-letter re-send stopped early");
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Re-sends `selected` in order, recording each success in `response` as it happens.
+async fn resend(
+    broker: &Arc<Broker>,
+    selected: Vec<StoredMessage>,
+    response: &mut pb::ResendDeadLettersResponse,
+) -> Result<()> {
     for letter in selected {
         let Some(origin) = letter.property(PROP_ORIGIN_TOPIC).map(str::to_owned) else {
             tracing::warn!(
@@ -203,7 +223,7 @@ pub async fn resend_dead_letters(
         response.queue_offsets.push(letter.queue_offset().0);
         tracing::info!(message_id = letter.msg_id(), topic = %origin, queue_id, "dead letter re-sent");
     }
-    Ok(response)
+    Ok(())
 }
 
 /// The dead letters a request names: the listed queue offsets, else those in `[from_offset, to_offset)` (at most

@@ -15,7 +15,7 @@ use comet_model::system::{
     PROP_PRODUCER_GROUP, PROP_REAL_QUEUE_ID, PROP_REAL_TOPIC, PROP_TRANSACTION, PROP_TRANSACTION_CHECK_TIMES,
     TRANSACTION_HALF_TOPIC, TRANSACTION_OP_TOPIC,
 };
-use comet_model::{CommitLogOffset, TopicConfig};
+use comet_model::{CommitLogOffset, QueueOffset, TopicConfig};
 use comet_proto::comet::v1 as pb;
 use comet_store::{NewMessage, StoredMessage};
 use tokio::task::JoinHandle;
@@ -68,29 +68,57 @@ fn real_of(m: &StoredMessage) -> Option<(String, u32)> {
 }
 
 /// Rebuilds the unresolved halves from the half and op queues. Blocking; called when the broker opens.
+///
+/// Only the recent past is read: a half older than its last possible check-back (`check-delay + check-max x
+/// check-interval`) while the broker was running has been resolved by its producer or the policy, so replay
+/// starts at the newest op record's time minus twice that (plus a minute). Ops are read first, so a resolved
+/// half is never held in memory: memory is bounded by the halves of that horizon, not by retention.
 pub fn recover(broker: &Broker) -> Result<()> {
     let started = std::time::Instant::now();
     let table = &broker.transactions;
+    let m = &broker.config.messaging;
+    let bound = m
+        .transaction_check_delay_ms
+        .saturating_add(m.transaction_check_interval_ms.saturating_mul(u64::from(m.transaction_check_max)));
+    let last_op_ms = broker
+        .store
+        .queue_range(TRANSACTION_OP_TOPIC, 0)
+        .filter(|(min, max)| max.0 > min.0)
+        .and_then(|(_, max)| broker.store.store_time_at(TRANSACTION_OP_TOPIC, 0, QueueOffset(max.0 - 1)))
+        .unwrap_or(0);
+    let horizon = if last_op_ms == 0 { 0 } else { last_op_ms.saturating_sub(bound.saturating_mul(2) + 60_000) };
+    let mut ops = Vec::new();
+    for_each(broker, TRANSACTION_OP_TOPIC, horizon, |m| {
+        if let Some(op) = Op::decode(&m.body()) {
+            ops.push((op, m.store_timestamp()));
+        }
+    })?;
+    let resolved: std::collections::HashSet<u64> = ops
+        .iter()
+        .filter_map(|(op, _)| match op {
+            Op::Resolved { half_offset, .. } => Some(*half_offset),
+            Op::Checked { .. } => None,
+        })
+        .collect();
     let mut halves = 0usize;
-    for_each(broker, TRANSACTION_HALF_TOPIC, |m| {
-        if real_of(m).is_some() {
+    for_each(broker, TRANSACTION_HALF_TOPIC, horizon, |m| {
+        if real_of(m).is_some() && !resolved.contains(&m.physical_offset().0) {
             let group = m.property(PROP_PRODUCER_GROUP).unwrap_or_default().to_owned();
             table.add(m.physical_offset().0, m.msg_id().to_owned(), group, m.store_timestamp(), true);
             halves += 1;
         }
     })?;
-    let interval = broker.config.messaging.transaction_check_interval_ms;
-    let mut ops = 0usize;
-    for_each(broker, TRANSACTION_OP_TOPIC, |m| {
-        if let Some(op) = Op::decode(&m.body()) {
-            table.apply(op, m.store_timestamp(), interval);
-            ops += 1;
+    let interval = m.transaction_check_interval_ms;
+    for (op, at) in &ops {
+        if matches!(op, Op::Checked { .. }) {
+            table.apply(*op, *at, interval);
         }
-    })?;
-    if halves > 0 {
+    }
+    if halves > 0 || !ops.is_empty() {
         tracing::info!(
+            horizon_ms = horizon,
             halves,
-            ops,
+            ops = ops.len(),
             unresolved = table.pending_len(),
             elapsed = ?started.elapsed(),
             "transaction state rebuilt from the half and op queues"
@@ -99,10 +127,11 @@ pub fn recover(broker: &Broker) -> Result<()> {
     Ok(())
 }
 
-/// Calls `f` on every message of queue 0 of `topic`, in order.
-fn for_each(broker: &Broker, topic: &str, mut f: impl FnMut(&StoredMessage)) -> Result<()> {
+/// Calls `f` on every message of queue 0 of `topic` stored at or after `since_ms`, in order.
+fn for_each(broker: &Broker, topic: &str, since_ms: u64, mut f: impl FnMut(&StoredMessage)) -> Result<()> {
     let Some((min, max)) = broker.store.queue_range(topic, 0) else { return Ok(()) };
-    let mut from = min;
+    let mut from = if since_ms == 0 { min } else { broker.store.offset_by_time(topic, 0, since_ms).unwrap_or(min) };
+    from = from.max(min);
     while from < max {
         let got = broker.store.get_messages(topic, 0, from, 1_000, 16 << 20, None)?;
         for m in &got.messages {
@@ -389,10 +418,6 @@ async fn check_one(broker: &Arc<Broker>, offset: u64) -> Result<()> {
         broker.transactions.verified(offset);
     }
     let times = half.checks + 1;
-    let op = Op::Checked { half_offset: offset, times };
-    write_op(broker, op).await?;
-    broker.transactions.apply(op, now_ms(), m.transaction_check_interval_ms);
-    broker.metrics.transaction_checked();
     let mut message = convert::message_to_proto(&stored);
     message.topic = real_topic;
     message.queue_id = real_queue;
@@ -400,7 +425,19 @@ async fn check_one(broker: &Arc<Broker>, offset: u64) -> Result<()> {
     message.properties.retain(|k, _| !INTERNAL.contains(&k.as_str()));
     message.properties.insert(PROP_TRANSACTION_CHECK_TIMES.to_owned(), times.to_string());
     let check = pb::TransactionCheck { message: Some(message), commit_log_offset: offset, check_times: times };
+    let live = broker.check_streams.live(&half.group);
     let sent = broker.check_streams.send(&half.group, check);
+    if !sent && live > 0 {
+        // Live producers, all with full streams (a slow checker): this check did not reach one, so it does not
+        // count towards the limit; the next pass tries again.
+        tracing::debug!(id = %half.msg_id, group = %half.group, "check-back deferred: every producer stream is full");
+        return Ok(());
+    }
+    // Counted when a producer received it, or when none is live (a producer gone for good meets the policy).
+    let op = Op::Checked { half_offset: offset, times };
+    write_op(broker, op).await?;
+    broker.transactions.apply(op, now_ms(), m.transaction_check_interval_ms);
+    broker.metrics.transaction_checked();
     tracing::debug!(id = %half.msg_id, group = %half.group, times, sent, "transaction checked back");
     Ok(())
 }

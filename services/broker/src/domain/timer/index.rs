@@ -237,8 +237,15 @@ impl TimerIndex {
     /// bucket when one is exhausted. Call until it returns fewer than `max`, deliver them, then
     /// [`TimerIndex::advance`] to `now + 1`.
     pub fn due(&mut self, now: u64, max: usize) -> Result<Vec<Entry>> {
+        self.due_within(now, max, usize::MAX)
+    }
+
+    /// [`TimerIndex::due`], also stopping before the entries' records add up to more than `max_bytes` (at least
+    /// one entry is handed out), so a pass never reads an unbounded amount of message bodies at once.
+    pub fn due_within(&mut self, now: u64, max: usize, max_bytes: usize) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
-        while out.len() < max {
+        let mut bytes = 0usize;
+        while out.len() < max && bytes < max_bytes {
             let Some(&start) = self.buckets.iter().find(|b| !self.finished.contains(b)) else { break };
             if start > now {
                 break;
@@ -248,6 +255,12 @@ impl TimerIndex {
             while out.len() < max {
                 match loaded.entries.get(loaded.next) {
                     Some(e) if e.deliver_at <= now => {
+                        let size = e.size as usize;
+                        if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                            bytes = max_bytes;
+                            break;
+                        }
+                        bytes = bytes.saturating_add(size);
                         out.push(*e);
                         loaded.next += 1;
                     }

@@ -34,6 +34,8 @@ const READ_BYTES: usize = 8 << 20;
 /// Most messages (and bytes) of one `append_internal` call.
 const APPEND_MESSAGES: usize = 128;
 const APPEND_BYTES: usize = 4 << 20;
+/// Most record bytes one delivery step reads into memory (at least one record).
+const DUE_BYTES: usize = 16 << 20;
 /// Enqueue steps per pass once caught up (so a burst of new delayed messages cannot starve delivery).
 const ENQUEUE_STEPS_PER_PASS: usize = 64;
 /// Copies of one message id looked at when checking for an earlier delivery.
@@ -223,15 +225,12 @@ impl Timer {
     async fn deliver_due(&mut self, broker: &Arc<Broker>) -> Result<()> {
         let now = now_ms();
         loop {
-            let entries = self.with_index(broker, move |i| i.due(now, BATCH)).await?;
-            let n = entries.len();
-            if n > 0 {
-                let dues = broker.blocking(move |b| read_entries(b, &entries)).await?;
-                self.deliver(broker, dues).await?;
-            }
-            if n < BATCH {
+            let entries = self.with_index(broker, move |i| i.due_within(now, BATCH, DUE_BYTES)).await?;
+            if entries.is_empty() {
                 break;
             }
+            let dues = broker.blocking(move |b| read_entries(b, &entries)).await?;
+            self.deliver(broker, dues).await?;
         }
         self.with_index(broker, move |i| i.advance(now + 1)).await
     }
