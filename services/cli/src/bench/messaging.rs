@@ -381,19 +381,20 @@ pub async fn e2e(args: E2eArgs, namesrv: &[String]) -> anyhow::Result<()> {
         measured: 0,
     });
     let bodies = Bodies { template: Bytes::from(vec![b'e'; args.load.size]), stamp: Some(epoch) };
+    let warmup = Arc::new(Counters::default());
     if args.load.warmup_secs > 0 {
         let plan = Arc::new(Plan::new(&args.load, None, Duration::from_secs(args.load.warmup_secs)));
-        send_phase(&sink, &args.load, &bodies, plan, &Arc::new(Counters::default())).await;
+        send_phase(&sink, &args.load, &bodies, plan, &warmup).await;
     }
     let sent = Arc::new(Counters::default());
     let progress = Progress::start("e2e sent", Arc::clone(&sent), args.out.quiet);
     measure_from.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    let received_before = received.messages.load(Ordering::Relaxed);
     let plan = Arc::new(Plan::new(&args.load, args.load.count, Duration::from_secs(args.load.duration_secs)));
     let (_, elapsed) = send_phase(&sink, &args.load, &bodies, plan, &sent).await;
     drop(progress);
-    // Let the reader catch up with everything acknowledged, then stop it.
-    let expected = received_before + sent.messages.load(Ordering::Relaxed);
+    // Let the reader catch up with everything acknowledged (warm-up included: with --delay-ms, warm-up messages
+    // are still arriving when the measured phase starts), then stop it.
+    let expected = warmup.messages.load(Ordering::Relaxed) + sent.messages.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10) + Duration::from_millis(args.load.delay_ms);
     while received.messages.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
