@@ -13,9 +13,9 @@
 //! (ConsumerSendBack with `dead_letter`), and only once that succeeded does the queue move on, so order is kept.
 //! The blocked message and its attempts show in [`QueueStats::blocked_on`], and every failed attempt is logged.
 //! Offsets are committed only past processed messages; a queue taken away by a re-balance is released only after
-//! its message in progress finished and its offset was committed (then unlocked), so the next owner continues
-//! exactly where this one stopped. A member killed without unlocking leaves some messages processed but not
-//! committed: the next owner processes them again, in order (at-least-once).
+//! its message in progress finished (its lock renewed meanwhile) and its offset was committed (then unlocked), so
+//! the next owner continues exactly where this one stopped. A member killed without unlocking leaves some
+//! messages processed but not committed: the next owner processes them again, in order (at-least-once).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -180,6 +180,9 @@ struct Shared {
     listener: Listener,
     pullers: HashMap<String, PullConsumer>,
     queues: Mutex<HashMap<MessageQueue, Arc<OrderlyQueue>>>,
+    /// Queues taken away and not yet unlocked (waiting for their message in progress): their locks are still
+    /// renewed, so the broker cannot give them to another member while this one processes.
+    releasing: Mutex<HashMap<MessageQueue, Arc<OrderlyQueue>>>,
     /// Listener calls running at once (`threads`).
     permits: Arc<Semaphore>,
     /// The broker's lock lease, ms (from its last answer).
@@ -191,7 +194,10 @@ struct Shared {
 /// A running orderly push consumer. Stop it with [`OrderlyConsumer::shutdown`].
 pub struct OrderlyConsumer {
     shared: Arc<Shared>,
+    /// Re-balancing and periodic commits: stopped first at shutdown.
     background: Vec<JoinHandle<()>>,
+    /// Heartbeats and lock renewal: kept until shutdown has released every queue.
+    keepalive: Vec<JoinHandle<()>>,
 }
 
 impl OrderlyConsumer {
@@ -219,6 +225,7 @@ impl OrderlyConsumer {
             listener,
             pullers,
             queues: Mutex::new(HashMap::new()),
+            releasing: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(config.threads.max(1))),
             lease_ms: AtomicU64::new(u64::try_from(DEFAULT_LEASE.as_millis()).unwrap_or(60_000)),
             stopping: AtomicBool::new(false),
@@ -230,13 +237,11 @@ impl OrderlyConsumer {
             return Err(refused);
         }
         shared.rebalance().await;
-        let background = vec![
-            tokio::spawn(Arc::clone(&shared).heartbeat_loop()),
-            tokio::spawn(Arc::clone(&shared).rebalance_loop()),
-            tokio::spawn(Arc::clone(&shared).renew_loop()),
-            tokio::spawn(Arc::clone(&shared).commit_loop()),
-        ];
-        Ok(Self { shared, background })
+        let background =
+            vec![tokio::spawn(Arc::clone(&shared).rebalance_loop()), tokio::spawn(Arc::clone(&shared).commit_loop())];
+        let keepalive =
+            vec![tokio::spawn(Arc::clone(&shared).heartbeat_loop()), tokio::spawn(Arc::clone(&shared).renew_loop())];
+        Ok(Self { shared, background, keepalive })
     }
 
     /// This consumer's client id (as the brokers list it and hold its locks).
@@ -283,21 +288,66 @@ impl OrderlyConsumer {
     }
 
     /// Graceful stop: no more messages started, the ones in progress finished, offsets committed, locks released
-    /// and the client unregistered, so the group's other members take the queues over at once.
+    /// and the client unregistered, so the group's other members take the queues over at once. Locks are renewed
+    /// meanwhile.
+    ///
+    /// A queue whose message in progress is still with the listener after `shutdown_timeout` is not unlocked,
+    /// and the client is then not unregistered either (the broker would drop all its locks at once): its consume
+    /// task is stopped (the listener call itself cannot be interrupted and runs to its end), what was processed
+    /// before that message is committed, and its lock lapses after the broker's lease, so another member takes
+    /// the queue only then (and the member list drops this client after the broker's client expiry).
     pub async fn shutdown(mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
+        let shared = Arc::clone(&self.shared);
+        shared.stopping.store(true, Ordering::SeqCst);
         for task in self.background.drain(..) {
             task.abort();
         }
-        let _guard = self.shared.rebalance_lock.lock().await;
-        let queues: Vec<Arc<OrderlyQueue>> = self.shared.queues.lock().drain().map(|(_, q)| q).collect();
+        let _guard = shared.rebalance_lock.lock().await;
+        // Assigned queues, and any a re-balance (just aborted) was releasing.
+        let queues: Vec<Arc<OrderlyQueue>> = {
+            let assigned: Vec<_> = shared.queues.lock().drain().collect();
+            let mut releasing = shared.releasing.lock();
+            releasing.extend(assigned);
+            releasing.values().cloned().collect()
+        };
         for queue in &queues {
             queue.dropped.store(true, Ordering::SeqCst);
         }
-        for queue in &queues {
-            let _ = tokio::time::timeout(self.shared.config.shutdown_timeout, self.shared.release(queue)).await;
+        let mut releases = tokio::task::JoinSet::new();
+        for queue in queues {
+            let shared = Arc::clone(&shared);
+            releases.spawn(async move {
+                shared.release(&queue).await;
+                shared.releasing.lock().remove(&queue.queue);
+            });
         }
-        unregister_members(&self.shared.pullers, &self.shared.client_id, &self.shared.config.group).await;
+        let all_released = async { while releases.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(shared.config.shutdown_timeout, all_released).await;
+        // The releases still waiting are for queues whose listener runs on: cancelled, so none of them unlocks.
+        releases.abort_all();
+        while releases.join_next().await.is_some() {}
+        let stuck: Vec<Arc<OrderlyQueue>> = shared.releasing.lock().drain().map(|(_, q)| q).collect();
+        for q in &stuck {
+            if let Some(task) = q.task.lock().take() {
+                task.abort();
+            }
+            // Everything before the message in progress is done: the next owner starts with that message.
+            let offset = q.processed.load(Ordering::SeqCst);
+            if q.is_locked() {
+                shared.commit(&q.queue, offset).await;
+            }
+            tracing::warn!(queue = %q.queue, offset, timeout = ?shared.config.shutdown_timeout,
+                "orderly queue still processing at shutdown; not unlocked: its lock lapses after the lease");
+        }
+        if stuck.is_empty() {
+            unregister_members(&shared.pullers, &shared.client_id, &shared.config.group).await;
+        } else {
+            tracing::warn!(group = %shared.config.group, stuck = stuck.len(),
+                "not unregistering (it would drop the locks of queues still processing); the broker expires this client");
+        }
+        for task in self.keepalive.drain(..) {
+            task.abort();
+        }
     }
 }
 
@@ -305,10 +355,11 @@ impl Drop for OrderlyConsumer {
     fn drop(&mut self) {
         // Dropped without shutdown: stop everything (no commit, no unlock; the locks lapse after the lease).
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for task in &self.background {
+        for task in self.background.iter().chain(&self.keepalive) {
             task.abort();
         }
-        for queue in self.shared.queues.lock().values() {
+        let releasing: Vec<Arc<OrderlyQueue>> = self.shared.releasing.lock().values().cloned().collect();
+        for queue in self.shared.queues.lock().values().chain(&releasing) {
             queue.dropped.store(true, Ordering::SeqCst);
             if let Some(task) = queue.task.lock().take() {
                 task.abort();
@@ -360,11 +411,13 @@ impl Shared {
         }
     }
 
-    /// Renews the locks of every assigned queue every third of the lease.
+    /// Renews the locks of every assigned queue, and of every queue being released (until it is unlocked),
+    /// every third of the lease.
     async fn renew_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.lease() / 3).await;
-            let queues: Vec<Arc<OrderlyQueue>> = self.queues.lock().values().cloned().collect();
+            let mut queues: Vec<Arc<OrderlyQueue>> = self.queues.lock().values().cloned().collect();
+            queues.extend(self.releasing.lock().values().cloned());
             let mut by_broker: BTreeMap<(String, String), Vec<Arc<OrderlyQueue>>> = BTreeMap::new();
             for q in queues {
                 by_broker.entry((q.queue.topic.clone(), q.queue.broker_name.clone())).or_default().push(q);
@@ -495,7 +548,10 @@ impl Shared {
             for queue in current.iter().filter(|q| !wanted.contains(q)) {
                 let removed = self.queues.lock().remove(queue);
                 if let Some(q) = removed {
+                    // Still renewed while its message in progress finishes (the listener may outlast the lease).
+                    self.releasing.lock().insert(queue.clone(), Arc::clone(&q));
                     self.release(&q).await;
+                    self.releasing.lock().remove(queue);
                 }
             }
             let mut new_by_broker: BTreeMap<String, Vec<u32>> = BTreeMap::new();
@@ -694,5 +750,119 @@ impl Shared {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeBroker, FakeNameServer};
+
+    const LEASE: Duration = Duration::from_millis(300);
+
+    /// Listener calls: (queue offset, start, end).
+    type Calls = Arc<Mutex<Vec<(u64, Instant, Option<Instant>)>>>;
+
+    /// An orderly consumer of the fake's one queue (messages 0..3) whose listener takes `slow` on `slow_offset`
+    /// and no time otherwise; the broker's lease is 300 ms (renewed every 100 ms).
+    async fn consumer(
+        broker: &FakeBroker,
+        ns: &FakeNameServer,
+        slow_offset: u64,
+        slow: Duration,
+        shutdown_timeout: Duration,
+    ) -> (OrderlyConsumer, Calls) {
+        broker.state.lock().lease_millis = u64::try_from(LEASE.as_millis()).unwrap();
+        let calls: Calls = Arc::default();
+        let record = Arc::clone(&calls);
+        let consumer = OrderlyConsumer::builder(vec![ns.address.clone()], "g")
+            .subscribe("t", "*")
+            .consume_from(ConsumeFrom::FirstOffset)
+            .configure(|c| {
+                c.rebalance_interval = Duration::from_millis(100);
+                c.shutdown_timeout = shutdown_timeout;
+                c.pull_wait = Duration::from_millis(20);
+            })
+            .listener(move |m| {
+                let i = {
+                    let mut calls = record.lock();
+                    calls.push((m.queue_offset, Instant::now(), None));
+                    calls.len() - 1
+                };
+                if m.queue_offset == slow_offset {
+                    std::thread::sleep(slow);
+                }
+                record.lock()[i].2 = Some(Instant::now());
+                Ok(())
+            })
+            .start()
+            .await
+            .unwrap();
+        (consumer, calls)
+    }
+
+    async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_being_released_keeps_its_lock_renewed_until_its_listener_returns() {
+        let broker = FakeBroker::start(3);
+        let ns = FakeNameServer::start("b", &[(0, &broker.address)]);
+        let slow = 4 * LEASE;
+        let (consumer, calls) = consumer(&broker, &ns, 0, slow, Duration::from_secs(5)).await;
+        wait_for("the listener to start", || !calls.lock().is_empty()).await;
+        // Another member joins and sorts first: the re-balance takes the queue away mid-message.
+        broker.state.lock().heartbeats.push("!other".into());
+        wait_for("the unlock", || !broker.state.lock().unlocks.is_empty()).await;
+
+        let listener_end = calls.lock()[0].2.expect("the release waited for the message in progress");
+        let (first_lock, unlock) = {
+            let state = broker.state.lock();
+            (state.lock_calls[0].0, state.unlocks[0].0)
+        };
+        assert!(unlock >= listener_end, "unlocked only after the listener returned");
+        assert!(unlock - first_lock >= slow, "the queue was held through the whole message");
+        // The broker never saw the lease run out while the member held the queue.
+        let mut renewals: Vec<Instant> = broker.state.lock().lock_calls.iter().map(|(at, _)| *at).collect();
+        renewals.push(unlock);
+        for pair in renewals.windows(2) {
+            assert!(pair[1] - pair[0] < LEASE, "a gap of {:?} between lock renewals", pair[1] - pair[0]);
+        }
+        assert_eq!(broker.state.lock().commits.last(), Some(&1), "the finished message was committed");
+        assert_eq!(calls.lock().len(), 1, "no message started after the queue was taken away");
+        assert!(consumer.assigned_queues().is_empty());
+
+        consumer.shutdown().await;
+        assert_eq!(broker.state.lock().unregisters, 1, "a clean shutdown unregisters");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_that_times_out_neither_unlocks_nor_unregisters_and_starts_nothing_more() {
+        let broker = FakeBroker::start(3);
+        let ns = FakeNameServer::start("b", &[(0, &broker.address)]);
+        let slow = Duration::from_millis(1500);
+        let (consumer, calls) = consumer(&broker, &ns, 1, slow, Duration::from_millis(200)).await;
+        wait_for("the slow message", || calls.lock().len() == 2).await;
+        let started = Instant::now();
+        consumer.shutdown().await;
+        let stopped = Instant::now();
+        assert!(stopped - started < slow, "shutdown returns after its timeout, not after the listener");
+        {
+            let state = broker.state.lock();
+            assert!(state.unlocks.is_empty(), "the queue is not unlocked while its listener runs");
+            assert_eq!(state.unregisters, 0, "unregistering would drop the locks at once");
+            assert_eq!(state.commits.last(), Some(&1), "what was processed before the slow message is committed");
+        }
+        tokio::time::sleep(slow + LEASE).await;
+        assert_eq!(calls.lock().len(), 2, "the consume task was stopped: no message after the slow one");
+        assert!(calls.lock()[1].2.is_some(), "the listener call itself ran to its end");
+        let state = broker.state.lock();
+        assert!(state.lock_calls.iter().all(|(at, _)| *at <= stopped), "no renewal after shutdown: the lease lapses");
+        assert!(state.unlocks.is_empty());
     }
 }

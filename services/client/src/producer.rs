@@ -1,4 +1,5 @@
-//! The producer: picks a queue from the topic's route, sends, and on a retryable failure tries another broker.
+//! The producer: picks a queue from the topic's route, sends, and on a retryable failure tries another broker
+//! (after a failure that may have stored the request, the same broker first: see `Producer::send_outgoing`).
 //!
 //! Queue selection is RocketMQ's: a per-producer counter walks the route's writable queues round robin, skipping
 //! queues of brokers that failed within `fault_isolation` (latency fault tolerance) and of the broker the
@@ -28,7 +29,8 @@ pub struct ProducerConfig {
     pub nameservers: Vec<String>,
     /// The producer group (sent with every request; validated by the broker).
     pub group: String,
-    /// Extra attempts, each on another broker when there is one, after a retryable failure (RocketMQ: 2).
+    /// Extra attempts after a retryable failure (RocketMQ: 2): on another broker when there is one, except after
+    /// a failure that may have stored the request (then once on the same broker first; see docs/client.md).
     pub retries: usize,
     /// Timeout of one send call.
     pub send_timeout: Duration,
@@ -189,8 +191,9 @@ impl Producer {
         }
     }
 
-    /// Sends one message and waits for the broker's acknowledgement, retrying retryable failures on another
-    /// broker up to `retries` times. A message with a sharding key goes to its key's queue instead (see
+    /// Sends one message and waits for the broker's acknowledgement, retrying retryable failures up to `retries`
+    /// times: on another broker, or first on the same one when the failed attempt may have stored the message
+    /// (its deduplication then answers the first copy; `send_outgoing`). A message with a sharding key goes to its key's queue instead (see
     /// [`Producer::send_with_selector`]).
     pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
         if let Some(key) = message.sharding_key() {
@@ -217,8 +220,8 @@ impl Producer {
         tokio::spawn(async move {
             let wire = vec![message.to_wire(now_millis())];
             let outgoing = Outgoing { topic: &message.topic, messages: wire, transactional: false };
-            if let Err((e, _)) = producer.attempt("send_oneway", &outgoing, None).await {
-                tracing::warn!(topic = %message.topic, error = %e, "oneway send failed");
+            if let Err(failed) = producer.attempt("send_oneway", &outgoing, None).await {
+                tracing::warn!(topic = %message.topic, error = %failed.error, "oneway send failed");
             }
         });
     }
@@ -262,14 +265,15 @@ impl Producer {
                 self.inner.routes.invalidate(topic);
                 continue;
             };
-            match self.send_to(OP, &outgoing, &queue.broker_name, &address, Some(queue.queue_id)).await {
+            let target = Target { broker_name: queue.broker_name.clone(), address, queue_id: Some(queue.queue_id) };
+            match self.send_to(OP, &outgoing, &target).await {
                 Ok(mut results) => return results.pop().ok_or_else(|| empty_answer(OP)),
-                Err((error, _)) if error.is_retryable() => {
+                Err(Failed { error, .. }) if error.is_retryable() => {
                     tracing::debug!(%queue, attempt, %error, "ordered send failed; retrying the same queue");
                     self.inner.routes.invalidate(topic);
                     last = Some(error);
                 }
-                Err((error, _)) => return Err(error),
+                Err(failed) => return Err(failed.error),
             }
         }
         Err(last.unwrap_or_else(|| empty_answer(OP)))
@@ -308,8 +312,16 @@ impl Producer {
         self.send_outgoing(op, outgoing).await
     }
 
-    /// [`Self::send_with_retries`] of a prepared request. A transactional send is not retried after a timeout:
-    /// its half may be stored, and a second half on another broker could be committed by a check-back too.
+    /// [`Self::send_with_retries`] of a prepared request, with the retry rules of docs/client.md ("Retries"):
+    ///
+    /// - a failure that certainly stored nothing (connection refused, busy, stopping broker) moves on to another
+    ///   broker at once, and that broker is isolated;
+    /// - after an *ambiguous* failure (the request may have been stored: a timeout, a connection broken under the
+    ///   call, sync replication not confirmed, the same id still being stored) the next attempt goes to the same
+    ///   broker and queue, whose deduplication answers the first copy if there is one; only if that retry fails
+    ///   too does the send isolate the broker and move on (a broker saying the id is *being stored* keeps it);
+    /// - a transactional send never moves on after an ambiguous failure: a second half on another broker could
+    ///   be committed too, so every remaining attempt goes to the broker that may hold the half.
     pub(crate) async fn send_outgoing(
         &self,
         op: &'static str,
@@ -318,42 +330,72 @@ impl Producer {
         let topic = outgoing.topic;
         let attempts = self.inner.config.retries + 1;
         let mut failed_broker: Option<String> = None;
+        // Where the next attempt must go (after an ambiguous failure), and whether it is already a retry there.
+        let mut pinned: Option<Target> = None;
+        let mut retried_in_place = false;
         let mut last = None;
         for attempt in 0..attempts {
-            match self.attempt(op, &outgoing, failed_broker.as_deref()).await {
-                Ok(results) => return Ok(results),
-                Err((error @ ClientError::Timeout { .. }, _)) if outgoing.transactional => return Err(error),
-                Err((error, broker_name)) if error.is_retryable() => {
-                    tracing::debug!(op, topic, attempt, error = %error, "send failed; retrying on another broker");
-                    self.inner.routes.invalidate(topic);
-                    if let Some(name) = &broker_name {
-                        self.isolate(name);
-                    }
-                    failed_broker = broker_name;
-                    last = Some(error);
+            let result = match &pinned {
+                Some(target) => {
+                    tokio::time::sleep(IN_PLACE_RETRY_PAUSE).await;
+                    self.send_to(op, &outgoing, target).await
                 }
-                Err((error, _)) => return Err(error),
+                None => self.attempt(op, &outgoing, failed_broker.as_deref()).await,
+            };
+            let failure = match result {
+                Ok(results) => return Ok(results),
+                Err(failure) if failure.error.is_retryable() => failure,
+                Err(failure) => return Err(failure.error),
+            };
+            self.inner.routes.invalidate(topic);
+            let Failed { error, target, stored } = failure;
+            let stay = match (&target, stored) {
+                (None, _) => false,
+                // The broker has the id in progress: any other broker would store a second copy.
+                (Some(_), Stored::InProgress) => true,
+                // A transactional send stays with the broker that may hold its half, whatever fails next.
+                (Some(_), _) if outgoing.transactional && (stored == Stored::Maybe || pinned.is_some()) => true,
+                (Some(_), Stored::Maybe) => !retried_in_place,
+                (Some(_), Stored::No) => false,
+            };
+            let last_attempt = attempt + 1 == attempts;
+            if stay && !last_attempt {
+                tracing::debug!(op, topic, attempt, error = %error, "send failed and may have been stored; retrying on the same broker and queue");
+                retried_in_place = pinned.is_some() || stored == Stored::Maybe;
+                pinned = target;
+            } else {
+                if let Some(target) = &target {
+                    self.isolate(&target.broker_name);
+                }
+                if !last_attempt {
+                    tracing::debug!(op, topic, attempt, error = %error, "send failed; retrying on another broker");
+                }
+                failed_broker = target.map(|t| t.broker_name);
+                pinned = None;
+                retried_in_place = false;
             }
+            last = Some(error);
         }
         Err(last.unwrap_or_else(|| empty_answer(op)))
     }
 
-    /// One send to one queue. The error comes with the broker name it happened on (for isolation).
+    /// One send to one queue. A failure says where it was sent, if anywhere (for isolation and in-place retries).
     async fn attempt(
         &self,
         op: &'static str,
         outgoing: &Outgoing<'_>,
         avoid: Option<&str>,
-    ) -> Result<Vec<SendResult>, (ClientError, Option<String>)> {
+    ) -> Result<Vec<SendResult>, Failed> {
         let route = match self.inner.routes.get(op, outgoing.topic).await {
             Ok(route) => route,
             Err(e) if e.code() == tonic::Code::NotFound => return self.attempt_unrouted(op, outgoing, avoid).await,
-            Err(e) => return Err((e, None)),
+            Err(e) => return Err(Failed::unsent(e)),
         };
-        let queue = self.pick(op, outgoing.topic, &route, avoid).map_err(|e| (e, None))?;
+        let queue = self.pick(op, outgoing.topic, &route, avoid).map_err(Failed::unsent)?;
         // Writable queues are only those of broker groups with a master: sends never go to a slave.
         let address = route.master(&queue.broker_name).unwrap_or_default().to_owned();
-        self.send_to(op, outgoing, &queue.broker_name, &address, Some(queue.queue_id)).await
+        let target = Target { broker_name: queue.broker_name, address, queue_id: Some(queue.queue_id) };
+        self.send_to(op, outgoing, &target).await
     }
 
     /// A topic no broker hosts yet: send to a master of the NameServers' clusters (round robin) without a queue
@@ -364,14 +406,14 @@ impl Producer {
         op: &'static str,
         outgoing: &Outgoing<'_>,
         avoid: Option<&str>,
-    ) -> Result<Vec<SendResult>, (ClientError, Option<String>)> {
+    ) -> Result<Vec<SendResult>, Failed> {
         let info = self
             .inner
             .routes
             .nameserver()
             .cluster_info()
             .await
-            .map_err(|cause| (ClientError::Route { op, topic: outgoing.topic.to_owned(), cause }, None))?;
+            .map_err(|cause| Failed::unsent(ClientError::Route { op, topic: outgoing.topic.to_owned(), cause }))?;
         let mut masters: Vec<(String, String)> = info
             .clusters
             .iter()
@@ -381,26 +423,30 @@ impl Producer {
             .collect();
         masters.sort();
         if masters.is_empty() {
-            return Err((ClientError::NoQueue { op, topic: outgoing.topic.to_owned(), what: "writable" }, None));
+            return Err(Failed::unsent(ClientError::NoQueue {
+                op,
+                topic: outgoing.topic.to_owned(),
+                what: "writable",
+            }));
         }
-        let (name, address) = &masters[self.inner.next_queue.fetch_add(1, Ordering::Relaxed) % masters.len()];
-        self.send_to(op, outgoing, name, address, None).await
+        let (broker_name, address) =
+            masters.swap_remove(self.inner.next_queue.fetch_add(1, Ordering::Relaxed) % masters.len());
+        self.send_to(op, outgoing, &Target { broker_name, address, queue_id: None }).await
     }
 
-    /// Sends to the broker `broker_name` at `address`, to `queue_id` or (unset) the queue the broker picks.
+    /// Sends to the target broker's master, to its queue or (none) the queue the broker picks.
     async fn send_to(
         &self,
         op: &'static str,
         outgoing: &Outgoing<'_>,
-        broker_name: &str,
-        address: &str,
-        queue_id: Option<u32>,
-    ) -> Result<Vec<SendResult>, (ClientError, Option<String>)> {
-        let fail = |e| (e, Some(broker_name.to_owned()));
-        let mut client = self.inner.channels.broker(address).map_err(fail)?;
+        target: &Target,
+    ) -> Result<Vec<SendResult>, Failed> {
+        let (broker_name, address) = (target.broker_name.as_str(), target.address.as_str());
+        let fail = |error, stored| Failed { error, target: Some(target.clone()), stored };
+        let mut client = self.inner.channels.broker(address).map_err(|e| fail(e, Stored::No))?;
         let request = pb::SendMessageRequest {
             topic: outgoing.topic.to_owned(),
-            queue_id,
+            queue_id: target.queue_id,
             producer_group: self.inner.config.group.clone(),
             messages: outgoing.messages.clone(),
             transactional: outgoing.transactional,
@@ -408,8 +454,16 @@ impl Producer {
         let timeout = self.inner.config.send_timeout;
         let response = match tokio::time::timeout(timeout, client.send_message(request)).await {
             Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(fail(ClientError::broker_status(op, address, &status))),
-            Err(_) => return Err(fail(ClientError::Timeout { op, broker: address.to_owned(), after: timeout })),
+            Ok(Err(status)) => {
+                return Err(fail(ClientError::broker_status(op, address, &status), Stored::of(&status)));
+            }
+            // The request may be stored (or be stored after this): ambiguous.
+            Err(_) => {
+                return Err(fail(
+                    ClientError::Timeout { op, broker: address.to_owned(), after: timeout },
+                    Stored::Maybe,
+                ));
+            }
         };
         let results: Vec<SendResult> = response
             .results
@@ -432,7 +486,7 @@ impl Producer {
         if results.len() != outgoing.messages.len() {
             let message = format!("{} results for {} messages", results.len(), outgoing.messages.len());
             let broker = address.to_owned();
-            return Err(fail(ClientError::Broker { op, broker, code: tonic::Code::Internal, message }));
+            return Err(fail(ClientError::Broker { op, broker, code: tonic::Code::Internal, message }, Stored::Maybe));
         }
         Ok(results)
     }
@@ -489,6 +543,77 @@ pub(crate) fn nameserver_client(
     let mut config = config.unwrap_or_else(|| ClientConfig::new(addresses.to_vec()));
     config.addresses = addresses.to_vec();
     NameServerClient::new(config).map_err(|e| ClientError::Invalid { op: "connect", message: e.to_string() })
+}
+
+/// Pause before a send that may have been stored is retried on the same broker (lets a copy still being stored
+/// finish, so the retry gets the duplicate answer).
+const IN_PLACE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Where one attempt went: a broker group's master and a queue (none: the broker picks, for a new topic).
+#[derive(Debug, Clone)]
+struct Target {
+    broker_name: String,
+    address: String,
+    queue_id: Option<u32>,
+}
+
+/// Whether a failed attempt may have stored its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// Certainly not: refused before storing (busy, stopping, not the master...) or never sent (no connection).
+    No,
+    /// Ambiguous: no answer in time, a connection broken under the call, sync replication not confirmed.
+    Maybe,
+    /// The broker says a send of the same id is being stored right now.
+    InProgress,
+}
+
+impl Stored {
+    /// What a broker's (or the transport's) error status says about the request.
+    fn of(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        if never_connected(status) {
+            return Stored::No;
+        }
+        match status.code() {
+            // docs/response-codes.md: the concurrent-send answer of the broker's deduplication.
+            Code::ResourceExhausted if status.message().contains("is being stored") => Stored::InProgress,
+            // "broker is shutting down" is answered before storing (or when the store refused the append).
+            Code::Unavailable if status.message().starts_with("broker is shutting down") => Stored::No,
+            // The broker's sync-replication failure (stored on the master, not confirmed on its slaves), or the
+            // transport: a connection reset or a keep-alive timeout while the request was out.
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => Stored::Maybe,
+            // Answers given before anything is stored: busy, not the master, no topic, invalid...
+            _ => Stored::No,
+        }
+    }
+}
+
+/// The call failed while connecting (refused, unreachable, connect timeout): the request never left.
+fn never_connected(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// A failed attempt: the error, where it was sent (none: it failed before a broker was chosen), and whether it
+/// may have stored the messages.
+struct Failed {
+    error: ClientError,
+    target: Option<Target>,
+    stored: Stored,
+}
+
+impl Failed {
+    /// A failure before anything was sent (no route, no queue).
+    fn unsent(error: ClientError) -> Self {
+        Self { error, target: None, stored: Stored::No }
+    }
 }
 
 /// First pause before an ordered send retries its queue (then 2×, 3×...).
@@ -567,7 +692,6 @@ mod tests {
 
     #[tokio::test]
     async fn sends_go_to_the_master_only_and_fail_rather_than_reach_a_slave() {
-        use crate::testing::{FakeBroker, FakeNameServer};
         let (master, slave) = (FakeBroker::start(0), FakeBroker::start(0));
         let ns = FakeNameServer::start("b", &[(0, &master.address), (1, &slave.address)]);
         let producer = |ns: &FakeNameServer| {
@@ -588,6 +712,147 @@ mod tests {
         let error = producer(&slave_only).send(Message::new("t", "x")).await.unwrap_err();
         assert!(matches!(error, ClientError::NoQueue { what: "writable", .. }), "{error}");
         assert_eq!(slave.state.lock().sends, 0);
+    }
+
+    use crate::testing::{FakeBroker, FakeNameServer, SendAnswer};
+    use crate::{LocalTransactionState, SendResult};
+    use tonic::Code;
+
+    /// Brokers "a" and "b" (one queue each, plain fakes unless scripted) and a producer whose next send goes to "a"
+    /// first; `retries` extra attempts, 150 ms send timeout.
+    struct TwoBrokers {
+        a: FakeBroker,
+        b: FakeBroker,
+        producer: Producer,
+        _ns: FakeNameServer,
+    }
+
+    impl TwoBrokers {
+        async fn start(retries: usize) -> Self {
+            let (a, b) = (FakeBroker::start(0), FakeBroker::start(0));
+            let ns = FakeNameServer::start_groups(&[("a", &[(0, &a.address)]), ("b", &[(0, &b.address)])]);
+            let producer = start_on_a(&ns, retries).await;
+            Self { a, b, producer, _ns: ns }
+        }
+
+        fn script(broker: &FakeBroker, answers: &[SendAnswer]) {
+            broker.state.lock().send_script.extend(answers.iter().cloned());
+        }
+
+        /// (send requests, calls that stored something) of a and b.
+        fn counts(&self) -> [(usize, usize); 2] {
+            [&self.a, &self.b].map(|f| {
+                let state = f.state.lock();
+                (state.send_requests, state.sends)
+            })
+        }
+    }
+
+    /// A producer over `ns` whose next pick is the queue of broker "a".
+    async fn start_on_a(ns: &FakeNameServer, retries: usize) -> Producer {
+        let mut config = ProducerConfig::new(vec![ns.address.clone()], "pg");
+        config.heartbeat_interval = Duration::ZERO;
+        config.retries = retries;
+        config.send_timeout = Duration::from_millis(150);
+        let producer = Producer::new(config).unwrap();
+        let queues = producer.writable_queues("t").await.unwrap();
+        let a = queues.iter().position(|q| q.broker_name == "a").unwrap();
+        producer.inner.next_queue.store(a, Ordering::Relaxed);
+        producer
+    }
+
+    const SLOW: SendAnswer = SendAnswer::StoreSlowly(Duration::from_millis(400));
+    const BUSY: SendAnswer =
+        SendAnswer::Refuse(Code::ResourceExhausted, "broker busy: 64 sends in flight; retry later");
+
+    #[tokio::test]
+    async fn a_send_that_may_have_been_stored_is_retried_on_the_same_broker_which_answers_the_first_copy() {
+        let replication_failed = SendAnswer::StoreThenFail(
+            Code::Unavailable,
+            "replication failed: 0 slave(s) connected and in sync, 1 required; the message is stored on the master \
+             but not confirmed on its slaves",
+        );
+        for (case, answer) in [("client-side timeout", SLOW), ("sync replication not confirmed", replication_failed)] {
+            let brokers = TwoBrokers::start(1).await;
+            TwoBrokers::script(&brokers.a, &[answer]);
+            let result = brokers.producer.send(Message::new("t", "x")).await.unwrap();
+            assert_eq!(result.broker_address, brokers.a.address, "{case}: the retry went to the same broker");
+            assert!(result.duplicate, "{case}: the retry is answered with the first copy");
+            assert_eq!(brokers.counts(), [(2, 1), (0, 0)], "{case}: one copy, none on the other broker");
+        }
+
+        // The broker says the same id is being stored right now: proof the copy is there, so the send stays.
+        let brokers = TwoBrokers::start(2).await;
+        let in_progress =
+            SendAnswer::Refuse(Code::ResourceExhausted, "broker busy: message id \"x\" is being stored; retry later");
+        TwoBrokers::script(&brokers.a, &[in_progress.clone(), in_progress]);
+        let result = brokers.producer.send(Message::new("t", "x")).await.unwrap();
+        assert_eq!(result.broker_address, brokers.a.address);
+        assert_eq!(brokers.counts(), [(3, 1), (0, 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_send_that_certainly_stored_nothing_moves_to_another_broker_at_once() {
+        let shutting_down = SendAnswer::Refuse(Code::Unavailable, "broker is shutting down");
+        let not_master = SendAnswer::Refuse(Code::FailedPrecondition, "send refused: a (broker id 1) is a slave");
+        for (case, answer) in [("busy", BUSY), ("stopping", shutting_down)] {
+            let brokers = TwoBrokers::start(1).await;
+            TwoBrokers::script(&brokers.a, &[answer]);
+            let result = brokers.producer.send(Message::new("t", "x")).await.unwrap();
+            assert_eq!(result.broker_address, brokers.b.address, "{case}");
+            assert!(!result.duplicate, "{case}");
+            assert_eq!(brokers.counts(), [(1, 0), (1, 1)], "{case}: one attempt on a, then b");
+            assert!(brokers.producer.inner.faults.is_down_at("a", Instant::now()), "{case}: a is isolated");
+        }
+        let brokers = TwoBrokers::start(1).await;
+        TwoBrokers::script(&brokers.a, &[not_master]);
+        let error = brokers.producer.send(Message::new("t", "x")).await.unwrap_err();
+        assert_eq!(error.code(), Code::FailedPrecondition, "an answer, not retried: {error}");
+        assert_eq!(brokers.counts(), [(1, 0), (0, 0)]);
+
+        // Connection refused: nothing was sent. With one retry, a second attempt on "a" would fail the send.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let b = FakeBroker::start(0);
+        let ns = FakeNameServer::start_groups(&[("a", &[(0, closed.as_str())]), ("b", &[(0, &b.address)])]);
+        let producer = start_on_a(&ns, 1).await;
+        let result = producer.send(Message::new("t", "x")).await.unwrap();
+        assert_eq!(result.broker_address, b.address, "a refused connection moves on at once");
+        assert!(producer.inner.faults.is_down_at("a", Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn after_an_ambiguous_failure_a_plain_send_may_move_on_but_a_transactional_one_never_does() {
+        // Plain: a timeout, then (in place) a busy answer: the send moves on, and "a" keeps the first copy (the
+        // documented duplicate: availability wins once the broker failed twice).
+        let brokers = TwoBrokers::start(2).await;
+        TwoBrokers::script(&brokers.a, &[SLOW, BUSY]);
+        let result = brokers.producer.send(Message::new("t", "x")).await.unwrap();
+        assert_eq!(result.broker_address, brokers.b.address);
+        assert_eq!(brokers.counts(), [(2, 1), (1, 1)]);
+
+        // Transactional: the same failures, but every attempt stays on the broker that may hold the half.
+        let brokers = TwoBrokers::start(2).await;
+        TwoBrokers::script(&brokers.a, &[SLOW, BUSY]);
+        let mut half: Option<SendResult> = None;
+        let result = brokers
+            .producer
+            .send_transactional(Message::new("t", "x"), |h| {
+                half = Some(h.clone());
+                LocalTransactionState::Unknown
+            })
+            .await
+            .unwrap();
+        assert_eq!(result.half.broker_address, brokers.a.address);
+        assert!(result.half.duplicate, "the third attempt found the first half");
+        assert_eq!(half, Some(result.half), "the local transaction ran once, with the half");
+        assert_eq!(brokers.counts(), [(3, 1), (0, 0)], "never a half on another broker");
+
+        // Out of attempts while the half may be stored: the error is returned, still nothing elsewhere.
+        let brokers = TwoBrokers::start(1).await;
+        TwoBrokers::script(&brokers.a, &[SLOW, BUSY]);
+        let error = brokers.producer.send_transactional(Message::new("t", "x"), |_| unreachable!()).await.unwrap_err();
+        assert!(error.is_retryable(), "{error}");
+        assert_eq!(brokers.counts(), [(2, 1), (0, 0)]);
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! They route by method name instead of implementing the generated service traits: every method they do not
 //! answer is UNIMPLEMENTED, so the fakes keep compiling when the broker or NameServer API grows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -107,8 +107,21 @@ pub(crate) struct BrokerState {
     pub(crate) min: u64,
     /// The queue's end: messages `min..max` exist (body `m<offset>`).
     pub(crate) max: u64,
-    /// SendMessage calls stored (each appends its messages at `max`).
+    /// SendMessage calls stored (each appends its messages at `max`; a duplicate stores nothing).
     pub(crate) sends: usize,
+    /// SendMessage requests received (stored, duplicate or refused).
+    pub(crate) send_requests: usize,
+    /// How the next SendMessage requests are answered, in order (then: normally).
+    pub(crate) send_script: VecDeque<SendAnswer>,
+    /// Results of the message ids stored (a send of a known id is answered `duplicate` with its first result).
+    pub(crate) stored_ids: HashMap<String, pb::SendResult>,
+    /// LockQueues: the lease answered (0 = 60 s), and the (time, queue ids) of every call.
+    pub(crate) lease_millis: u64,
+    pub(crate) lock_calls: Vec<(std::time::Instant, Vec<u32>)>,
+    /// UnlockQueues calls: (time, queue ids).
+    pub(crate) unlocks: Vec<(std::time::Instant, Vec<u32>)>,
+    /// UnregisterClient calls.
+    pub(crate) unregisters: usize,
     /// Offsets pulls asked for, in order.
     pub(crate) pulls: Vec<u64>,
     /// Offsets committed, in order.
@@ -121,6 +134,17 @@ pub(crate) struct BrokerState {
     pub(crate) consumer_lists: usize,
     /// GetQueueOffsets calls answered.
     pub(crate) offset_lookups: usize,
+}
+
+/// A scripted answer of the fake broker to one SendMessage request.
+#[derive(Debug, Clone)]
+pub(crate) enum SendAnswer {
+    /// Refused with this status before anything is stored.
+    Refuse(tonic::Code, &'static str),
+    /// Stored (or found a duplicate), then answered with this status (as a failed sync-replication wait).
+    StoreThenFail(tonic::Code, &'static str),
+    /// Stored (or found a duplicate), answered only after this delay (the caller may have given up by then).
+    StoreSlowly(Duration),
 }
 
 /// A fake broker member on 127.0.0.1; stopped on drop.
@@ -182,7 +206,7 @@ where
             return Box::pin(async move { Ok(status.into_http()) });
         }
         match method.as_str() {
-            "SendMessage" => unary(request, move |r| async move { Ok(send(&state, r)) }),
+            "SendMessage" => unary(request, move |r| scripted_send(state, r)),
             "PullMessage" => unary(request, move |r| pull(state, r)),
             "QueryConsumerOffset" => unary(request, move |_: pb::QueryConsumerOffsetRequest| async move {
                 let committed = state.lock().committed;
@@ -199,7 +223,17 @@ where
                 Ok(pb::ClientHeartbeatResponse::default())
             }),
             "UnregisterClient" => unary(request, move |_: pb::UnregisterClientRequest| async move {
+                state.lock().unregisters += 1;
                 Ok(pb::UnregisterClientResponse::default())
+            }),
+            "LockQueues" => unary(request, move |r: pb::LockQueuesRequest| async move {
+                let mut state = state.lock();
+                state.lock_calls.push((std::time::Instant::now(), r.queue_ids.clone()));
+                Ok(pb::LockQueuesResponse { locked_queue_ids: r.queue_ids, lease_millis: state.lease_millis })
+            }),
+            "UnlockQueues" => unary(request, move |r: pb::UnlockQueuesRequest| async move {
+                state.lock().unlocks.push((std::time::Instant::now(), r.queue_ids));
+                Ok(pb::UnlockQueuesResponse::default())
             }),
             "GetConsumerList" => unary(request, move |_: pb::GetConsumerListRequest| async move {
                 let mut state = state.lock();
@@ -219,23 +253,64 @@ where
     }
 }
 
-/// Stores a send's messages at the queue's end.
+/// Answers a SendMessage as the next scripted answer says (normally: [`send`]).
+async fn scripted_send(
+    state: Arc<Mutex<BrokerState>>,
+    r: pb::SendMessageRequest,
+) -> Result<pb::SendMessageResponse, Status> {
+    let answer = {
+        let mut state = state.lock();
+        state.send_requests += 1;
+        state.send_script.pop_front()
+    };
+    match answer {
+        None => Ok(send(&state, r)),
+        Some(SendAnswer::Refuse(code, message)) => Err(Status::new(code, message)),
+        Some(SendAnswer::StoreThenFail(code, message)) => {
+            send(&state, r);
+            Err(Status::new(code, message))
+        }
+        Some(SendAnswer::StoreSlowly(delay)) => {
+            let response = send(&state, r);
+            tokio::time::sleep(delay).await;
+            Ok(response)
+        }
+    }
+}
+
+/// Stores a send's messages at the queue's end; a message id stored before is answered with its first result
+/// and `duplicate` (the broker's idempotent send), without storing it again.
 fn send(state: &Mutex<BrokerState>, r: pb::SendMessageRequest) -> pb::SendMessageResponse {
     let mut state = state.lock();
-    state.sends += 1;
+    let mut stored_any = false;
     let results = r
         .messages
         .iter()
-        .map(|_| {
+        .map(|m| {
+            if let Some(first) = state.stored_ids.get(&m.message_id) {
+                return pb::SendResult { duplicate: true, ..first.clone() };
+            }
+            stored_any = true;
             state.max += 1;
-            pb::SendResult {
-                message_id: format!("id-{}", state.max - 1),
+            let result = pb::SendResult {
+                message_id: if m.message_id.is_empty() {
+                    format!("id-{}", state.max - 1)
+                } else {
+                    m.message_id.clone()
+                },
                 queue_id: r.queue_id.unwrap_or(0),
                 queue_offset: state.max - 1,
                 ..Default::default()
+            };
+            if !m.message_id.is_empty() {
+                state.stored_ids.insert(m.message_id.clone(), result.clone());
             }
+            result
         })
         .collect();
+    if stored_any {
+        state.sends += 1;
+    }
     pb::SendMessageResponse { results }
 }
 
@@ -293,18 +368,29 @@ impl FakeNameServer {
     /// Routes every user topic to one queue (id 0, read-write) of broker group `broker_name`, whose members are
     /// `members` (broker id -> address).
     pub(crate) fn start(broker_name: &str, members: &[(u64, &str)]) -> Self {
-        let brokers = vec![pb::BrokerData {
-            cluster_name: "c".into(),
-            broker_name: broker_name.into(),
-            addresses: members.iter().map(|(id, a)| (*id, (*a).to_owned())).collect::<HashMap<_, _>>(),
-        }];
-        let queues = vec![pb::QueueData {
-            broker_name: broker_name.into(),
-            read_queue_nums: 1,
-            write_queue_nums: 1,
-            perm: 6,
-            message_type: 0,
-        }];
+        Self::start_groups(&[(broker_name, members)])
+    }
+
+    /// As [`FakeNameServer::start`], with one queue in each of several broker groups.
+    pub(crate) fn start_groups(groups: &[(&str, &[(u64, &str)])]) -> Self {
+        let brokers = groups
+            .iter()
+            .map(|(broker_name, members)| pb::BrokerData {
+                cluster_name: "c".into(),
+                broker_name: (*broker_name).into(),
+                addresses: members.iter().map(|(id, a)| (*id, (*a).to_owned())).collect::<HashMap<_, _>>(),
+            })
+            .collect();
+        let queues = groups
+            .iter()
+            .map(|(broker_name, _)| pb::QueueData {
+                broker_name: (*broker_name).into(),
+                read_queue_nums: 1,
+                write_queue_nums: 1,
+                perm: 6,
+                message_type: 0,
+            })
+            .collect();
         let (address, task) = serve(NameServerService { route: Arc::new((queues, brokers)) });
         Self { address, task }
     }

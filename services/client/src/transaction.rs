@@ -183,7 +183,7 @@ impl Drop for Aborting {
 
 /// One check stream: answers each check-back with the checker's decision until the stream ends.
 async fn watch(producer: Weak<Inner>, address: String) {
-    let (request, checker, mut client) = {
+    let (request, checker, mut client, timeout) = {
         let Some(inner) = producer.upgrade() else { return };
         let Some(checker) = inner.config.transaction_checker.clone() else { return };
         let Ok(client) = inner.channels.broker(&address) else { return };
@@ -191,7 +191,7 @@ async fn watch(producer: Weak<Inner>, address: String) {
             producer_group: inner.config.group.clone(),
             client_id: inner.client_id.clone(),
         };
-        (request, checker, client)
+        (request, checker, client, inner.config.send_timeout)
     };
     let mut stream = match client.watch_transaction_checks(request.clone()).await {
         Ok(response) => response.into_inner(),
@@ -220,8 +220,15 @@ async fn watch(producer: Weak<Inner>, address: String) {
             resolution: state.to_wire() as i32,
             from_check: true,
         };
-        if let Err(status) = client.end_transaction(end).await {
-            tracing::warn!(broker = %address, id = %id, %status, "answering a transaction check-back failed");
+        // Bounded, so a broker that stops answering cannot hold this stream (and the checks queued behind it);
+        // an unanswered check is sent again by the broker.
+        match tokio::time::timeout(timeout, client.end_transaction(end)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => {
+                tracing::warn!(broker = %address, id = %id, %status, "answering a transaction check-back failed");
+            }
+            Err(_) => tracing::warn!(broker = %address, id = %id, ?timeout,
+                "answering a transaction check-back timed out; the broker checks again later"),
         }
     }
     tracing::debug!(broker = %address, "transaction check stream closed; reopening at the next refresh");
