@@ -115,15 +115,27 @@ pub async fn send(
         producer_group: request.producer_group,
         now,
     };
-    if request.transactional || (broker.dedup.enabled() && batch.given_ids.contains(&true)) {
+    let reserves = request.transactional || (broker.dedup.enabled() && batch.given_ids.contains(&true));
+    if reserves && !runs_inline(broker, &batch) {
         // Reserved ids must be completed or released, and a stored half recorded, whatever happens to this
-        // call: a caller that gives up (timeout, disconnect) drops this future, not the detached task.
+        // call: a caller that gives up (timeout, disconnect) drops this future, not the detached task. (Inline,
+        // nothing between the reservation and the bookkeeping awaits, so there is nothing to detach from.)
         let broker = Arc::clone(broker);
         return tokio::spawn(async move { finish(&broker, batch).await })
             .await
             .map_err(|e| BrokerError::Internal(format!("send task failed: {e}")))?;
     }
     finish(broker, batch).await
+}
+
+/// True when [`finish`] has no await point between reserving ids and recording what was stored: no index
+/// lookup (the dedup table is complete) and an in-place append (async flush, a small batch). The sync-replication
+/// wait comes after the bookkeeping, so being cancelled there loses nothing.
+fn runs_inline(broker: &Broker, batch: &Batch) -> bool {
+    let bytes: usize = batch.messages.iter().map(|m| m.body.len()).sum();
+    broker.config.store.flush_mode == FlushMode::Async
+        && bytes <= INLINE_APPEND_MAX
+        && !broker.dedup.needs_index(batch.now)
 }
 
 /// A validated request, ready to be deduplicated and stored.
