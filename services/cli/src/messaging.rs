@@ -248,25 +248,8 @@ async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Res
 
     let printed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
-    let listener = {
-        let (printed, done, count, json) = (Arc::clone(&printed), Arc::clone(&done), args.count, args.json);
-        move |message: &ReceivedMessage| -> ListenerResult {
-            // One worker thread: no other call runs meanwhile, so load-then-add cannot overshoot.
-            if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
-                // Not acknowledged: the offsets file keeps it for the next run.
-                return Err("beyond --count; left for the next run".into());
-            }
-            print_message(message, json);
-            if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
-                done.notify_one();
-            }
-            Ok(())
-        }
-    };
-    let from = match args.from {
-        StartAt::Begin => ConsumeFrom::FirstOffset,
-        StartAt::Committed | StartAt::End => ConsumeFrom::LastOffset,
-    };
+    let listener = printer(&args, &printed, &done);
+    let from = consume_from(args.from);
     let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
     let offset_file =
         args.offset_file.clone().unwrap_or_else(|| PathBuf::from(format!("comet-offsets-{}.txt", args.group)));
@@ -295,6 +278,38 @@ async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Res
     Ok(())
 }
 
+/// The listener of `comet consume` with a push or orderly consumer: prints each message and signals `done` at
+/// `--count`. A message beyond the count is refused (not acknowledged: it stays for the next run). One print at
+/// a time, so load-then-add never overshoots even when queues run concurrently.
+fn printer(
+    args: &ConsumeArgs,
+    printed: &Arc<AtomicU64>,
+    done: &Arc<Notify>,
+) -> impl Fn(&ReceivedMessage) -> ListenerResult + Send + Sync + 'static {
+    let (printed, done, count, json) = (Arc::clone(printed), Arc::clone(done), args.count, args.json);
+    let stdout = std::sync::Mutex::new(());
+    move |message: &ReceivedMessage| -> ListenerResult {
+        let _one = stdout.lock().map_err(|_| "stdout lock poisoned")?;
+        if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
+            return Err("beyond --count; left for the next run".into());
+        }
+        print_message(message, json);
+        if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
+            done.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The SDK's start position for `--from` (the end and the committed offset are the same for a group that never
+/// committed; a group that did resumes there either way).
+fn consume_from(from: StartAt) -> ConsumeFrom {
+    match from {
+        StartAt::Begin => ConsumeFrom::FirstOffset,
+        StartAt::Committed | StartAt::End => ConsumeFrom::LastOffset,
+    }
+}
+
 /// `comet consume --orderly`: the SDK's orderly push consumer, printing each queue's messages one at a time in
 /// queue order. Stops on ctrl-c or after `count` messages; the shutdown commits offsets and releases the locks.
 async fn consume_orderly(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
@@ -303,26 +318,8 @@ async fn consume_orderly(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Resul
 
     let printed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
-    let listener = {
-        let (printed, done, count, json) = (Arc::clone(&printed), Arc::clone(&done), args.count, args.json);
-        let stdout = Arc::new(std::sync::Mutex::new(()));
-        move |message: &ReceivedMessage| -> ListenerResult {
-            // Queues run concurrently: one print at a time, and never past --count.
-            let _one = stdout.lock().map_err(|_| "stdout lock poisoned")?;
-            if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
-                return Err("beyond --count; left for the next run".into());
-            }
-            print_message(message, json);
-            if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
-                done.notify_one();
-            }
-            Ok(())
-        }
-    };
-    let from = match args.from {
-        StartAt::Begin => ConsumeFrom::FirstOffset,
-        StartAt::Committed | StartAt::End => ConsumeFrom::LastOffset,
-    };
+    let listener = printer(&args, &printed, &done);
+    let from = consume_from(args.from);
     let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
     let heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(1));
     let consumer = OrderlyConsumer::builder(namesrv.to_vec(), args.group.clone())

@@ -385,10 +385,11 @@ impl TimerIndex {
         Ok(())
     }
 
-    /// Saves the checkpoint marked clean: the next open knows nothing past it was delivered.
-    pub fn close(mut self) -> Result<()> {
+    /// Saves the checkpoint, marked `clean` when nothing past it can have been delivered (then the next open
+    /// delivers without checking for copies).
+    pub fn close(mut self, clean: bool) -> Result<()> {
         self.rewind();
-        self.checkpoint.clean = true;
+        self.checkpoint.clean = clean;
         self.save()
     }
 }
@@ -463,7 +464,7 @@ mod tests {
         assert_eq!(drain(&mut index, 5000), vec![entry(1600, 3), entry(1700, 4), entry(3000, 5)]);
         assert_eq!(index.pending(), 0);
         assert_eq!(index.bucket_count(), 0);
-        index.close().unwrap();
+        index.close(true).unwrap();
         let (_, clean) = TimerIndex::open(dir.path(), 1000).unwrap();
         assert!(clean);
     }

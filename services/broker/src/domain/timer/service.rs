@@ -66,14 +66,20 @@ pub async fn spawn(broker: &Arc<Broker>, mut stop: watch::Receiver<bool>) -> Res
             if *stop.borrow() {
                 break;
             }
-            if let Err(e) = timer.pass(&broker).await {
-                tracing::warn!(error = %e, "timer pass failed; retrying (re-deliveries are checked for copies)");
-                timer.on_failure();
-                tokio::time::sleep(FAILURE_BACKOFF).await;
+            match timer.pass(&broker).await {
+                Ok(()) => timer.failed = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "timer pass failed; retrying (re-deliveries are checked for copies)");
+                    timer.on_failure();
+                    tokio::time::sleep(FAILURE_BACKOFF).await;
+                }
             }
         }
         let index = Arc::clone(&timer.index);
-        let closed = broker.blocking(move |_| index.lock().take().map_or(Ok(()), TimerIndex::close)).await;
+        // After a failed pass, entries handed out may have been delivered without the checkpoint moving: the
+        // next start must check them for copies, so the checkpoint is not marked clean.
+        let clean = !timer.failed;
+        let closed = broker.blocking(move |_| index.lock().take().map_or(Ok(()), |i| i.close(clean))).await;
         match closed {
             Ok(()) => tracing::info!("timer stopped"),
             Err(e) => tracing::error!(error = %e, "saving the timer checkpoint at shutdown failed"),
@@ -89,6 +95,8 @@ struct Timer {
     verify_before: u64,
     /// False until the first pass has filed everything stored before the start.
     caught_up: bool,
+    /// The last pass failed (entries it handed out may be delivered but not checkpointed).
+    failed: bool,
 }
 
 /// A waiting message read back, with its delivery time.
@@ -114,11 +122,12 @@ impl Timer {
             "timer opened"
         );
         broker.metrics.set_timer_pending(index.pending());
-        Ok(Timer { index: Arc::new(Mutex::new(Some(index))), verify_before, caught_up: false })
+        Ok(Timer { index: Arc::new(Mutex::new(Some(index))), verify_before, caught_up: false, failed: false })
     }
 
     /// After a failed pass: whatever was handed out is handed out again, and checked for copies.
     fn on_failure(&mut self) {
+        self.failed = true;
         self.verify_before = self.verify_before.max(now_ms());
         if let Some(index) = self.index.lock().as_mut() {
             index.rewind();
