@@ -350,6 +350,11 @@ impl KeyIndex {
         Ok(())
     }
 
+    /// Store time of the newest indexed record (0 when the index is empty).
+    pub(crate) fn last_timestamp(&self) -> u64 {
+        self.files.read().iter().map(|f| f.last_timestamp.load(Ordering::Acquire)).max().unwrap_or(0)
+    }
+
     /// CommitLog offsets of records indexed under `key` with a store time in `[begin, end]`, newest first.
     pub(crate) fn lookup(&self, key: IndexKey<'_>, max: usize, begin: u64, end: u64) -> Vec<u64> {
         let hash = key.hash();

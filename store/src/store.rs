@@ -417,6 +417,11 @@ impl Store {
         Ok(None)
     }
 
+    /// Store time of the newest record in the key/id index (0 = none): how recent an id lookup can still hit.
+    pub fn newest_indexed_time(&self) -> u64 {
+        self.inner.index.last_timestamp()
+    }
+
     /// Every stored message with id `msg_id` (any topic) stored within `[begin_ms, end_ms]`, newest first, at
     /// most `max`: idempotent send and transaction commits look for earlier copies of one id.
     pub fn query_all_by_id(&self, msg_id: &str, max: usize, begin_ms: u64, end_ms: u64) -> Result<Vec<StoredMessage>> {

@@ -152,7 +152,7 @@ impl Broker {
         store.set_arrival_listener(Arc::new(Arrivals { waiters: Arc::clone(&waiters), ha: Arc::clone(&ha) }));
         let started = now_ms();
         let messaging = &config.messaging;
-        let dedup = Dedup::new(messaging.dedup_window_ms, messaging.dedup_max_entries, newest_store_time(&store));
+        let dedup = Dedup::new(messaging.dedup_window_ms, messaging.dedup_max_entries, store.newest_indexed_time());
         let transactions = TransactionTable::new(messaging.transaction_max_pending);
         let broker = Broker {
             advertised: advertised.clone(),
@@ -255,6 +255,16 @@ impl Broker {
         Ok(topic)
     }
 
+    /// [`Broker::system_topic`] with one queue, from async code: free when the topic exists, otherwise created on
+    /// the blocking pool (it writes topics.json).
+    pub async fn ensure_system_topic(self: &Arc<Self>, name: &str) -> Result<()> {
+        if self.topics.get(name).is_none() {
+            let name = name.to_owned();
+            self.blocking(move |b| b.system_topic(&name, 1).map(drop)).await?;
+        }
+        Ok(())
+    }
+
     /// Stores messages the broker itself writes (redeliveries, dead letters, delayed deliveries, transaction
     /// commits and records): on the blocking pool, then, with sync replication, until enough slaves hold them,
     /// so an internal move is as durable as the send it stands for. All messages must name one topic and queue.
@@ -304,23 +314,6 @@ impl Broker {
         let closed = self.store.clone().close().map_err(BrokerError::from);
         flushed.and(closed)
     }
-}
-
-/// Store time of the newest message in any consume queue (0 = an empty store): what idempotent send must still
-/// find in the index after a restart. One consume-queue read per queue, at start-up.
-fn newest_store_time(store: &Store) -> u64 {
-    let mut newest = 0;
-    for (topic, queues) in store.topics() {
-        for queue in queues {
-            if let Some((min, max)) = store.queue_range(&topic, queue)
-                && max.0 > min.0
-                && let Some(t) = store.store_time_at(&topic, queue, comet_model::QueueOffset(max.0 - 1))
-            {
-                newest = newest.max(t);
-            }
-        }
-    }
-    newest
 }
 
 /// The store's arrival listener: wakes parked long polls and parked slave fetches.

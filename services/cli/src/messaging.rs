@@ -242,9 +242,7 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
 /// file), with one listener thread so messages print one at a time, in order per queue. Stops on ctrl-c or after
 /// `count` messages; the shutdown saves the offsets file.
 async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
-    // Fail with the route's error rather than wait on a topic that does not exist.
-    let probe = PullConsumer::new(PullConsumerConfig::new(namesrv.to_vec(), args.group.clone()))?;
-    anyhow::ensure!(!probe.queues(&args.topic).await?.is_empty(), "topic {} has no readable queue", args.topic);
+    require_queues(&args, namesrv).await?;
 
     let printed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
@@ -275,6 +273,13 @@ async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Res
     // The SDK only logs a failed write; say so here instead of claiming the offsets were kept.
     anyhow::ensure!(offset_file.exists(), "the offsets file {} was not written", offset_file.display());
     eprintln!("consumed {} message(s); offsets kept in {}", printed.load(Ordering::SeqCst), offset_file.display());
+    Ok(())
+}
+
+/// Fails with the route's error rather than wait on a topic that does not exist (a push consumer would).
+async fn require_queues(args: &ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    let probe = PullConsumer::new(PullConsumerConfig::new(namesrv.to_vec(), args.group.clone()))?;
+    anyhow::ensure!(!probe.queues(&args.topic).await?.is_empty(), "topic {} has no readable queue", args.topic);
     Ok(())
 }
 
@@ -313,8 +318,7 @@ fn consume_from(from: StartAt) -> ConsumeFrom {
 /// `comet consume --orderly`: the SDK's orderly push consumer, printing each queue's messages one at a time in
 /// queue order. Stops on ctrl-c or after `count` messages; the shutdown commits offsets and releases the locks.
 async fn consume_orderly(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
-    let probe = PullConsumer::new(PullConsumerConfig::new(namesrv.to_vec(), args.group.clone()))?;
-    anyhow::ensure!(!probe.queues(&args.topic).await?.is_empty(), "topic {} has no readable queue", args.topic);
+    require_queues(&args, namesrv).await?;
 
     let printed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());

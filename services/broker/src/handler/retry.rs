@@ -108,8 +108,7 @@ async fn store_attempt(
     };
     if is_dead_letter(attempts, group.retry_max_times, request.dead_letter) {
         let dlq = dlq_topic(&request.group);
-        let topic = dlq.clone();
-        broker.blocking(move |b| b.system_topic(&topic, 1)).await?;
+        broker.ensure_system_topic(&dlq).await?;
         let stored = span(&broker.store_internal(vec![copy_to(record, &dlq, 0, copy)]).await?)?;
         broker.metrics.sent_back(&request.group, true);
         tracing::info!(group = %request.group, message_id = %request.message_id, attempts, "message dead-lettered");
@@ -122,13 +121,8 @@ async fn store_attempt(
     .min(broker.config.messaging.max_delay_ms);
     let deliver_at = now_ms().saturating_add(delay);
     let retry = retry_topic(&request.group);
-    let topic = retry.clone();
-    broker
-        .blocking(move |b| {
-            b.system_topic(&topic, 1)?;
-            b.system_topic(TIMER_TOPIC, 1)
-        })
-        .await?;
+    broker.ensure_system_topic(&retry).await?;
+    broker.ensure_system_topic(TIMER_TOPIC).await?;
     let stored = span(&broker.store_internal(vec![timer::wrap(copy_to(record, &retry, 0, copy), deliver_at)]).await?)?;
     broker.metrics.sent_back(&request.group, false);
     tracing::debug!(group = %request.group, message_id = %request.message_id, attempts, delay, "retry scheduled");

@@ -96,12 +96,12 @@ pub async fn send(
         }
         messages.push(message);
     }
-    if deliver_at.is_some() && broker.topics.get(TIMER_TOPIC).is_none() {
-        // The first delayed message creates the timer topic (it writes topics.json: off the async workers).
-        broker.blocking(|b| b.system_topic(TIMER_TOPIC, 1).map(drop)).await?;
+    // The first delayed (transactional) message creates the timer (half) topic.
+    if deliver_at.is_some() {
+        broker.ensure_system_topic(TIMER_TOPIC).await?;
     }
-    if request.transactional && broker.topics.get(TRANSACTION_HALF_TOPIC).is_none() {
-        broker.blocking(|b| transaction::half_topic(b).map(drop)).await?;
+    if request.transactional {
+        broker.ensure_system_topic(TRANSACTION_HALF_TOPIC).await?;
     }
     let now = target.now;
     let batch = Batch {
@@ -246,7 +246,8 @@ fn result(message_id: String, stored: Stored, duplicate: bool, half: bool) -> pb
     }
 }
 
-/// A transactional send: one message, a producer group, no delay, a user topic, room in the table.
+/// A transactional send: one message, a producer group, no delay, room in the table (system topics are refused
+/// for every send already).
 fn check_transactional(broker: &Broker, request: &pb::SendMessageRequest) -> Result<()> {
     if request.producer_group.is_empty() {
         return Err(BrokerError::invalid("producer_group", "a transactional send needs its producer group"));
@@ -256,9 +257,6 @@ fn check_transactional(broker: &Broker, request: &pb::SendMessageRequest) -> Res
     }
     if request.messages.iter().any(|m| m.deliver_at_millis != 0 || m.delay_millis != 0) {
         return Err(BrokerError::invalid("messages", "a transactional message cannot be delayed"));
-    }
-    if comet_model::system::is_system_topic(&request.topic) {
-        return Err(BrokerError::invalid("topic", "a transactional message cannot go to a system topic"));
     }
     if broker.transactions.is_full() {
         return Err(BrokerError::Busy {

@@ -15,7 +15,7 @@ use comet_model::system::{
     PROP_PRODUCER_GROUP, PROP_REAL_QUEUE_ID, PROP_REAL_TOPIC, PROP_TRANSACTION, PROP_TRANSACTION_CHECK_TIMES,
     TRANSACTION_HALF_TOPIC, TRANSACTION_OP_TOPIC,
 };
-use comet_model::{CommitLogOffset, QueueOffset, TopicConfig};
+use comet_model::{CommitLogOffset, QueueOffset};
 use comet_proto::comet::v1 as pb;
 use comet_store::{NewMessage, StoredMessage};
 use tokio::task::JoinHandle;
@@ -37,11 +37,6 @@ const CHECKS_PER_PASS: usize = 1_000;
 
 /// Most copies of one id looked at when searching for a committed copy.
 const MAX_COPIES: usize = 64;
-
-/// The half topic's config (created on first use; writes topics.json, so call it off the async workers).
-pub fn half_topic(broker: &Broker) -> Result<TopicConfig> {
-    broker.system_topic(TRANSACTION_HALF_TOPIC, 1)
-}
 
 /// Turns a validated message for `real` / `queue_id` into its half message (queue 0 of the half topic).
 pub fn make_half(message: &mut NewMessage, group: &str) {
@@ -325,9 +320,7 @@ async fn find_committed(broker: &Arc<Broker>, half: &StoredMessage, real_topic: 
 
 /// Appends one op record (queue 0 of the op topic, created on first use).
 async fn write_op(broker: &Arc<Broker>, op: Op) -> Result<()> {
-    if broker.topics.get(TRANSACTION_OP_TOPIC).is_none() {
-        broker.blocking(|b| b.system_topic(TRANSACTION_OP_TOPIC, 1)).await?;
-    }
+    broker.ensure_system_topic(TRANSACTION_OP_TOPIC).await?;
     let mut record = NewMessage::new(TRANSACTION_OP_TOPIC, 0, op.encode().into_bytes());
     record.msg_id = broker.next_message_id();
     record.born_timestamp = now_ms();

@@ -15,7 +15,7 @@ use comet_store::{NewMessage, StoredMessage};
 pub const TIMER_PROPERTIES: &[&str] = &[PROP_REAL_TOPIC, PROP_REAL_QUEUE_ID, PROP_DELIVER_AT];
 
 /// `msg` readdressed to the timer topic, to be delivered to its current topic and queue at `deliver_at_ms`.
-/// The caller stores it (after `Broker::system_topic(TIMER_TOPIC, 1)`).
+/// The caller stores it (after `Broker::ensure_system_topic(TIMER_TOPIC)`).
 pub fn wrap(mut msg: NewMessage, deliver_at_ms: u64) -> NewMessage {
     msg.properties.retain(|(k, _)| !TIMER_PROPERTIES.contains(&k.as_str()));
     msg.properties.push((PROP_REAL_TOPIC.to_owned(), std::mem::take(&mut msg.topic)));
