@@ -3,9 +3,14 @@
 
 use prost::Message;
 
-/// Every proto file the crate exposes, relative to the crate root. Add new files (broker.proto, the apache
-/// rocketmq v2 protos) here; imports between them resolve against the crate root.
-const PROTOS: &[&str] = &["comet/v1/nameserver.proto", "comet/v1/broker.proto"];
+/// Every proto file the crate exposes, relative to the crate root; imports between them resolve against the crate
+/// root.
+const PROTOS: &[&str] = &[
+    "comet/v1/nameserver.proto",
+    "comet/v1/broker.proto",
+    "apache/rocketmq/v2/definition.proto",
+    "apache/rocketmq/v2/service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in PROTOS {
@@ -30,6 +35,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("methods.rs"), methods)?;
     // `bytes` fields of Comet's own API are `bytes::Bytes`, so message bodies are shared, not copied, between the
     // store's mapped records and the gRPC encoder.
-    tonic_prost_build::configure().bytes(".comet.v1").build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .bytes(".comet.v1")
+        .bytes(".apache.rocketmq.v2.Message.body")
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
     Ok(())
 }

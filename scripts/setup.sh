@@ -37,6 +37,10 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 .venv/bin/python -c 'import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc' 2>/dev/null ||
   .venv/bin/pip install -q grpcio==1.85.1 opentelemetry-proto==1.45.2
 
+# RocketMQ 5 compatibility tests (tests/tests/rocketmq_v2_*.rs): the official Python SDK drives the broker's
+# apache.rocketmq.v2 API through tests/python/*.py.
+.venv/bin/python -c 'import rocketmq' 2>/dev/null || .venv/bin/pip install -q rocketmq-python-client==5.1.2
+
 # Deployment checks (scripts/check-deploy.sh): strict manifest schema validation and the policy scan, from PyPI.
 [ -x .venv/bin/kubernetes-validate ] || .venv/bin/pip install -q kubernetes-validate==1.37.0
 [ -x .venv/bin/checkov ] || .venv/bin/pip install -q checkov==3.3.30

@@ -20,3 +20,15 @@ pub mod comet {
         tonic::include_proto!("comet.v1");
     }
 }
+
+/// The Apache RocketMQ 5 gRPC API (`package apache.rocketmq.v2`), served by every broker so the official SDKs work.
+pub mod apache {
+    /// Apache RocketMQ's namespace.
+    pub mod rocketmq {
+        /// Version 2: `MessagingService` and its messages.
+        pub mod v2 {
+            #![allow(missing_docs, clippy::all, clippy::pedantic)]
+            tonic::include_proto!("apache.rocketmq.v2");
+        }
+    }
+}

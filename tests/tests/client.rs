@@ -398,6 +398,7 @@ async fn two_comet_consume_broadcast_runs_each_print_every_message_and_resume_fr
         consume_broadcast_enable: false,
         retry_max_times: 16,
         retry_delays_millis: Vec::new(),
+        fifo: false,
     };
     broker.client().await?.create_group(pb::CreateGroupRequest { group: Some(group) }).await?;
     let file = dir.path().join("refused.offsets").display().to_string();

@@ -24,6 +24,7 @@ use crate::domain::transactions::{CheckStreams, TransactionTable};
 use crate::error::{BrokerError, Result};
 use crate::ha::Replication;
 use crate::metrics::BrokerMetrics;
+use crate::v2::sessions::Sessions;
 
 /// Everything a request needs. Cheap to share (`Arc<Broker>`).
 pub struct Broker {
@@ -63,6 +64,8 @@ pub struct Broker {
     pub transactions: TransactionTable,
     /// Transactions: the open check-back streams of live producers, by producer group.
     pub check_streams: CheckStreams<comet_proto::comet::v1::TransactionCheck>,
+    /// Clients of the RocketMQ 5 API (`x-mq-client-id`): settings, Telemetry streams, liveness.
+    pub sessions: Arc<Sessions>,
     ids: MessageIds,
     next_queue: AtomicU64,
 }
@@ -175,6 +178,7 @@ impl Broker {
             dedup,
             transactions,
             check_streams: CheckStreams::default(),
+            sessions: Arc::new(Sessions::new(std::time::Duration::from_millis(config.broker.client_expiry_ms))),
             ids: MessageIds::new(&advertised, started),
             next_queue: AtomicU64::new(0),
             config,
@@ -206,7 +210,8 @@ impl Broker {
         u32::try_from(i % u64::from(n.max(1))).unwrap_or(0)
     }
 
-    /// A new topic with this broker's defaults: `default-queue-count` read and write queues, read+write.
+    /// A new topic with this broker's defaults: `default-queue-count` read and write queues, read+write, MIXED
+    /// (every message type, so any official RocketMQ 5 SDK can use an auto-created topic).
     pub fn default_topic(&self, name: &str) -> TopicConfig {
         let n = self.config.broker.default_queue_count;
         TopicConfig {
@@ -214,7 +219,7 @@ impl Broker {
             read_queue_nums: n,
             write_queue_nums: n,
             perm: Permission::READ_WRITE,
-            message_type: MessageType::Normal,
+            message_type: MessageType::Mixed,
         }
     }
 

@@ -26,6 +26,69 @@ pub struct Config {
     pub ha: HaSection,
     /// Retry and dead-letter, delayed delivery, transactions, orderly locks, idempotent send.
     pub messaging: MessagingSection,
+    /// The Apache RocketMQ 5 gRPC API (`apache.rocketmq.v2.MessagingService`) on the broker port.
+    pub rocketmq_v2: RocketMqV2Section,
+}
+
+/// Where a consumer group that has never consumed a queue starts receiving through the RocketMQ 5 API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartFrom {
+    /// The oldest message still stored: a group created just after its producers loses nothing.
+    #[default]
+    Earliest,
+    /// Messages stored from now on (RocketMQ's pop default).
+    Latest,
+}
+
+/// Section `rocketmq-v2`: the RocketMQ 5 gRPC API served beside `comet.v1.Broker` (docs/rocketmq-v2.md). The
+/// defaults are the RocketMQ proxy's, so official SDKs behave as they do against Apache RocketMQ.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RocketMqV2Section {
+    /// Serve `apache.rocketmq.v2.MessagingService` at all.
+    pub enabled: bool,
+    /// Longest delay a DELAY message may ask for through this API; further ahead is ILLEGAL_DELIVERY_TIME
+    /// (the proxy: 1 day). At most `messaging.max-delay-ms`.
+    pub max_delay_ms: u64,
+    /// Invisible time of a received message when the request names none (push consumers, auto-renewed).
+    pub default_invisible_ms: u64,
+    /// Shortest invisible time a receive or ChangeInvisibleDuration may ask for (the proxy: 10 s).
+    pub min_invisible_ms: u64,
+    /// Longest invisible time (the proxy: 12 h).
+    pub max_invisible_ms: u64,
+    /// Auto-renewed messages stay invisible at most this long in total while unacknowledged (the proxy: 3 h).
+    pub auto_renew_max_ms: u64,
+    /// Shortest long-poll hold of a ReceiveMessage (the proxy: 5 s); a client deadline shorter than this plus a
+    /// margin is ILLEGAL_POLLING_TIME.
+    pub long_poll_min_ms: u64,
+    /// Longest long-poll hold (the proxy: 20 s), also the value sent in the consumer settings reply.
+    pub long_poll_max_ms: u64,
+    /// Largest ReceiveMessage batch, also the `receive_batch_size` of the settings reply (the proxy: 32).
+    pub receive_batch_max: u32,
+    /// Messages of one (group, queue) received but not yet acknowledged, at most: beyond it the queue is not
+    /// read further until acknowledgements come (memory stays bounded; about 40 bytes each).
+    pub max_inflight_per_queue: usize,
+    /// Where a group with no committed offset on a queue starts.
+    pub start_from: StartFrom,
+}
+
+impl Default for RocketMqV2Section {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_delay_ms: 24 * 3_600_000,
+            default_invisible_ms: 60_000,
+            min_invisible_ms: 10_000,
+            max_invisible_ms: 12 * 3_600_000,
+            auto_renew_max_ms: 3 * 3_600_000,
+            long_poll_min_ms: 5_000,
+            long_poll_max_ms: 20_000,
+            receive_batch_max: 32,
+            max_inflight_per_queue: 20_000,
+            start_from: StartFrom::Earliest,
+        }
+    }
 }
 
 /// What an unresolved transaction becomes once its check-backs are used up.
@@ -218,6 +281,7 @@ impl Default for Config {
             metrics: MetricsConfig::listening_on(comet_telemetry::BROKER_LISTEN),
             ha: HaSection::default(),
             messaging: MessagingSection::default(),
+            rocketmq_v2: RocketMqV2Section::default(),
         }
     }
 }
@@ -304,6 +368,7 @@ impl Config {
         self.validate_ha()?;
         self.validate_timer()?;
         self.validate_retry()?;
+        self.validate_rocketmq_v2()?;
         self.validate_transactions()?;
         self.store.validate().map_err(|e| BrokerError::Config(format!("store: {e}")))?;
         self.metrics.validate().map_err(|e| BrokerError::Config(e.to_string()))?;
@@ -334,6 +399,33 @@ impl Config {
         }
         if !(10..=1_000).contains(&m.timer_tick_ms) {
             return bad("messaging.timer-tick-ms", format!("{} is not in 10..=1000", m.timer_tick_ms));
+        }
+        Ok(())
+    }
+
+    fn validate_rocketmq_v2(&self) -> Result<(), BrokerError> {
+        let bad = |key: &str, why: String| Err(BrokerError::Config(format!("rocketmq-v2.{key}: {why}")));
+        let v = &self.rocketmq_v2;
+        if v.max_delay_ms == 0 || v.max_delay_ms > self.messaging.max_delay_ms {
+            return bad(
+                "max-delay-ms",
+                format!("must be 1..=messaging.max-delay-ms ({})", self.messaging.max_delay_ms),
+            );
+        }
+        if v.min_invisible_ms == 0 || v.min_invisible_ms > v.max_invisible_ms {
+            return bad("min-invisible-ms", "must be > 0 and at most max-invisible-ms".into());
+        }
+        if !(v.min_invisible_ms..=v.max_invisible_ms).contains(&v.default_invisible_ms) {
+            return bad("default-invisible-ms", "must lie within min-invisible-ms..=max-invisible-ms".into());
+        }
+        if v.long_poll_min_ms == 0 || v.long_poll_min_ms > v.long_poll_max_ms {
+            return bad("long-poll-min-ms", "must be > 0 and at most long-poll-max-ms".into());
+        }
+        if v.receive_batch_max == 0 || v.receive_batch_max > 1024 {
+            return bad("receive-batch-max", "must be 1..=1024".into());
+        }
+        if v.max_inflight_per_queue == 0 {
+            return bad("max-inflight-per-queue", "must be > 0".into());
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! - [`registration`]: registration with the NameServers.
 //! - [`ha`]: master/slave replication over comet-remoting (HA listener, slave loop, sync-send waits).
 //! - [`metrics`]: counters on the send and pull paths, gauges computed at collection (consumer lag, store).
+//! - [`v2`]: the Apache RocketMQ 5 gRPC API (`apache.rocketmq.v2.MessagingService`) for the official SDKs.
 //! - [`config`]: YAML + `COMET_*` environment configuration.
 //!
 //! The binary (`src/main.rs`) only parses arguments, initialises logging and calls [`edge::server::bind`].
@@ -22,6 +23,7 @@ pub mod ha;
 pub mod handler;
 pub mod metrics;
 pub mod registration;
+pub mod v2;
 
 pub use config::Config;
 pub use error::BrokerError;

@@ -243,6 +243,7 @@ fn message_type_label(t: MessageType) -> &'static str {
         MessageType::Fifo => "fifo",
         MessageType::Delay => "delay",
         MessageType::Transaction => "transaction",
+        MessageType::Mixed => "mixed",
     }
 }
 

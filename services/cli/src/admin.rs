@@ -102,6 +102,10 @@ pub enum GroupCommand {
         /// Create it with consumption paused (pulls refused until it is re-created).
         #[arg(long)]
         disabled: bool,
+        /// A FIFO group (RocketMQ 5 SDKs): a message group's next message is delivered only after the previous
+        /// one is acknowledged or dead-lettered.
+        #[arg(long)]
+        fifo: bool,
     },
     /// Delete a subscription group and its committed offsets on the brokers.
     Delete {
@@ -355,13 +359,14 @@ fn print_done(json: bool, broker: &str, kind: &str, name: &str, verb: &str) {
 pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
     let (admin, brokers) = brokers(namesrv, &target).await?;
     match cmd {
-        GroupCommand::Create { group, no_broadcast, retry_max_times, retry_delays, disabled } => {
+        GroupCommand::Create { group, no_broadcast, retry_max_times, retry_delays, disabled, fifo } => {
             let config = pb::GroupConfig {
                 name: group.clone(),
                 consume_enable: !disabled,
                 consume_broadcast_enable: !no_broadcast,
                 retry_max_times,
                 retry_delays_millis: retry_delays.map(|d| d.0).unwrap_or_default(),
+                fifo,
             };
             for (name, address) in &brokers {
                 admin

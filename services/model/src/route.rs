@@ -82,7 +82,7 @@ impl fmt::Display for Permission {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageType {
-    /// Not declared (RocketMQ 4 topics); treated as accepting normal messages.
+    /// Not declared (RocketMQ 4 topics, files written before types existed): accepts every type, like `Mixed`.
     #[default]
     Unspecified,
     /// Plain messages.
@@ -93,6 +93,49 @@ pub enum MessageType {
     Delay,
     /// Transactional (half) messages.
     Transaction,
+    /// Any of the four: what auto-created topics are, so every official SDK works out of the box.
+    Mixed,
+}
+
+impl MessageType {
+    /// Whether a topic of this type takes a message of kind `kind` (Normal, Fifo, Delay or Transaction): typed
+    /// topics take their own kind only; `Mixed` and undeclared topics take every kind.
+    pub fn accepts(self, kind: MessageType) -> bool {
+        matches!(self, MessageType::Mixed | MessageType::Unspecified) || self == kind
+    }
+
+    /// The lower-case name used by the CLI, the config files and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Unspecified => "unspecified",
+            MessageType::Normal => "normal",
+            MessageType::Fifo => "fifo",
+            MessageType::Delay => "delay",
+            MessageType::Transaction => "transaction",
+            MessageType::Mixed => "mixed",
+        }
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for MessageType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Ok(MessageType::Normal),
+            "fifo" => Ok(MessageType::Fifo),
+            "delay" => Ok(MessageType::Delay),
+            "transaction" => Ok(MessageType::Transaction),
+            "mixed" => Ok(MessageType::Mixed),
+            other => Err(format!("unknown message type {other:?} (normal, fifo, delay, transaction or mixed)")),
+        }
+    }
 }
 
 /// One topic as configured on a broker: what a broker registers with the NameServer.

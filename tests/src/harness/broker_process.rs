@@ -36,6 +36,8 @@ pub struct BrokerOptions {
     /// YAML lines for the `messaging:` section, each indented by two spaces (retry delays, timer, transaction
     /// check-backs, queue locks, dedup window).
     pub messaging: String,
+    /// YAML lines for the `rocketmq-v2:` section (the RocketMQ 5 API), each indented by two spaces.
+    pub rocketmq_v2: String,
 }
 
 /// A running broker; killed on drop. Its store directory outlives restarts.
@@ -56,7 +58,7 @@ impl BrokerProcess {
         let yaml = format!(
             "broker:\n  listen: 127.0.0.1:0\n  nameserver-addresses: [{nameservers}]\n  auto-create-topics: {}\n\
              {}store:\n  dir: {}\n  segment-size: 16777216\n  index-slots: 4096\n  index-entries: 65536\n  \
-             consume-queue-file-entries: 100000\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}ha:\n{}messaging:\n{}",
+             consume-queue-file-entries: 100000\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}ha:\n{}messaging:\n{}rocketmq-v2:\n{}",
             !options.no_auto_create,
             options.broker_extra,
             dir.join("store").display(),
@@ -64,6 +66,7 @@ impl BrokerProcess {
             options.metrics_extra,
             if options.ha.is_empty() { "  listen: \"\"\n" } else { &options.ha },
             if options.messaging.is_empty() { "  {}\n" } else { &options.messaging },
+            if options.rocketmq_v2.is_empty() { "  {}\n" } else { &options.rocketmq_v2 },
         );
         let config_path = dir.join("broker.yaml");
         std::fs::write(&config_path, yaml)?;

@@ -8,6 +8,7 @@ pub mod nameserver;
 pub mod otlp;
 pub mod process;
 pub mod prometheus;
+pub mod python_sdk;
 
 use std::time::Duration;
 

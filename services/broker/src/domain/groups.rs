@@ -24,6 +24,10 @@ pub struct GroupConfig {
     /// `messaging.retry-delays-ms`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry_delays_ms: Vec<u64>,
+    /// RocketMQ 5 FIFO group: a message group's next message is delivered only once the previous one is
+    /// acknowledged or dead-lettered (reported to official SDKs in the Telemetry settings reply).
+    #[serde(default)]
+    pub fifo: bool,
 }
 
 impl GroupConfig {
@@ -35,6 +39,7 @@ impl GroupConfig {
             consume_broadcast_enable: true,
             retry_max_times: 16,
             retry_delays_ms: Vec::new(),
+            fifo: false,
         }
     }
 }

@@ -60,7 +60,9 @@ pub fn topic_from_proto(t: pb::TopicConfig, default_queues: u32) -> Result<Topic
         Permission::try_from(t.perm).map_err(|e| BrokerError::invalid("perm", e.to_string()))?
     };
     let message_type = match pb::MessageType::try_from(t.message_type) {
-        Ok(pb::MessageType::Unspecified) | Ok(pb::MessageType::Normal) => MessageType::Normal,
+        // Undeclared: every type, like an auto-created topic.
+        Ok(pb::MessageType::Unspecified) | Ok(pb::MessageType::Mixed) => MessageType::Mixed,
+        Ok(pb::MessageType::Normal) => MessageType::Normal,
         Ok(pb::MessageType::Fifo) => MessageType::Fifo,
         Ok(pb::MessageType::Delay) => MessageType::Delay,
         Ok(pb::MessageType::Transaction) => MessageType::Transaction,
@@ -84,6 +86,7 @@ pub fn topic_to_proto(t: &TopicConfig) -> pb::TopicConfig {
         MessageType::Fifo => pb::MessageType::Fifo,
         MessageType::Delay => pb::MessageType::Delay,
         MessageType::Transaction => pb::MessageType::Transaction,
+        MessageType::Mixed => pb::MessageType::Mixed,
     };
     pb::TopicConfig {
         name: t.name.clone(),
@@ -102,6 +105,7 @@ pub fn group_to_proto(g: &GroupConfig) -> pb::GroupConfig {
         consume_broadcast_enable: g.consume_broadcast_enable,
         retry_max_times: g.retry_max_times,
         retry_delays_millis: g.retry_delays_ms.clone(),
+        fifo: g.fifo,
     }
 }
 
@@ -113,6 +117,7 @@ pub fn group_from_proto(g: pb::GroupConfig) -> GroupConfig {
         consume_broadcast_enable: g.consume_broadcast_enable,
         retry_max_times: g.retry_max_times,
         retry_delays_ms: g.retry_delays_millis,
+        fifo: g.fifo,
     }
 }
 

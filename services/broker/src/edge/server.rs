@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use comet_proto::apache::rocketmq::v2::messaging_service_server::MessagingServiceServer;
 use comet_proto::comet::v1::broker_server::BrokerServer;
 use comet_telemetry::{Identity, RpcMetricsLayer, Telemetry};
 use tokio::net::TcpListener;
@@ -99,6 +100,7 @@ impl Bound {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 // The descriptor set holds every comet.v1 service: advertise only those served here.
                 .with_service_name("comet.v1.Broker")
+                .with_service_name(crate::v2::SERVICE_NAME)
                 .with_service_name("grpc.health.v1.Health")
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -112,6 +114,12 @@ impl Bound {
         let service = BrokerServer::new(BrokerHandler::new(Arc::clone(&broker)))
             .max_decoding_message_size(max_grpc)
             .max_encoding_message_size(max_grpc);
+        // The RocketMQ 5 API on the same port (docs/rocketmq-v2.md); off with `rocketmq-v2.enabled: false`.
+        let v2 = broker.config.rocketmq_v2.enabled.then(|| {
+            MessagingServiceServer::new(crate::v2::MessagingHandler::new(Arc::clone(&broker)))
+                .max_decoding_message_size(max_grpc)
+                .max_encoding_message_size(max_grpc)
+        });
 
         let background = spawn_background(&broker);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -145,6 +153,7 @@ impl Bound {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
+            .add_optional_service(v2)
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         let served = tokio::select! {
             served = server => served.map_err(|e| serve_err(Box::new(e))),
@@ -208,6 +217,10 @@ fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
                 let removed = broker.clients.expire(now_ms());
                 if removed > 0 {
                     tracing::info!(removed, "silent clients expired");
+                }
+                let removed = broker.sessions.expire();
+                if removed > 0 {
+                    tracing::info!(removed, "silent RocketMQ v2 clients expired");
                 }
                 let now = now_ms();
                 let released =

@@ -47,6 +47,7 @@ fn message_type(raw: i32) -> Result<MessageType, String> {
         Ok(pb::MessageType::Fifo) => Ok(MessageType::Fifo),
         Ok(pb::MessageType::Delay) => Ok(MessageType::Delay),
         Ok(pb::MessageType::Transaction) => Ok(MessageType::Transaction),
+        Ok(pb::MessageType::Mixed) => Ok(MessageType::Mixed),
         Err(_) => Err(format!("unknown message type {raw}")),
     }
 }
@@ -58,6 +59,7 @@ fn message_type_to_proto(t: MessageType) -> pb::MessageType {
         MessageType::Fifo => pb::MessageType::Fifo,
         MessageType::Delay => pb::MessageType::Delay,
         MessageType::Transaction => pb::MessageType::Transaction,
+        MessageType::Mixed => pb::MessageType::Mixed,
     }
 }
 
