@@ -320,12 +320,13 @@ fn prepare(broker: &Broker, m: &pb::Message, i: usize, now: u64) -> Result<Prepa
     let deliver_at = match &p.delivery_timestamp {
         Some(t) => {
             let at_ms = timestamp_ms(t).max(1);
-            let limit = broker.config.rocketmq_v2.max_delay_ms;
+            let limit = broker.config.rocketmq_v2.max_delay_ms.min(broker.config.messaging.max_delay_ms);
             if at_ms > now && at_ms - now > limit {
                 return Err(status::status(
                     pb::Code::IllegalDeliveryTime,
                     at(format!(
-                        "{} ms ahead exceeds the longest delay, rocketmq-v2.max-delay-ms = {limit}",
+                        "{} ms ahead exceeds the longest delay, {limit} ms (rocketmq-v2.max-delay-ms, at most \
+                         messaging.max-delay-ms)",
                         at_ms - now
                     )),
                 ));
