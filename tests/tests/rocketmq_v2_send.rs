@@ -134,6 +134,53 @@ async fn routes_and_assignments_describe_the_topic() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With NameServers, QueryRoute at either broker lists the queues of every master serving the topic, each with
+/// its own broker's endpoint; a topic only the other broker holds is routed there, not auto-created here.
+#[tokio::test]
+async fn routes_list_every_broker_serving_the_topic() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ns = comet_tests::harness::nameserver::NameServer::memory(&dir.path().join("ns"), "").await?;
+    let start = |name: &str| BrokerOptions {
+        nameservers: vec![ns.addr()],
+        broker_extra: format!("  broker-name: {name}\n  register-interval-ms: 300\n"),
+        ..Default::default()
+    };
+    let a = BrokerProcess::start(&dir.path().join("a"), &start("broker-a")).await?;
+    let b = BrokerProcess::start(&dir.path().join("b"), &start("broker-b")).await?;
+    create_typed_topic(&a, "shared", pb::MessageType::Mixed, 2).await?;
+    create_typed_topic(&b, "shared", pb::MessageType::Mixed, 3).await?;
+    create_typed_topic(&b, "only-b", pb::MessageType::Normal, 1).await?;
+    let ns_client = ns.client()?;
+    comet_tests::harness::wait_until("both brokers registered", Duration::from_secs(15), || async {
+        ns_client.query_route("shared").await.is_ok_and(|r| r.queues.len() == 2)
+            && ns_client.query_route("only-b").await.is_ok()
+    })
+    .await?;
+    let mut client = v2_client(&a).await?;
+    let route = |topic: &str| with_client(v2::QueryRouteRequest { topic: resource(topic), endpoints: None }, "c");
+    let shared = client.query_route(route("shared")).await?.into_inner();
+    assert_eq!(code(shared.status.as_ref()), v2::Code::Ok);
+    let per_broker = |r: &v2::QueryRouteResponse| {
+        let mut m = std::collections::BTreeMap::<String, (usize, i32)>::new();
+        for q in &r.message_queues {
+            let b = q.broker.as_ref().unwrap();
+            let port = b.endpoints.as_ref().unwrap().addresses[0].port;
+            let e = m.entry(b.name.clone()).or_insert((0, port));
+            e.0 += 1;
+        }
+        m
+    };
+    let port = |p: &BrokerProcess| p.addr().rsplit_once(':').and_then(|(_, p)| p.parse::<i32>().ok()).unwrap_or(0);
+    let got = per_broker(&shared);
+    assert_eq!(got.get("broker-a"), Some(&(2, port(&a))), "{got:?}");
+    assert_eq!(got.get("broker-b"), Some(&(3, port(&b))), "{got:?}");
+    let only_b = client.query_route(route("only-b")).await?.into_inner();
+    let got = per_broker(&only_b);
+    assert_eq!(got.keys().collect::<Vec<_>>(), vec!["broker-b"], "routed to its broker, not created here");
+    assert_eq!(only_b.message_queues[0].accept_message_types, vec![i32::from(v2::MessageType::Normal)]);
+    Ok(())
+}
+
 /// Opens a Telemetry stream as `client_id`, sends `settings` and answers the first reply.
 async fn settings_reply(
     client: &mut MessagingServiceClient<Channel>,
