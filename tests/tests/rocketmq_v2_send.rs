@@ -568,6 +568,11 @@ async fn bad_sends_get_exact_codes() -> anyhow::Result<()> {
     let ids: Vec<&str> = r.entries.iter().map(|e| e.message_id.as_str()).collect();
     assert_eq!(ids, vec![id, second]);
     assert_eq!(r.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![0, 1]);
+    // An SDK retry (same message id) is answered with the first copy, not stored again.
+    let retry = v2::SendMessageRequest { messages: vec![v2_message("typed-normal", id, b"one")] };
+    let r = client.send_message(with_client(retry, "bad-client")).await?.into_inner();
+    assert_eq!(code(r.status.as_ref()), v2::Code::Ok);
+    assert_eq!((r.entries[0].message_id.as_str(), r.entries[0].offset), (id, 0));
     let stored = pull_at_least(&broker, "typed-normal", 1, 2).await?;
     assert_eq!(stored.iter().map(|m| m.message_id.as_str()).collect::<Vec<_>>(), vec![id, second]);
     Ok(())
@@ -581,4 +586,46 @@ fn deliver_in(m: &mut v2::Message, ahead: Duration) {
     t.seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
     t.nanos = i32::try_from(d.subsec_nanos()).unwrap_or(0);
     p.delivery_timestamp = Some(t);
+}
+
+/// A v2 half with no live v2 producer of its topic is checked back to nobody, then resolved by the policy
+/// (rollback) with a log line; it never becomes visible, and a late COMMIT is PRECONDITION_FAILED.
+#[tokio::test]
+async fn orphaned_half_without_a_producer_is_rolled_back_by_the_policy() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions {
+        messaging:
+            "  transaction-check-delay-ms: 300\n  transaction-check-interval-ms: 300\n  transaction-check-max: 2\n"
+                .into(),
+        ..Default::default()
+    };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    create_typed_topic(&broker, "tx-orphan", pb::MessageType::Transaction, 1).await?;
+    let mut client = v2_client(&broker).await?;
+    let id = "0102FC0000000110D80B2355EB000000AA";
+    let mut half = v2_message("tx-orphan", id, b"never");
+    half.system_properties.as_mut().unwrap().message_type = v2::MessageType::Transaction.into();
+    let r = client.send_message(with_client(v2::SendMessageRequest { messages: vec![half] }, "gone")).await?;
+    let entry = r.into_inner().entries.remove(0);
+    assert_eq!(code(entry.status.as_ref()), v2::Code::Ok);
+    assert_eq!(entry.transaction_id.len(), 16);
+    comet_tests::harness::wait_until("the policy's log line", Duration::from_secs(20), || async {
+        broker.log().contains("policy applied")
+    })
+    .await?;
+    let late = v2::EndTransactionRequest {
+        topic: resource("tx-orphan"),
+        message_id: id.into(),
+        transaction_id: entry.transaction_id.clone(),
+        resolution: v2::TransactionResolution::Commit.into(),
+        source: v2::TransactionSource::SourceClient.into(),
+        trace_context: String::new(),
+    };
+    let r = client.end_transaction(with_client(late.clone(), "late")).await?.into_inner();
+    assert_eq!(code(r.status.as_ref()), v2::Code::PreconditionFailed, "{:?}", r.status);
+    let rollback = v2::EndTransactionRequest { resolution: v2::TransactionResolution::Rollback.into(), ..late };
+    let r = client.end_transaction(with_client(rollback, "late")).await?.into_inner();
+    assert_eq!(code(r.status.as_ref()), v2::Code::Ok, "agrees with the policy's rollback");
+    assert!(pull_all(&broker, "tx-orphan", 1).await?.is_empty(), "a rolled-back half is never visible");
+    Ok(())
 }
