@@ -22,6 +22,11 @@ use crate::handler::BrokerHandler;
 /// gRPC health service name of the broker: SERVING while it accepts requests, NOT_SERVING once shutting down.
 pub const HEALTH_SERVICE: &str = "comet.v1.Broker";
 
+/// How often the server pings an idle HTTP/2 connection.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is closed.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How often silent clients are dropped.
 const CLIENT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -148,6 +153,10 @@ impl Bound {
 
         tracing::info!(%local_addr, advertised = %broker.advertised, "broker serving");
         let server = Server::builder()
+            // A client that vanishes without closing its connection (power loss, a partition) would otherwise keep
+            // its long polls and Telemetry stream open until TCP gives up: HTTP/2 pings find it within a minute.
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .layer(rpc_metrics)
             .add_service(health)
             .add_service(reflection_v1)
