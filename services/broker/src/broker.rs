@@ -69,6 +69,9 @@ pub struct Broker {
     pub sessions: Arc<Sessions>,
     /// The RocketMQ 5 receive model: unfinished deliveries of every (group, topic, queue) (v2/receive.rs).
     pub receive: ReceiveState,
+    /// The NameServers the RocketMQ 5 QueryRoute asks for every broker serving a topic (made on first use, inside
+    /// the runtime; `None` without `broker.nameserver-addresses`).
+    pub nameservers: std::sync::OnceLock<Option<comet_nameserver_client::NameServerClient>>,
     ids: MessageIds,
     next_queue: AtomicU64,
 }
@@ -184,6 +187,7 @@ impl Broker {
             check_streams: CheckStreams::default(),
             sessions: Arc::new(Sessions::new(std::time::Duration::from_millis(config.broker.client_expiry_ms))),
             receive,
+            nameservers: std::sync::OnceLock::new(),
             ids: MessageIds::new(&advertised, started),
             next_queue: AtomicU64::new(0),
             config,
