@@ -14,6 +14,10 @@ from rocketmq import ConsumeResult, FilterExpression, MessageListener, PushConsu
 from sdk import config, emit, fail
 
 
+# The SDK consumes on several threads: one JSON line at a time, never interleaved.
+EMIT = threading.Lock()
+
+
 class Listener(MessageListener):
     def __init__(self, name, mode):
         self.name, self.mode = name, mode
@@ -26,7 +30,8 @@ class Listener(MessageListener):
             first = body not in self.seen
             self.seen.add(body)
         ok = not (self.mode == "fail-first" and first)
-        emit(consumed=True, body=body, attempt=message.delivery_attempt, ok=ok, consumer=self.name)
+        with EMIT:
+            emit(consumed=True, body=body, attempt=message.delivery_attempt, ok=ok, consumer=self.name)
         return ConsumeResult.SUCCESS if ok else ConsumeResult.FAILURE
 
 

@@ -463,7 +463,7 @@ async fn bad_input_gets_the_documented_codes() -> anyhow::Result<()> {
 }
 
 /// SIGTERM and kill -9 with messages in flight: every unacknowledged message comes back, no acknowledged one.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_lose_nothing_and_bring_back_nothing_acknowledged() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let options = BrokerOptions { rocketmq_v2: FAST.into(), ..Default::default() };
