@@ -66,28 +66,76 @@ pub async fn receive_message(
     }
     let language = caller.language.clone();
     let mut items = Vec::new();
+    let mut taken = None;
     match receive(broker, &caller, request.into_inner()).await {
-        Ok(messages) if messages.is_empty() => {
+        Ok((messages, _)) if messages.is_empty() => {
             items.push(Content::Status(status::status(pb::Code::MessageNotFound, "no new message")));
         }
-        Ok(messages) => {
+        Ok((messages, t)) => {
             items.push(Content::Status(status::ok()));
             items.extend(messages.into_iter().map(Content::Message));
+            taken = Some(t);
         }
         Err(e) => items.push(Content::Status(status_of(&e))),
     }
     items.push(Content::DeliveryTimestamp(convert::timestamp(now_ms())));
-    let items = items
+    let items: Vec<pb::ReceiveMessageResponse> = items
         .into_iter()
-        .map(move |c| {
+        .map(|c| {
             let c = match c {
                 Content::Status(s) => Content::Status(status::for_language(s, &language)),
                 other => other,
             };
-            Ok(pb::ReceiveMessageResponse { content: Some(c) })
+            pb::ReceiveMessageResponse { content: Some(c) }
         })
-        .collect::<Vec<_>>();
-    Box::pin(tokio_stream::iter(items))
+        .collect();
+    Box::pin(Answer { items: items.into_iter(), taken })
+}
+
+/// The streamed answer of a receive; dropped before its end (the client went away), it takes its deliveries
+/// back so they are not held invisible (or auto-renewed) for a receiver that never got them.
+struct Answer {
+    items: std::vec::IntoIter<pb::ReceiveMessageResponse>,
+    taken: Option<Taken>,
+}
+
+impl tokio_stream::Stream for Answer {
+    type Item = std::result::Result<pb::ReceiveMessageResponse, tonic::Status>;
+
+    fn poll_next(self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.items.next() {
+            Some(item) => Poll::Ready(Some(Ok(item))),
+            None => {
+                if let Some(mut taken) = this.taken.take() {
+                    taken.handles.clear();
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+/// Deliveries made for one receive, until its answer is sent: dropped with handles left, it undoes them.
+struct Taken {
+    broker: Arc<Broker>,
+    group: String,
+    topic: String,
+    handles: Vec<Handle>,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        for h in &self.handles {
+            if let Some(w) = self.broker.receive.window(&self.group, &self.topic, h.queue_id) {
+                w.lock().undeliver(h.offset, h.seq);
+            }
+        }
+        if !self.handles.is_empty() {
+            tracing::debug!(group = %self.group, topic = %self.topic, messages = self.handles.len(), "receive abandoned by its client; deliveries taken back");
+            self.broker.receive.wake(&self.group, &self.topic);
+        }
+    }
 }
 
 /// The status answering `err`, with the receive model's own codes.
@@ -120,7 +168,11 @@ struct Ask {
 }
 
 /// Checks the request, then takes messages, parking while there are none.
-async fn receive(broker: &Arc<Broker>, caller: &Caller, req: pb::ReceiveMessageRequest) -> Result<Vec<pb::Message>> {
+async fn receive(
+    broker: &Arc<Broker>,
+    caller: &Caller,
+    req: pb::ReceiveMessageRequest,
+) -> Result<(Vec<pb::Message>, Taken)> {
     let arrived = Instant::now();
     let config = &broker.config.rocketmq_v2;
     let group = resource_name(req.group.as_ref(), "group")?;
@@ -217,7 +269,7 @@ pub fn hold(
 }
 
 /// Takes messages; with none, parks until something may have changed, and tries again until `until`.
-async fn take_or_wait(broker: &Arc<Broker>, ask: Arc<Ask>, until: Instant) -> Result<Vec<pb::Message>> {
+async fn take_or_wait(broker: &Arc<Broker>, ask: Arc<Ask>, until: Instant) -> Result<(Vec<pb::Message>, Taken)> {
     let watches: Vec<_> = ask.queues.iter().map(|q| broker.waiters.watch(&ask.topic, *q)).collect();
     let waker = broker.receive.waker(&ask.group, &ask.topic);
     let mut shutdown = broker.waiters.shutdown_signal();
@@ -227,12 +279,20 @@ async fn take_or_wait(broker: &Arc<Broker>, ask: Arc<Ask>, until: Instant) -> Re
         let arrivals: Vec<_> = watches.iter().map(|w| w.enabled()).collect();
         let mut changed = Box::pin(waker.notified());
         changed.as_mut().enable();
-        let (messages, next_deadline) = {
-            let ask = Arc::clone(&ask);
-            broker.blocking(move |b| take(b, &ask)).await?
+        let (messages, next_deadline, taken) = {
+            let (ask, owner) = (Arc::clone(&ask), Arc::clone(broker));
+            // The guard is made on the blocking pool: if this request goes away during the look, dropping the
+            // look's result undoes its deliveries.
+            broker
+                .blocking(move |b| {
+                    let (messages, next, handles) = take(b, &ask)?;
+                    let taken = Taken { broker: owner, group: ask.group.clone(), topic: ask.topic.clone(), handles };
+                    Ok((messages, next, taken))
+                })
+                .await?
         };
         if !messages.is_empty() || broker.waiters.is_stopping() || Instant::now() >= until {
-            return Ok(messages);
+            return Ok((messages, taken));
         }
         if slot.is_none() {
             slot = Some(broker.waiters.park()?);
@@ -264,9 +324,10 @@ async fn any<F: Future<Output = ()>>(mut futures: Vec<Pin<Box<F>>>) {
 
 /// One look at every queue of the ask: the messages delivered (as the v2 API shows them) and the earliest time
 /// an invisible message of these queues becomes visible again. Blocking.
-fn take(b: &Broker, ask: &Ask) -> Result<(Vec<pb::Message>, Option<u64>)> {
+fn take(b: &Broker, ask: &Ask) -> Result<(Vec<pb::Message>, Option<u64>, Vec<Handle>)> {
     let now = now_ms();
     let mut out = Vec::new();
+    let mut handles = Vec::new();
     let mut next_deadline: Option<u64> = None;
     let n = ask.queues.len();
     let start = NEXT_START.fetch_add(1, Ordering::Relaxed);
@@ -275,7 +336,7 @@ fn take(b: &Broker, ask: &Ask) -> Result<(Vec<pb::Message>, Option<u64>)> {
             break;
         }
         let queue_id = ask.queues[(start + i) % n];
-        if let Some(d) = take_queue(b, ask, queue_id, now, &mut out)? {
+        if let Some(d) = take_queue(b, ask, queue_id, now, &mut out, &mut handles)? {
             next_deadline = Some(next_deadline.map_or(d, |n| n.min(d)));
         }
     }
@@ -283,7 +344,7 @@ fn take(b: &Broker, ask: &Ask) -> Result<(Vec<pb::Message>, Option<u64>)> {
         let bytes: usize = out.iter().map(|m| m.body.len()).sum();
         b.metrics.pulled(&ask.group, &ask.topic, out.len() as u64, bytes as u64);
     }
-    Ok((out, next_deadline))
+    Ok((out, next_deadline, handles))
 }
 
 /// Where a group without a committed offset starts in a queue (`rocketmq-v2.start-from`).
@@ -324,7 +385,14 @@ fn open_window(b: &Broker, group: &str, topic: &str, queue_id: QueueId) -> Resul
 }
 
 /// Takes from one queue into `out` (up to the batch); answers the queue's next invisible deadline.
-fn take_queue(b: &Broker, ask: &Ask, queue_id: QueueId, now: u64, out: &mut Vec<pb::Message>) -> Result<Option<u64>> {
+fn take_queue(
+    b: &Broker,
+    ask: &Ask,
+    queue_id: QueueId,
+    now: u64,
+    out: &mut Vec<pb::Message>,
+    handles: &mut Vec<Handle>,
+) -> Result<Option<u64>> {
     let config = &b.config.rocketmq_v2;
     let window = open_window(b, &ask.group, &ask.topic, queue_id)?;
     let mut w = window.lock();
@@ -395,8 +463,9 @@ fn take_queue(b: &Broker, ask: &Ask, queue_id: QueueId, now: u64, out: &mut Vec<
         let offset = m.queue_offset().0;
         let renew_until = if ask.auto_renew { now.saturating_add(config.auto_renew_max_ms) } else { 0 };
         w.deliver(offset, seq, now.saturating_add(ask.invisible_ms), renew_until, ask.client.clone());
-        let handle = Handle { queue_id, offset, seq }.encode(&ask.group, &ask.topic);
-        out.push(delivered(&m, handle, attempt, ask.invisible_ms));
+        let handle = Handle { queue_id, offset, seq };
+        out.push(delivered(&m, handle.encode(&ask.group, &ask.topic), attempt, ask.invisible_ms));
+        handles.push(handle);
     }
     commit(b, &ask.group, &ask.topic, queue_id, &mut w);
     b.pulled.record(&ask.group, &ask.topic, queue_id, w.read_to);

@@ -196,6 +196,23 @@ impl Window {
         self.by_deadline.insert((e.deadline_ms, offset));
     }
 
+    /// Takes back the delivery `seq` of `offset` that never reached its receiver (the request went away first):
+    /// visible again at once, the attempt not counted.
+    pub fn undeliver(&mut self, offset: u64, seq: u64) {
+        if !self.holds(offset, seq) {
+            return;
+        }
+        if let Some(e) = self.entries.get_mut(&offset) {
+            self.by_deadline.remove(&(e.deadline_ms, offset));
+            e.attempt = e.attempt.saturating_sub(1);
+            e.seq = 0;
+            e.deadline_ms = 0;
+            e.renew_until_ms = 0;
+            e.client = None;
+            self.by_deadline.insert((0, offset));
+        }
+    }
+
     /// True when `seq` is the current delivery of `offset`.
     pub fn holds(&self, offset: u64, seq: u64) -> bool {
         seq != 0 && self.entries.get(&offset).is_some_and(|e| e.seq == seq)
@@ -300,6 +317,20 @@ mod tests {
         assert!(!w.ack(0, 2), "changing the invisible time replaces the handle");
         assert_eq!(w.next_deadline(2000), Some(2500));
         assert!(w.ack(0, 3));
+    }
+
+    #[test]
+    fn an_undelivered_message_is_visible_at_once_with_its_attempt_uncounted() {
+        let mut w = Window::new(0);
+        w.add(0, 0, 0);
+        w.due(scan(1, false), &never);
+        w.deliver(0, 5, 10_000, 0, None);
+        w.undeliver(0, 4);
+        assert!(w.due(scan(2, false), &never).0.is_empty(), "a wrong sequence changes nothing");
+        w.undeliver(0, 5);
+        let (due, _) = w.due(scan(2, false), &never);
+        assert_eq!(due[0].attempt, 1);
+        assert!(!w.ack(0, 5));
     }
 
     #[test]
