@@ -414,6 +414,79 @@ async fn fifo_groups_deliver_one_message_per_message_group_at_a_time() -> anyhow
     Ok(())
 }
 
+/// `max-inflight-per-queue` stops reading a queue until acknowledgements come.
+#[tokio::test]
+async fn unacknowledged_messages_apply_back_pressure() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions { rocketmq_v2: format!("{FAST}  max-inflight-per-queue: 3\n"), ..Default::default() };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    create_topic(&broker, "bp", 1).await?;
+    let bodies: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
+    send_native(&broker, "bp", None, "t", None, &bodies).await?;
+    let mut client = v2_client(&broker).await?;
+    let inv = Some(Duration::from_secs(30));
+    let first = receive_n(&mut client, "g", "bp", 3, Duration::from_secs(30), Duration::from_secs(5)).await?;
+    assert_eq!(first.iter().map(body).collect::<Vec<_>>(), vec!["b0", "b1", "b2"]);
+    let (code, _) = receive(&mut client, "g", "bp", 10, inv, None, Duration::from_millis(200)).await?;
+    assert_eq!(code, v2::Code::MessageNotFound, "three unacknowledged: the queue is not read further");
+    ack(&mut client, "g", "bp", &[handle(&first[1])]).await?;
+    let (_, next) = receive(&mut client, "g", "bp", 10, inv, None, Duration::from_secs(1)).await?;
+    assert_eq!(next.iter().map(body).collect::<Vec<_>>(), vec!["b3"], "one acknowledged, one more read");
+    Ok(())
+}
+
+/// Without an invisible duration a delivery is auto-renewed while its client lives; when the client says it is
+/// leaving (NotifyClientTermination) the message comes back.
+#[tokio::test]
+async fn auto_renewal_lasts_while_the_client_lives() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions {
+        rocketmq_v2:
+            "  min-invisible-ms: 100\n  default-invisible-ms: 300\n  long-poll-min-ms: 100\n  long-poll-max-ms: 3000\n"
+                .into(),
+        ..Default::default()
+    };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    create_topic(&broker, "ar", 1).await?;
+    send_native(&broker, "ar", None, "t", None, &["r0".to_owned()]).await?;
+    let mut client = v2_client(&broker).await?;
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let (_, m) = receive(&mut client, "g", "ar", 1, None, None, Duration::from_millis(500)).await?;
+        got.extend(m);
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), vec!["r0"]);
+    assert_eq!(sys(&got[0]).invisible_duration.as_ref().map(|d| d.nanos), Some(300_000_000));
+    // Well past three slices of 300 ms: still renewed (the receives keep the client alive).
+    let (code, none) = receive(&mut client, "g", "ar", 1, None, None, Duration::from_millis(1_200)).await?;
+    assert_eq!((code, none.len()), (v2::Code::MessageNotFound, 0));
+    let bye = v2::NotifyClientTerminationRequest { group: resource("g") };
+    client.notify_client_termination(request(bye)).await?;
+    // Another client receives it once the slice runs out.
+    let mut other = tonic::Request::new(v2::ReceiveMessageRequest {
+        group: resource("g"),
+        message_queue: Some(v2::MessageQueue { topic: resource("ar"), id: -1, ..Default::default() }),
+        batch_size: 1,
+        auto_renew: true,
+        long_polling_timeout: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+        ..Default::default()
+    });
+    other.metadata_mut().insert("x-mq-client-id", tonic::metadata::MetadataValue::from_static("other@2@0@rcv"));
+    let items: Vec<_> = client.receive_message(other).await?.into_inner().collect::<Result<Vec<_>, _>>().await?;
+    let bodies: Vec<String> = items
+        .iter()
+        .filter_map(|i| match &i.content {
+            Some(v2::receive_message_response::Content::Message(m)) => Some(body(m)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, vec!["r0"]);
+    Ok(())
+}
+
 /// Exact codes: invalid invisible time, garbage receipt handles, unknown topic, SQL filter, bad tag expression,
 /// a deadline too short for the minimum long poll.
 #[tokio::test]
@@ -594,8 +667,11 @@ async fn python_push_consumers_share_a_group_exactly_once() -> anyhow::Result<()
 async fn python_push_consumer_failure_is_redelivered() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // The nack backoff the SDK uses comes from the group's retry delays (the settings reply).
-    let options =
-        BrokerOptions { rocketmq_v2: FAST.into(), messaging: "  retry-delays-ms: [500]\n".into(), ..Default::default() };
+    let options = BrokerOptions {
+        rocketmq_v2: FAST.into(),
+        messaging: "  retry-delays-ms: [500]\n".into(),
+        ..Default::default()
+    };
     let broker = BrokerProcess::start(dir.path(), &options).await?;
     create_topic(&broker, "py-fail", 2).await?;
     let args = vec![broker.addr(), "py-fail".into(), "py-fail-group".into(), "c1".into(), "fail-first".into()];

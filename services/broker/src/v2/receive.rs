@@ -34,6 +34,7 @@ use crate::domain::groups::GroupConfig;
 use crate::domain::pop::handle::Handle;
 use crate::domain::pop::journal::{Change, Record};
 use crate::domain::pop::window::{Scan, Window};
+use crate::domain::retry::is_dead_letter;
 use crate::domain::timer::TIMER_PROPERTIES;
 use crate::error::{BrokerError, Result};
 use crate::v2::BoxStream;
@@ -164,7 +165,8 @@ struct Ask {
     auto_renew: bool,
     client: Option<Arc<str>>,
     fifo: bool,
-    max_attempts: u32,
+    /// Redeliveries before the dead-letter topic (the group's `retry_max_times`): `+ 1` attempts in all.
+    retry_max_times: u32,
 }
 
 /// Checks the request, then takes messages, parking while there are none.
@@ -238,7 +240,7 @@ async fn receive(
         auto_renew,
         client: caller.client_id.as_deref().map(Arc::from),
         fifo: group_config.fifo,
-        max_attempts: group_config.retry_max_times.saturating_add(1),
+        retry_max_times: group_config.retry_max_times,
     });
     take_or_wait(broker, ask, arrived + hold).await
 }
@@ -409,7 +411,8 @@ fn take_queue(
     let mut dead: Vec<(StoredMessage, u32)> = Vec::new();
     for d in due {
         match b.store.read(CommitLogOffset(d.phys)) {
-            Ok(m) if d.attempt > ask.max_attempts => dead.push((m, d.attempt - 1)),
+            // Every delivery so far failed: the same rule as a native consumer's send-back.
+            Ok(m) if is_dead_letter(d.attempt - 1, ask.retry_max_times, false) => dead.push((m, d.attempt - 1)),
             Ok(m) => picked.push((m, d.attempt)),
             Err(e) => {
                 tracing::warn!(group = %ask.group, topic = %ask.topic, queue_id, offset = d.offset, error = %e, "an unfinished message is no longer stored (retention); dropped from the window");
@@ -769,4 +772,57 @@ pub fn recover(b: &Broker) -> Result<()> {
         tracing::info!(windows = windows.len(), replayed, "receive windows recovered");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(ms: u64) -> prost_types::Duration {
+        convert::duration(Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn the_hold_is_clamped_to_the_bounds_and_below_the_client_deadline() {
+        let ms = Duration::from_millis;
+        assert_eq!(hold(None, None, 5_000, 20_000).unwrap(), ms(20_000), "no request: the maximum");
+        assert_eq!(hold(None, Some(&d(1_000)), 5_000, 20_000).unwrap(), ms(5_000), "raised to the minimum");
+        assert_eq!(hold(None, Some(&d(60_000)), 5_000, 20_000).unwrap(), ms(20_000));
+        // Python: deadline = request timeout + await; Rust: deadline = the long poll itself.
+        assert_eq!(hold(Some(ms(23_000)), Some(&d(20_000)), 5_000, 20_000).unwrap(), ms(20_000));
+        assert_eq!(hold(Some(ms(10_000)), Some(&d(10_000)), 5_000, 20_000).unwrap(), ms(10_000) - DEADLINE_MARGIN);
+        let short = hold(Some(ms(5_100)), None, 5_000, 20_000).unwrap_err();
+        assert!(matches!(short, BrokerError::Invalid { field: "long_polling_timeout", .. }));
+        assert_eq!(status_of(&short).code, i32::from(pb::Code::IllegalPollingTime));
+    }
+
+    #[test]
+    fn message_groups_get_distinct_keys_and_none_is_per_queue() {
+        let mut msg = NewMessage {
+            topic: "t".into(),
+            queue_id: 0,
+            msg_id: "id".into(),
+            tags: String::new(),
+            keys: String::new(),
+            properties: vec![],
+            body: bytes::Bytes::from_static(b"x"),
+            flag: 0,
+            sys_flag: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = comet_store::Store::open(comet_store::StoreConfig::new(dir.path())).unwrap();
+        let plain = store.append(&msg).unwrap();
+        msg.properties = vec![(PROP_SHARDING_KEY.into(), "A".into())];
+        let a = store.append(&msg).unwrap();
+        msg.properties = vec![(PROP_SHARDING_KEY.into(), "B".into())];
+        let b = store.append(&msg).unwrap();
+        let key = |r: comet_store::AppendResult| group_key(&store.read(r.offset).unwrap());
+        let (plain, a, b) = (key(plain), key(a), key(b));
+        assert_eq!(plain, 0);
+        assert!(a != 0 && b != 0 && a != b);
+    }
 }
