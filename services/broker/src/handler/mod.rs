@@ -10,7 +10,7 @@ mod pull;
 mod query;
 mod replication;
 mod retry;
-mod send;
+pub(crate) mod send;
 mod topic;
 pub mod transaction;
 

@@ -21,6 +21,9 @@ use crate::v2::convert::{resource, resource_name};
 use crate::v2::sessions::Sessions;
 use crate::v2::status;
 
+/// Longest a QueryRoute waits for the NameServers before answering from this broker's topic table.
+const NAMESERVER_WAIT: std::time::Duration = std::time::Duration::from_millis(1_500);
+
 /// One master broker's share of a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerQueues {
@@ -124,10 +127,12 @@ pub async fn brokers_serving(
 ) -> crate::error::Result<Vec<BrokerQueues>> {
     let mut found = Vec::new();
     if let Some(client) = nameservers(broker) {
-        match client.query_route(topic).await {
-            Ok(route) => found = from_nameserver(&route),
-            Err(ClientError::NotFound { .. }) => {}
-            Err(e) => tracing::debug!(topic, error = %e, "RocketMQ v2 route: NameServers unavailable; local only"),
+        // Bounded well below the SDKs' request timeout (3 s): NameServers that do not answer leave the local route.
+        match tokio::time::timeout(NAMESERVER_WAIT, client.query_route(topic)).await {
+            Ok(Ok(route)) => found = from_nameserver(&route),
+            Ok(Err(ClientError::NotFound { .. })) => {}
+            Ok(Err(e)) => tracing::debug!(topic, error = %e, "RocketMQ v2 route: NameServers unavailable; local only"),
+            Err(_) => tracing::debug!(topic, "RocketMQ v2 route: NameServers slow to answer; local only"),
         }
     }
     let mut here = broker.topics.get(topic);

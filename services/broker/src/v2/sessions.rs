@@ -3,7 +3,8 @@
 //! for `broker.client-expiry-ms` are dropped by the broker's client scan.
 //!
 //! Bounded: at most [`MAX_SESSIONS`] clients (a new client beyond it is refused as busy until others expire or
-//! leave), and each Telemetry stream queues at most [`COMMAND_CAPACITY`] server commands.
+//! leave) and as many open Telemetry streams (a stream outlives its session when the client stays connected
+//! after NotifyClientTermination or expiry), and each stream queues at most [`COMMAND_CAPACITY`] server commands.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct Sessions {
     clients: Mutex<HashMap<String, Session>>,
     expiry: Duration,
     next_stream: AtomicU64,
+    open_streams: std::sync::atomic::AtomicUsize,
 }
 
 /// One client.
@@ -74,7 +76,12 @@ pub struct TooManySessions;
 impl Sessions {
     /// No clients; `expiry` is how long a silent client is kept.
     pub fn new(expiry: Duration) -> Self {
-        Self { clients: Mutex::new(HashMap::new()), expiry, next_stream: AtomicU64::new(1) }
+        Self {
+            clients: Mutex::new(HashMap::new()),
+            expiry,
+            next_stream: AtomicU64::new(1),
+            open_streams: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// Runs `f` on the client's session, created if new (refused beyond [`MAX_SESSIONS`]); notes it alive.
@@ -146,10 +153,17 @@ impl Sessions {
         &self,
         client_id: &str,
     ) -> Result<(u64, mpsc::Sender<Command>, mpsc::Receiver<Command>), TooManySessions> {
+        if self.open_streams.fetch_add(1, Ordering::AcqRel) >= MAX_SESSIONS {
+            self.open_streams.fetch_sub(1, Ordering::AcqRel);
+            return Err(TooManySessions);
+        }
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let writer = tx.clone();
-        self.with(client_id, |s| s.stream = Some((id, tx)))?;
+        if let Err(e) = self.with(client_id, |s| s.stream = Some((id, tx))) {
+            self.open_streams.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
         Ok((id, writer, rx))
     }
 
@@ -169,8 +183,10 @@ impl Sessions {
         clients.get(client_id).and_then(|s| s.stream.as_ref()).is_some_and(|(id, _)| *id == stream_id)
     }
 
-    /// Forgets stream `stream_id` of the client when it ends (a newer stream of the same client stays).
+    /// Forgets stream `stream_id` of the client when it ends (a newer stream of the same client stays). Called
+    /// exactly once per stream [`Sessions::open_stream`] opened.
     pub fn close_stream(&self, client_id: &str, stream_id: u64) {
+        self.open_streams.fetch_sub(1, Ordering::AcqRel);
         if let Some(s) = self.clients.lock().get_mut(client_id)
             && s.stream.as_ref().is_some_and(|(id, _)| *id == stream_id)
         {
@@ -277,7 +293,8 @@ mod tests {
         assert!(s.send_to_publisher("T", command()));
         assert!(rx.try_recv().is_ok());
         assert!(!s.send_to_publisher("U", command()));
-        s.close_stream("p1", id + 1);
+        let (other, _, _) = s.open_stream("p9").unwrap();
+        s.close_stream("p9", other);
         assert_eq!(s.live_publishers("T"), 1, "another stream's end leaves this one");
         s.close_stream("p1", id);
         assert_eq!(s.live_publishers("T"), 0);
@@ -294,13 +311,16 @@ mod tests {
         let (a, ta, _ra) = s.open_stream("c").unwrap();
         let (b, _tb, _rb) = s.open_stream("c").unwrap();
         assert!(!s.is_current("c", a));
-        s.close_stream("c", a);
-        assert!(s.is_current("c", b));
         s.keep_stream("c", a, &ta);
         assert!(s.is_current("c", b), "a newer stream is not replaced");
         s.remove("c");
         s.keep_stream("c", a, &ta);
         assert!(s.is_current("c", a), "a stream outliving its session is recorded again");
+        s.close_stream("c", b);
+        assert!(s.is_current("c", a), "the end of a replaced stream leaves the current one");
+        s.close_stream("c", a);
+        assert!(!s.is_current("c", a));
+        assert_eq!(s.open_streams.load(Ordering::Acquire), 0, "every stream counted once");
     }
 
     #[test]

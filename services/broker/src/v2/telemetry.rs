@@ -51,11 +51,13 @@ pub fn telemetry(
     })?;
     let inbound = request.into_inner();
     let (broker, sessions) = (Arc::clone(broker), Arc::clone(sessions));
+    tracing::debug!(client = %client_id, stream = stream_id, "RocketMQ v2 telemetry stream opened");
     tokio::spawn(async move {
         // This task's writer keeps the response stream open until the client closes its side, even when the
         // session goes (NotifyClientTermination comes before the client cancels the stream).
         read_commands(&broker, &sessions, &client_id, (stream_id, writer), &caller.language, inbound).await;
         sessions.close_stream(&client_id, stream_id);
+        tracing::debug!(client = %client_id, stream = stream_id, "RocketMQ v2 telemetry stream closed");
     });
     Ok(Box::pin(ReceiverStream::new(commands)))
 }
