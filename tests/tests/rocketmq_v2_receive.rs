@@ -349,6 +349,11 @@ async fn filters_and_dead_letters() -> anyhow::Result<()> {
     send_native(&broker, "dl", None, "a", None, &["a0".to_owned()]).await?;
     send_native(&broker, "dl", None, "b", None, &["b0".to_owned()]).await?;
     send_native(&broker, "dl", None, "a", None, &["a1".to_owned()]).await?;
+    // All three dispatched, so one receive sees both matches.
+    comet_tests::harness::wait_until("three stored messages", Duration::from_secs(10), || async {
+        bodies_in(&broker, "dl").await.is_ok_and(|b| b.len() == 3)
+    })
+    .await?;
     let mut client = v2_client(&broker).await?;
     let only_a = Some(v2::FilterExpression { r#type: v2::FilterType::Tag.into(), expression: "a||x".into() });
     let short = Some(Duration::from_millis(200));
@@ -378,6 +383,10 @@ async fn filters_and_dead_letters() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (code, none) = receive(&mut client, "dg", "dl", 10, short, only_a, Duration::from_millis(500)).await?;
     assert_eq!((code, none.len()), (v2::Code::MessageNotFound, 0), "{none:?}");
+    comet_tests::harness::wait_until("two dead letters", Duration::from_secs(10), || async {
+        bodies_in(&broker, "%DLQ%dg").await.is_ok_and(|b| b.len() == 2)
+    })
+    .await?;
     let mut dead = bodies_in(&broker, "%DLQ%dg").await?;
     dead.sort();
     assert_eq!(dead, vec![("a0".to_owned(), 2), ("a1".to_owned(), 1)]);
