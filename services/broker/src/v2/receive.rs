@@ -462,6 +462,13 @@ fn take_queue(
                     break;
                 }
             }
+            GetStatus::OffsetOverflow if got.max_offset.0 < w.read_to => {
+                // The queue ends below where this window read to: the store lost its tail (a machine crash
+                // with async flush). Read on from its end, or new messages there would be skipped.
+                tracing::warn!(group = %ask.group, topic = %ask.topic, queue_id, read_to = w.read_to, end = got.max_offset.0, "queue shorter than the receive window; reading on from its end");
+                w.rewind(got.max_offset.0);
+                break;
+            }
             GetStatus::NoNewMessage | GetStatus::NoSuchQueue | GetStatus::OffsetOverflow => break,
         }
     }
