@@ -619,6 +619,30 @@ async fn python_simple_consumer_receives_acks_and_changes_invisible_time() -> an
     Ok(())
 }
 
+/// The official SimpleConsumer never acknowledging: the message comes back with attempts 1, 2, 3, then (the
+/// group allows 2 retries) it is in `%DLQ%<group>` with its attempt count and never delivered again.
+#[tokio::test]
+async fn python_unacknowledged_messages_end_in_the_dead_letter_queue() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions { rocketmq_v2: FAST.into(), ..Default::default() };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    create_topic(&broker, "py-dlq", 1).await?;
+    create_group(&broker, "py-dlq-group", 2, false).await?;
+    send_native(&broker, "py-dlq", None, "t", None, &["x".to_owned()]).await?;
+    let args = vec![broker.addr(), "py-dlq".into(), "py-dlq-group".into(), "3".into(), "25".into()];
+    let result = python_sdk::run(&dir.path().join("py"), "consumer_unacked.py", &args, Duration::from_secs(40)).await?;
+    assert_eq!(result["ok"], true, "{result}");
+    let deliveries: Vec<(String, i64)> = serde_json::from_value(result["deliveries"].clone())?;
+    let expected: Vec<(String, i64)> = (1..=3).map(|a| ("x".to_owned(), a)).collect();
+    assert_eq!(deliveries, expected, "three attempts, then no more");
+    comet_tests::harness::wait_until("the dead letter", Duration::from_secs(10), || async {
+        bodies_in(&broker, "%DLQ%py-dlq-group").await.is_ok_and(|b| b == vec![("x".to_owned(), 3)])
+    })
+    .await?;
+    assert_eq!(committed(&broker, "py-dlq-group", "py-dlq", 1).await?, 1);
+    Ok(())
+}
+
 /// Reads the `consumed` events of push-consumer scripts until `n` arrived in all (or `within` passed).
 async fn consumed(scripts: &mut [SdkScript], n: usize, within: Duration) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut deadline = tokio::time::Instant::now() + within;
