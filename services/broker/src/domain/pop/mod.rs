@@ -44,7 +44,9 @@ pub struct ReceiveState {
     gate: RwLock<()>,
     /// The journal's next queue offset (everything below was appended).
     journal_next: AtomicU64,
-    /// (journal position, delivery sequence) at the last snapshot: unchanged means nothing to write.
+    /// (journal position, delivery sequence) at the last snapshot: unchanged means nothing to write. Held for a
+    /// whole snapshot, so two (the periodic one and the shutdown one) never write the file at once and a later
+    /// state is never overwritten by an earlier one.
     saved: Mutex<(u64, u64)>,
 }
 
@@ -200,6 +202,7 @@ impl ReceiveState {
 
     /// Writes the snapshot: every window, and the journal position replay must start from. Blocking.
     pub fn snapshot(&self) -> Result<()> {
+        let mut saved = self.saved.lock();
         let journal_next = {
             let _applied = self.gate.write();
             self.journal_next.load(Ordering::Acquire)
@@ -211,7 +214,7 @@ impl ReceiveState {
             .map(|(group, topic, queue_id, w)| SavedWindow { group, topic, queue_id, window: w.lock().clone() })
             .collect();
         persist::store(&self.path, &Snapshot { journal_next, max_seq, windows })?;
-        *self.saved.lock() = (journal_next, max_seq);
+        *saved = (journal_next, max_seq);
         Ok(())
     }
 
@@ -221,6 +224,7 @@ impl ReceiveState {
         if *self.saved.lock() == now {
             return Ok(());
         }
+        // (Another snapshot may run between the check and this one: it then writes the same or a later state.)
         self.snapshot()
     }
 }
