@@ -447,10 +447,10 @@ fn take_queue(
                     if !w.add(m.queue_offset().0, m.physical_offset().0, key) {
                         continue;
                     }
+                    // Otherwise (a FIFO successor of a message that is out, or beyond the batch) it waits in the
+                    // window, visible, for a later receive.
                     if (!ask.fifo || blocked.insert(key)) && picked.len() < want {
                         picked.push((m, 1));
-                    } else if !ask.fifo {
-                        // Read beyond the batch (cannot happen: count ≤ want); stays visible for the next receive.
                     }
                 }
                 w.skip_to(got.next_offset.0);
