@@ -15,5 +15,6 @@ mod nameserver_memory;
 mod orderly;
 mod push_consumer;
 mod retry;
+mod rocketmq_v2_receive;
 mod rocketmq_v2_send;
 mod transactions;
