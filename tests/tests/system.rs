@@ -15,4 +15,5 @@ mod nameserver_memory;
 mod orderly;
 mod push_consumer;
 mod retry;
+mod rocketmq_v2_pull;
 mod transactions;

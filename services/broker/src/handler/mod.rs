@@ -5,9 +5,9 @@
 mod client;
 mod group;
 mod lock;
-mod offset;
-mod pull;
-mod query;
+pub(crate) mod offset;
+pub(crate) mod pull;
+pub(crate) mod query;
 mod replication;
 mod retry;
 mod send;
