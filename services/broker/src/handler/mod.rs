@@ -140,6 +140,10 @@ impl BrokerService for BrokerHandler {
         answer(group::create(&self.broker, request.into_inner()).await)
     }
 
+    async fn update_group(&self, request: Request<pb::UpdateGroupRequest>) -> Answer<pb::UpdateGroupResponse> {
+        answer(group::update(&self.broker, request.into_inner()).await)
+    }
+
     async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Answer<pb::DeleteGroupResponse> {
         answer(group::delete(&self.broker, request.into_inner()).await)
     }

@@ -1,0 +1,98 @@
+//! The admin commands of the RocketMQ 5 API (`comet topic create|update --type`, `comet group create --fifo`,
+//! `comet group update`) as a user runs them: the real binary against a real NameServer and broker.
+
+use crate::cli_admin::{cluster, comet, run};
+
+/// The JSON line of `list --json` output whose `key` is `name`.
+fn line_of(stdout: &str, key: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v[key] == name {
+            return Ok(v);
+        }
+    }
+    anyhow::bail!("no {key} {name} in {stdout}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_take_a_message_type_that_updates_keep_unless_told() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster(dir.path()).await?;
+
+    let created = comet(&ns, &["topic", "create", "orders-fifo", "--queues", "2", "--type", "fifo"]).await?;
+    assert!(created.contains("created topic orders-fifo") && created.contains("type fifo"), "{created}");
+    let plain = comet(&ns, &["topic", "create", "anything-goes", "--queues", "2"]).await?;
+    assert!(plain.contains("type mixed"), "{plain}");
+    for t in ["normal", "delay", "transaction"] {
+        comet(&ns, &["topic", "create", &format!("typed-{t}"), "--queues", "1", "--type", t]).await?;
+    }
+
+    let listed = comet(&ns, &["topic", "list", "--json"]).await?;
+    assert_eq!(line_of(&listed, "topic", "orders-fifo")?["message_type"], "fifo");
+    assert_eq!(line_of(&listed, "topic", "anything-goes")?["message_type"], "mixed");
+    for t in ["normal", "delay", "transaction"] {
+        assert_eq!(line_of(&listed, "topic", &format!("typed-{t}"))?["message_type"], t, "{listed}");
+    }
+    let table = comet(&ns, &["topic", "list"]).await?;
+    assert!(table.lines().next().is_some_and(|h| h.contains("TYPE")), "{table}");
+    assert!(table.lines().any(|l| l.contains("orders-fifo") && l.contains("fifo ")), "{table}");
+
+    // An update of the queue counts keeps the type; --type changes it.
+    let updated = comet(&ns, &["topic", "update", "orders-fifo", "--queues", "4"]).await?;
+    assert!(updated.contains("read 4 write 4") && updated.contains("type fifo"), "{updated}");
+    comet(&ns, &["topic", "update", "orders-fifo", "--type", "delay"]).await?;
+    let described = comet(&ns, &["topic", "describe", "orders-fifo", "--json"]).await?;
+    let v: serde_json::Value = serde_json::from_str(described.trim())?;
+    assert_eq!((v["message_type"].as_str(), v["read_queues"].as_u64()), (Some("delay"), Some(4)), "{described}");
+    let text = comet(&ns, &["topic", "describe", "orders-fifo"]).await?;
+    assert!(text.contains("type delay"), "{text}");
+
+    let (ok, _stdout, stderr) = run(&ns, &["topic", "create", "bad-type", "--type", "lite"]).await?;
+    assert!(!ok && stderr.contains("lite"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_are_created_fifo_and_updated_field_by_field() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, _broker) = cluster(dir.path()).await?;
+
+    comet(&ns, &["group", "create", "fifo-readers", "--fifo"]).await?;
+    comet(&ns, &["group", "create", "readers", "--retry-max-times", "5", "--retry-delays", "1s,5s"]).await?;
+    let listed = comet(&ns, &["group", "list", "--json"]).await?;
+    assert_eq!(line_of(&listed, "group", "fifo-readers")?["fifo"], true);
+    assert_eq!(line_of(&listed, "group", "readers")?["fifo"], false);
+    let table = comet(&ns, &["group", "list"]).await?;
+    assert!(table.lines().next().is_some_and(|h| h.contains("FIFO")), "{table}");
+
+    // Only what is given changes.
+    let updated = comet(&ns, &["group", "update", "readers", "--fifo", "true"]).await?;
+    assert!(updated.starts_with("updated group readers on ") && updated.contains("fifo true"), "{updated}");
+    let readers = line_of(&comet(&ns, &["group", "list", "--json"]).await?, "group", "readers")?;
+    assert_eq!(readers["fifo"], true);
+    assert_eq!(readers["retry_max_times"], 5);
+    assert_eq!(readers["retry_delays_millis"], serde_json::json!([1000, 5000]));
+    assert_eq!(readers["consume_enable"], true);
+
+    let json = comet(
+        &ns,
+        &["group", "update", "readers", "--fifo", "false", "--consume", "false", "--retry-delays", "default", "--json"],
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(json.trim())?;
+    assert_eq!((v["fifo"].as_bool(), v["consume_enable"].as_bool()), (Some(false), Some(false)), "{json}");
+    assert_eq!((v["retry_max_times"].as_u64(), v["retry_delays_millis"].clone()), (Some(5), serde_json::json!([])));
+    let described = comet(&ns, &["group", "describe", "readers", "--json"]).await?;
+    let d: serde_json::Value = serde_json::from_str(described.trim())?;
+    assert_eq!((d["fifo"].as_bool(), d["consume_enable"].as_bool()), (Some(false), Some(false)), "{described}");
+    let described = comet(&ns, &["group", "describe", "fifo-readers"]).await?;
+    assert!(described.contains("fifo true"), "{described}");
+
+    let (ok, _stdout, stderr) = run(&ns, &["group", "update", "nobody", "--fifo", "true"]).await?;
+    assert!(!ok && stderr.contains("does not exist"), "{stderr}");
+    let (ok, _stdout, stderr) = run(&ns, &["group", "update", "readers"]).await?;
+    assert!(!ok && stderr.contains("nothing to change"), "{stderr}");
+    let (ok, _stdout, stderr) = run(&ns, &["group", "update", "readers", "--fifo", "maybe"]).await?;
+    assert!(!ok && stderr.contains("maybe"), "{stderr}");
+    Ok(())
+}
