@@ -10,6 +10,7 @@ use comet_proto::apache::rocketmq::v2::messaging_service_client::MessagingServic
 use comet_proto::comet::v1 as pb;
 use comet_proto::comet::v1::broker_client::BrokerClient;
 use comet_tests::harness::broker_process::{BrokerOptions, BrokerProcess};
+use comet_tests::harness::prometheus::http_get;
 use comet_tests::harness::wait_until;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -295,7 +296,7 @@ async fn pull_consumer_offsets_are_the_native_consumer_offsets() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_consumer_bad_input_gets_the_documented_codes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (_broker, _native, mut v2) = start(dir.path()).await?;
+    let (broker, _native, mut v2) = start(dir.path()).await?;
 
     let unknown = pull(&mut v2, Pull::at("no-such-topic", 0, 0)).await?;
     assert_eq!((unknown.code, unknown.layout.as_str()), (v2::Code::TopicNotFound, "s"));
@@ -316,5 +317,16 @@ async fn pull_consumer_bad_input_gets_the_documented_codes() -> anyhow::Result<(
     assert_eq!(sql.code, v2::Code::IllegalFilterExpression);
     let bad_topic = pull(&mut v2, Pull::at("bad topic", 0, 0)).await?;
     assert_eq!(bad_topic.code, v2::Code::IllegalTopic);
+
+    // The RPC latency metric labels v2 calls by their service and method, apart from comet.v1's PullMessage.
+    let (code, text) = http_get(broker.metrics_addr(), "/metrics").await?;
+    assert_eq!(code, 200);
+    let v2_pulls = text.lines().find(|l| {
+        l.starts_with("rocketmq_rpc_latency_count{")
+            && l.contains("request_code=\"PullMessage\"")
+            && l.contains("rpc_service=\"apache.rocketmq.v2.MessagingService\"")
+    });
+    assert!(v2_pulls.is_some_and(|l| l.ends_with(" 5")), "{text}");
+    assert!(text.contains("request_code=\"GetOffset\""), "{text}");
     Ok(())
 }
