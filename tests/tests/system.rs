@@ -17,4 +17,5 @@ mod orderly;
 mod push_consumer;
 mod retry;
 mod rocketmq_v2_pull;
+mod rocketmq_v2_send;
 mod transactions;

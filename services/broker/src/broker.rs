@@ -66,6 +66,9 @@ pub struct Broker {
     pub check_streams: CheckStreams<comet_proto::comet::v1::TransactionCheck>,
     /// Clients of the RocketMQ 5 API (`x-mq-client-id`): settings, Telemetry streams, liveness.
     pub sessions: Arc<Sessions>,
+    /// The NameServers the RocketMQ 5 QueryRoute asks for every broker serving a topic (made on first use, inside
+    /// the runtime; `None` without `broker.nameserver-addresses`).
+    pub nameservers: std::sync::OnceLock<Option<comet_nameserver_client::NameServerClient>>,
     ids: MessageIds,
     next_queue: AtomicU64,
 }
@@ -179,6 +182,7 @@ impl Broker {
             transactions,
             check_streams: CheckStreams::default(),
             sessions: Arc::new(Sessions::new(std::time::Duration::from_millis(config.broker.client_expiry_ms))),
+            nameservers: std::sync::OnceLock::new(),
             ids: MessageIds::new(&advertised, started),
             next_queue: AtomicU64::new(0),
             config,

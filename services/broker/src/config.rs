@@ -49,7 +49,7 @@ pub struct RocketMqV2Section {
     /// Serve `apache.rocketmq.v2.MessagingService` at all.
     pub enabled: bool,
     /// Longest delay a DELAY message may ask for through this API; further ahead is ILLEGAL_DELIVERY_TIME
-    /// (the proxy: 1 day). At most `messaging.max-delay-ms`.
+    /// (the proxy: 1 day). The smaller of this and `messaging.max-delay-ms` applies.
     pub max_delay_ms: u64,
     /// Invisible time of a received message when the request names none (push consumers, auto-renewed).
     pub default_invisible_ms: u64,
@@ -406,11 +406,10 @@ impl Config {
     fn validate_rocketmq_v2(&self) -> Result<(), BrokerError> {
         let bad = |key: &str, why: String| Err(BrokerError::Config(format!("rocketmq-v2.{key}: {why}")));
         let v = &self.rocketmq_v2;
-        if v.max_delay_ms == 0 || v.max_delay_ms > self.messaging.max_delay_ms {
-            return bad(
-                "max-delay-ms",
-                format!("must be 1..=messaging.max-delay-ms ({})", self.messaging.max_delay_ms),
-            );
+        // Above messaging.max-delay-ms is allowed: the smaller of the two applies (a broker with a short native
+        // limit need not restate it here).
+        if v.max_delay_ms == 0 {
+            return bad("max-delay-ms", "must be > 0".into());
         }
         if v.min_invisible_ms == 0 || v.min_invisible_ms > v.max_invisible_ms {
             return bad("min-invisible-ms", "must be > 0 and at most max-invisible-ms".into());

@@ -10,7 +10,7 @@ pub(crate) mod pull;
 pub(crate) mod query;
 mod replication;
 mod retry;
-mod send;
+pub(crate) mod send;
 mod topic;
 pub mod transaction;
 

@@ -10,7 +10,10 @@ use comet_proto::comet::v1 as pb;
 use comet_store::record::{MAX_KEYS, MAX_MSG_ID_LEN, MAX_TAGS_LEN};
 use comet_store::{AppendResult, FlushMode, NewMessage, StoredMessage};
 
-use comet_model::system::{PROP_REAL_QUEUE_ID, PROP_REAL_TOPIC, RESERVED_PROPERTIES, TIMER_TOPIC, is_system_topic};
+use comet_model::MessageType;
+use comet_model::system::{
+    PROP_REAL_QUEUE_ID, PROP_REAL_TOPIC, PROP_SHARDING_KEY, RESERVED_PROPERTIES, TIMER_TOPIC, is_system_topic,
+};
 
 use super::{check_group, check_topic, transaction};
 use crate::broker::{Broker, now_ms};
@@ -80,6 +83,7 @@ pub async fn send(
     if request.transactional {
         check_transactional(broker, &request)?;
     }
+    check_message_types(&topic, &request)?;
     let count = request.messages.len();
     let mut messages = Vec::with_capacity(count);
     let mut given_ids = Vec::with_capacity(count);
@@ -244,6 +248,38 @@ fn result(message_id: String, stored: Stored, duplicate: bool, half: bool) -> pb
         duplicate,
         deliver_at_millis: stored.deliver_at,
     }
+}
+
+/// The kind a native message is: TRANSACTION if the send is transactional, DELAY with a delivery time, FIFO
+/// with a sharding key (RocketMQ 5's message group), else NORMAL.
+pub(crate) fn kind_of(transactional: bool, m: &pb::OutgoingMessage) -> MessageType {
+    if transactional {
+        MessageType::Transaction
+    } else if m.deliver_at_millis != 0 || m.delay_millis != 0 {
+        MessageType::Delay
+    } else if m.properties.contains_key(PROP_SHARDING_KEY) {
+        MessageType::Fifo
+    } else {
+        MessageType::Normal
+    }
+}
+
+/// One topic table for both APIs: a typed topic takes its own kind of message only (MIXED and undeclared
+/// topics take every kind).
+fn check_message_types(topic: &comet_model::TopicConfig, request: &pb::SendMessageRequest) -> Result<()> {
+    for (i, m) in request.messages.iter().enumerate() {
+        let kind = kind_of(request.transactional, m);
+        if !topic.message_type.accepts(kind) {
+            return Err(BrokerError::invalid(
+                "message_type",
+                format!(
+                    "message {i}: a {kind} message cannot be sent to {:?}, a {} topic",
+                    topic.name, topic.message_type
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A transactional send: one message, a producer group, no delay, room in the table (system topics are refused

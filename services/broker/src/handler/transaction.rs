@@ -27,6 +27,7 @@ use crate::domain::copy::{Copy, copy_to};
 use crate::domain::transactions::{Committed, Op, Outcome, Resolved};
 use crate::edge::convert;
 use crate::error::{BrokerError, Result};
+use crate::v2::send::V2_PRODUCER_GROUP;
 
 /// Properties of a half message that are the broker's bookkeeping, dropped from the committed copy and from
 /// the message a check-back shows.
@@ -195,7 +196,7 @@ fn mismatch(offset: u64, id: &str) -> BrokerError {
 
 /// Resolves the half at `offset` (which must carry `id`) as `outcome`, once: an already resolved half answers
 /// its first resolution. A not-pending half is answered from the store (a committed copy, or a rollback).
-async fn resolve(broker: &Arc<Broker>, offset: u64, id: &str, outcome: Outcome) -> Result<Resolved> {
+pub(crate) async fn resolve(broker: &Arc<Broker>, offset: u64, id: &str, outcome: Outcome) -> Result<Resolved> {
     if let Some((half_id, r)) = broker.transactions.resolved(offset) {
         return if half_id == id { Ok(r) } else { Err(mismatch(offset, id)) };
     }
@@ -411,15 +412,20 @@ async fn check_one(broker: &Arc<Broker>, offset: u64) -> Result<()> {
         broker.transactions.verified(offset);
     }
     let times = half.checks + 1;
-    let mut message = convert::message_to_proto(&stored);
-    message.topic = real_topic;
-    message.queue_id = real_queue;
-    message.queue_offset = 0;
-    message.properties.retain(|k, _| !INTERNAL.contains(&k.as_str()));
-    message.properties.insert(PROP_TRANSACTION_CHECK_TIMES.to_owned(), times.to_string());
-    let check = pb::TransactionCheck { message: Some(message), commit_log_offset: offset, check_times: times };
-    let live = broker.check_streams.live(&half.group);
-    let sent = broker.check_streams.send(&half.group, check);
+    let (live, sent) = if half.group == V2_PRODUCER_GROUP {
+        // A RocketMQ 5 producer's half: a live v2 producer of the topic answers with EndTransaction.
+        let command = crate::v2::send::recover_command(&stored, &real_topic, real_queue);
+        (broker.sessions.live_publishers(&real_topic), broker.sessions.send_to_publisher(&real_topic, command))
+    } else {
+        let mut message = convert::message_to_proto(&stored);
+        message.topic = real_topic;
+        message.queue_id = real_queue;
+        message.queue_offset = 0;
+        message.properties.retain(|k, _| !INTERNAL.contains(&k.as_str()));
+        message.properties.insert(PROP_TRANSACTION_CHECK_TIMES.to_owned(), times.to_string());
+        let check = pb::TransactionCheck { message: Some(message), commit_log_offset: offset, check_times: times };
+        (broker.check_streams.live(&half.group), broker.check_streams.send(&half.group, check))
+    };
     if !sent && live > 0 {
         // Live producers, all with full streams (a slow checker): this check did not reach one, so it does not
         // count towards the limit; the next pass tries again.
