@@ -17,5 +17,6 @@ mod orderly;
 mod push_consumer;
 mod retry;
 mod rocketmq_v2_pull;
+mod rocketmq_v2_receive;
 mod rocketmq_v2_send;
 mod transactions;

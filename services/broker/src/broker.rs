@@ -17,6 +17,7 @@ use crate::domain::groups::GroupTable;
 use crate::domain::locks::QueueLocks;
 use crate::domain::long_poll::PullWaiters;
 use crate::domain::offsets::OffsetStore;
+use crate::domain::pop::ReceiveState;
 use crate::domain::pulled::PulledOffsets;
 use crate::domain::retry::SendBacks;
 use crate::domain::topics::TopicTable;
@@ -66,6 +67,8 @@ pub struct Broker {
     pub check_streams: CheckStreams<comet_proto::comet::v1::TransactionCheck>,
     /// Clients of the RocketMQ 5 API (`x-mq-client-id`): settings, Telemetry streams, liveness.
     pub sessions: Arc<Sessions>,
+    /// The RocketMQ 5 receive model: unfinished deliveries of every (group, topic, queue) (v2/receive.rs).
+    pub receive: ReceiveState,
     /// The NameServers the RocketMQ 5 QueryRoute asks for every broker serving a topic (made on first use, inside
     /// the runtime; `None` without `broker.nameserver-addresses`).
     pub nameservers: std::sync::OnceLock<Option<comet_nameserver_client::NameServerClient>>,
@@ -153,6 +156,7 @@ impl Broker {
         let topics = TopicTable::open(meta.join("topics.json"))?;
         let groups = GroupTable::open(meta.join("groups.json"))?;
         let offsets = OffsetStore::open(meta.join("consumer-offsets.json"))?;
+        let receive = ReceiveState::open(meta.join("receive-windows.json"), now_ms())?;
         let waiters = Arc::new(PullWaiters::new(config.broker.max_parked_pulls));
         let ha = Arc::new(Replication::new(&config));
         store.set_arrival_listener(Arc::new(Arrivals { waiters: Arc::clone(&waiters), ha: Arc::clone(&ha) }));
@@ -182,12 +186,14 @@ impl Broker {
             transactions,
             check_streams: CheckStreams::default(),
             sessions: Arc::new(Sessions::new(std::time::Duration::from_millis(config.broker.client_expiry_ms))),
+            receive,
             nameservers: std::sync::OnceLock::new(),
             ids: MessageIds::new(&advertised, started),
             next_queue: AtomicU64::new(0),
             config,
         };
         crate::handler::transaction::recover(&broker)?;
+        crate::v2::receive::recover(&broker)?;
         Ok(Arc::new(broker))
     }
 
@@ -319,7 +325,8 @@ impl Broker {
 
     /// Final steps of a clean shutdown: flush offsets and close the store. Blocking.
     pub fn close(&self) -> Result<()> {
-        let flushed = self.offsets.flush();
+        let snapshot = self.receive.snapshot();
+        let flushed = self.offsets.flush().and(snapshot);
         let closed = self.store.clone().close().map_err(BrokerError::from);
         flushed.and(closed)
     }

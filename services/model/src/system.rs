@@ -12,6 +12,8 @@ pub const TIMER_TOPIC: &str = "rmq_sys_wheel_timer";
 pub const TRANSACTION_HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
 /// The durable log of transaction resolutions and check-backs (what survives a restart).
 pub const TRANSACTION_OP_TOPIC: &str = "RMQ_SYS_TRANS_OP_HALF_TOPIC";
+/// The durable log of RocketMQ 5 receive acknowledgements (what survives a restart between window snapshots).
+pub const RECEIVE_JOURNAL_TOPIC: &str = "rmq_sys_receive_journal";
 
 /// Property: the topic a timer or half message is really meant for (restored when it is delivered).
 pub const PROP_REAL_TOPIC: &str = "REAL_TOPIC";
@@ -72,6 +74,7 @@ pub fn is_system_topic(topic: &str) -> bool {
         || topic == TIMER_TOPIC
         || topic == TRANSACTION_HALF_TOPIC
         || topic == TRANSACTION_OP_TOPIC
+        || topic == RECEIVE_JOURNAL_TOPIC
 }
 
 #[cfg(test)]
@@ -82,7 +85,9 @@ mod tests {
     fn system_topics_are_recognised_and_user_topics_are_not() {
         assert_eq!(retry_topic("g1"), "%RETRY%g1");
         assert_eq!(dlq_topic("g1"), "%DLQ%g1");
-        for t in ["%RETRY%g1", "%DLQ%g1", TIMER_TOPIC, TRANSACTION_HALF_TOPIC, TRANSACTION_OP_TOPIC] {
+        for t in
+            ["%RETRY%g1", "%DLQ%g1", TIMER_TOPIC, TRANSACTION_HALF_TOPIC, TRANSACTION_OP_TOPIC, RECEIVE_JOURNAL_TOPIC]
+        {
             assert!(is_system_topic(t), "{t}");
             assert!(crate::validate_topic_name(t).is_ok(), "{t} must be a valid topic name");
         }

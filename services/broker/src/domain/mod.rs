@@ -9,6 +9,7 @@ pub mod locks;
 pub mod long_poll;
 pub mod offsets;
 pub mod persist;
+pub mod pop;
 pub mod pulled;
 pub mod retry;
 pub mod timer;

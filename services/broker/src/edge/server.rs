@@ -25,6 +25,9 @@ pub const HEALTH_SERVICE: &str = "comet.v1.Broker";
 /// How often silent clients are dropped.
 const CLIENT_SCAN_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often the RocketMQ 5 receive windows are saved (start-up replays the journal written since).
+const RECEIVE_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// A broker whose listener is bound and whose store is open: ready to serve.
 #[derive(Debug)]
 pub struct Bound {
@@ -193,7 +196,7 @@ impl Bound {
     }
 }
 
-/// The offset flusher, the client expiry scan and (masters) the transaction check-back service.
+/// The offset flusher, the receive-window snapshots, the client expiry scan and (masters) the transaction check-back service.
 fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
     let flusher = {
         let broker = Arc::clone(broker);
@@ -231,7 +234,19 @@ fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         })
     };
-    let mut tasks = vec![flusher, expiry];
+    let snapshots = {
+        let broker = Arc::clone(broker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RECEIVE_SNAPSHOT_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = broker.blocking(|b| b.receive.snapshot_if_changed()).await {
+                    tracing::error!(error = %e, "saving the receive windows failed; retrying at the next interval");
+                }
+            }
+        })
+    };
+    let mut tasks = vec![flusher, expiry, snapshots];
     tasks.extend(crate::handler::transaction::spawn_checker(broker));
     tasks
 }

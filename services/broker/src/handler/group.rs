@@ -44,6 +44,7 @@ pub async fn delete(broker: &Arc<Broker>, request: pb::DeleteGroupRequest) -> Re
             b.groups.delete(&request.group)?;
             b.offsets.remove_group(&request.group);
             b.pulled.remove_group(&request.group);
+            b.receive.remove_group(&request.group);
             b.metrics.forget_group(&request.group);
             Ok(())
         })

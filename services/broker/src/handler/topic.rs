@@ -49,6 +49,7 @@ pub async fn delete(broker: &Arc<Broker>, request: pb::DeleteTopicRequest) -> Re
             b.store.delete_topic(&topic)?;
             b.offsets.remove_topic(&topic);
             b.pulled.remove_topic(&topic);
+            b.receive.remove_topic(&topic);
             b.metrics.forget_topic(&topic);
             Ok(())
         })
