@@ -314,7 +314,9 @@ async fn pull_consumer_bad_input_gets_the_documented_codes() -> anyhow::Result<(
     }
 
     let sql = pull(&mut v2, Pull { sql: true, tags: "a > 1", ..Pull::at("pull-topic", 0, 0) }).await?;
-    assert_eq!(sql.code, v2::Code::IllegalFilterExpression);
+    assert_eq!(sql.code, v2::Code::Unsupported);
+    let bad_filter = pull(&mut v2, Pull { tags: "||", ..Pull::at("pull-topic", 0, 0) }).await?;
+    assert_eq!(bad_filter.code, v2::Code::IllegalFilterExpression);
     let bad_topic = pull(&mut v2, Pull::at("bad topic", 0, 0)).await?;
     assert_eq!(bad_topic.code, v2::Code::IllegalTopic);
 
@@ -326,7 +328,7 @@ async fn pull_consumer_bad_input_gets_the_documented_codes() -> anyhow::Result<(
             && l.contains("request_code=\"PullMessage\"")
             && l.contains("rpc_service=\"apache.rocketmq.v2.MessagingService\"")
     });
-    assert!(v2_pulls.is_some_and(|l| l.ends_with(" 5")), "{text}");
+    assert!(v2_pulls.is_some_and(|l| l.ends_with(" 6")), "{text}");
     assert!(text.contains("request_code=\"GetOffset\""), "{text}");
     Ok(())
 }

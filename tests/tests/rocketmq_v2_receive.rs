@@ -594,8 +594,11 @@ async fn python_push_consumers_share_a_group_exactly_once() -> anyhow::Result<()
 async fn python_push_consumer_failure_is_redelivered() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // The nack backoff the SDK uses comes from the group's retry delays (the settings reply).
-    let options =
-        BrokerOptions { rocketmq_v2: FAST.into(), messaging: "  retry-delays-ms: [500]\n".into(), ..Default::default() };
+    let options = BrokerOptions {
+        rocketmq_v2: FAST.into(),
+        messaging: "  retry-delays-ms: [500]\n".into(),
+        ..Default::default()
+    };
     let broker = BrokerProcess::start(dir.path(), &options).await?;
     create_topic(&broker, "py-fail", 2).await?;
     let args = vec![broker.addr(), "py-fail".into(), "py-fail-group".into(), "c1".into(), "fail-first".into()];

@@ -5,7 +5,7 @@ mod broker_admin;
 mod broker_messaging;
 mod cli_admin;
 mod cli_bench;
-mod cli_v2_admin;
+mod cli_rocketmq_v2;
 mod client;
 mod client_slave_reads;
 mod delay;

@@ -115,11 +115,12 @@ fn hold(requested: Option<&prost_types::Duration>, deadline: Option<Duration>, m
     }
 }
 
-/// The tag filter of a request: TAG expressions (`*`, `a||b`; none = every message); SQL is not supported.
+/// The tag filter of a request: TAG expressions (`*`, `a||b`; none = every message); SQL is UNSUPPORTED (as
+/// in ReceiveMessage).
 fn filter_of(expression: Option<&pb::FilterExpression>) -> Result<TagFilter> {
     let Some(f) = expression else { return Ok(TagFilter::All) };
     if f.r#type == i32::from(pb::FilterType::Sql) {
-        return Err(BrokerError::invalid("filter_expression", "SQL92 filters are not supported; use a tag expression"));
+        return Err(BrokerError::invalid("filter_type", "SQL92 filters are not supported; use a tag expression"));
     }
     f.expression.parse().map_err(|e: BrokerError| BrokerError::invalid("filter_expression", e.to_string()))
 }
@@ -133,11 +134,12 @@ fn queue_of(queue: Option<&pb::MessageQueue>) -> Result<(String, u32)> {
     Ok((topic, id))
 }
 
-/// The status answering an error of the pull family: out-of-range offsets are ILLEGAL_OFFSET, the rest as
-/// everywhere (status.rs).
+/// The status answering an error of the pull family: out-of-range offsets are ILLEGAL_OFFSET, SQL filters
+/// UNSUPPORTED, the rest as everywhere (status.rs).
 fn error_status(e: &BrokerError) -> pb::Status {
     match e {
         BrokerError::OutOfRange { field: "offset", .. } => status::status(pb::Code::IllegalOffset, e.to_string()),
+        BrokerError::Invalid { field: "filter_type", .. } => status::status(pb::Code::Unsupported, e.to_string()),
         _ => status::from_error(e),
     }
 }
@@ -278,6 +280,8 @@ mod tests {
         assert_eq!(filter_of(None).unwrap(), TagFilter::All);
         assert!(matches!(filter_of(Some(&f(pb::FilterType::Tag, "a||b"))).unwrap(), TagFilter::Tags { .. }));
         let sql = filter_of(Some(&f(pb::FilterType::Sql, "a > 1"))).unwrap_err();
-        assert_eq!(status::from_error(&sql).code, i32::from(pb::Code::IllegalFilterExpression));
+        assert_eq!(error_status(&sql).code, i32::from(pb::Code::Unsupported));
+        let bad = filter_of(Some(&f(pb::FilterType::Tag, "||"))).unwrap_err();
+        assert_eq!(error_status(&bad).code, i32::from(pb::Code::IllegalFilterExpression));
     }
 }
