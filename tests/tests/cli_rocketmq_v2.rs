@@ -126,6 +126,24 @@ async fn bench_speaks_v2_and_every_sent_message_is_received_and_acknowledged() -
     assert_eq!((consumed["system"].as_str(), consumed["messages"].as_u64()), (Some("comet-v2"), Some(1000)));
     assert_eq!((consumed["lost"].as_u64(), consumed["errors"].as_u64()), (Some(0), Some(0)), "{consumed}");
     assert_eq!(consumed["size"], 100);
+    // PullMessage (the Java PullConsumer's path) reads the same backlog from each queue's first offset.
+    let pulled = report(
+        &comet(
+            &ns,
+            &with(&["bench", "consume", "--pull-batch", "32"])
+                .iter()
+                .map(|a| if *a == "v2" { "v2-pull" } else { a })
+                .collect::<Vec<_>>(),
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        (pulled["system"].as_str(), pulled["messages"].as_u64()),
+        (Some("comet-v2-pull"), Some(1000)),
+        "{pulled}"
+    );
+    assert_eq!(pulled["lost"], 0);
+
     // The group acknowledged everything: nothing is left for it (receive is answered MESSAGE_NOT_FOUND until the
     // run gives up after its idle timeout).
     let again = with(&["bench", "consume", "--count", "1", "--idle-timeout-secs", "1", "--group", "bench-readers"]);

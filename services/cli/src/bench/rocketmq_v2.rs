@@ -8,7 +8,8 @@
 //! - produce: SendMessage with `--batch` messages per request (the SDKs' batch send), `--concurrency` requests in
 //!   flight, spread round robin over the brokers that serve the topic;
 //! - consume: `--receivers` concurrent loops of ReceiveMessage (`--pull-batch`, default 32) then one AckMessage
-//!   carrying every receipt handle of the batch, on one consumer group, until the backlog is read.
+//!   carrying every receipt handle of the batch, on one consumer group, until the backlog is read;
+//! - consume `--api v2-pull`: the Java PullConsumer's PullMessage, one loop per queue from its first offset.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -129,6 +130,8 @@ struct Session {
     group: Option<String>,
     client_type: pb::ClientType,
     endpoints: Vec<Endpoint>,
+    /// Every readable queue of the route, with the index of its broker's endpoint (pull consumers).
+    queues: Vec<(usize, pb::MessageQueue)>,
     keepalive: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -160,12 +163,21 @@ impl Session {
         check(route.status.as_ref(), &format!("QueryRoute {topic}"))?;
         // One client per broker endpoint (id 0 = master, as the SDKs use).
         let mut by_endpoint: Vec<(String, pb::MessageQueue)> = Vec::new();
+        let mut queues = Vec::new();
         for q in route.message_queues {
             let Some(broker) = q.broker.as_ref().filter(|b| b.id == 0) else { continue };
             let Some(a) = broker.endpoints.as_ref().and_then(|e| e.addresses.first()) else { continue };
             let address = format!("{}:{}", a.host, a.port);
-            if !by_endpoint.iter().any(|(e, _)| *e == address) {
-                by_endpoint.push((address, q));
+            let endpoint = match by_endpoint.iter().position(|(e, _)| *e == address) {
+                Some(i) => i,
+                None => {
+                    by_endpoint.push((address, q.clone()));
+                    by_endpoint.len() - 1
+                }
+            };
+            let readable = [pb::Permission::Read, pb::Permission::ReadWrite].map(i32::from).contains(&q.permission);
+            if readable {
+                queues.push((endpoint, q));
             }
         }
         anyhow::ensure!(!by_endpoint.is_empty(), "QueryRoute {topic}: no master broker serves it");
@@ -174,6 +186,7 @@ impl Session {
             group: group.map(str::to_owned),
             client_type,
             endpoints: Vec::new(),
+            queues,
             keepalive: Vec::new(),
         };
         for (address, queue) in by_endpoint {
@@ -423,6 +436,125 @@ impl Receivers {
     /// Ends the session as an SDK's shutdown does.
     pub async fn close(&self) {
         self.session.close().await;
+    }
+}
+
+/// RocketMQ 5 pull consumers (the Java PullConsumer's PullMessage) of one group: one loop per readable queue,
+/// each from the queue's first stored offset (QueryOffset BEGINNING), no offset commits.
+#[derive(Clone)]
+pub struct Pullers {
+    session: Arc<Session>,
+    group: String,
+    batch: i32,
+}
+
+impl Pullers {
+    /// Routes `topic` and opens a pull-consumer session of `group` with its brokers.
+    pub async fn connect(access_point: &str, topic: &str, group: &str, batch: u32) -> anyhow::Result<Self> {
+        let session = Session::open(access_point, topic, Some(group), pb::ClientType::PullConsumer).await?;
+        Ok(Self {
+            session: Arc::new(session),
+            group: group.to_owned(),
+            batch: i32::try_from(batch).unwrap_or(i32::MAX),
+        })
+    }
+
+    /// Starts one pull loop per readable queue, until `stop` is set. Returns one task per queue.
+    pub fn spawn<T>(&self, stop: Arc<AtomicBool>, make_tally: impl Fn() -> T) -> Vec<tokio::task::JoinHandle<T>>
+    where
+        T: Tally + Send + 'static,
+    {
+        (0..self.session.queues.len())
+            .map(|i| {
+                let (session, stop, mut tally) = (Arc::clone(&self.session), Arc::clone(&stop), make_tally());
+                let (group, batch) = (self.group.clone(), self.batch);
+                tokio::spawn(async move {
+                    let (endpoint, queue) = &session.queues[i];
+                    let mut client = session.endpoints[*endpoint].client.clone();
+                    let mut offset = match first_offset(&mut client, queue).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            tally.on_error(&format!("{e:#}"));
+                            return tally;
+                        }
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        let round = pull(&mut client, &group, queue, offset, batch);
+                        let done = tokio::select! {
+                            r = round => Some(r),
+                            () = stopped(&stop) => None,
+                        };
+                        match done {
+                            None => break,
+                            Some(Ok((bodies, next))) => {
+                                offset = next;
+                                for body in &bodies {
+                                    tally.on_message(body);
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tally.on_error(&format!("{e:#}"));
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect()
+    }
+
+    /// Ends the session as an SDK's shutdown does.
+    pub async fn close(&self) {
+        self.session.close().await;
+    }
+}
+
+/// QueryOffset BEGINNING of a queue.
+async fn first_offset(client: &mut Client, queue: &pb::MessageQueue) -> anyhow::Result<i64> {
+    let request = pb::QueryOffsetRequest {
+        message_queue: Some(queue.clone()),
+        query_offset_policy: pb::QueryOffsetPolicy::Beginning.into(),
+        timestamp: None,
+    };
+    let answer = client.query_offset(request).await.context("QueryOffset")?.into_inner();
+    check(answer.status.as_ref(), "QueryOffset")?;
+    Ok(answer.offset)
+}
+
+/// One PullMessage (1 s long poll): the bodies and the next offset.
+async fn pull(
+    client: &mut Client,
+    group: &str,
+    queue: &pb::MessageQueue,
+    offset: i64,
+    batch: i32,
+) -> anyhow::Result<(Vec<Bytes>, i64)> {
+    use pb::pull_message_response::Content;
+    let hold = Duration::from_secs(1);
+    let request = pb::PullMessageRequest {
+        group: resource(group),
+        message_queue: Some(queue.clone()),
+        offset,
+        batch_size: batch,
+        filter_expression: Some(pb::FilterExpression { r#type: pb::FilterType::Tag.into(), expression: "*".into() }),
+        long_polling_timeout: Some(duration(hold)),
+    };
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(hold + REQUEST_TIMEOUT);
+    let mut stream = client.pull_message(request).await.context("PullMessage")?.into_inner();
+    let (mut status, mut bodies, mut next) = (None, Vec::new(), offset);
+    while let Some(item) = stream.message().await.context("PullMessage stream")? {
+        match item.content {
+            Some(Content::Status(s)) => status = Some(s),
+            Some(Content::Message(m)) => bodies.push(m.body),
+            Some(Content::NextOffset(n)) => next = n,
+            None => {}
+        }
+    }
+    match code(status.as_ref()) {
+        pb::Code::MessageNotFound => Ok((Vec::new(), next)),
+        _ => check(status.as_ref(), "PullMessage").map(|()| (bodies, next)),
     }
 }
 

@@ -44,6 +44,8 @@ pub enum Api {
     Native,
     /// The RocketMQ 5 API (`apache.rocketmq.v2.MessagingService`) as an official SDK speaks it.
     V2,
+    /// `consume` only: the RocketMQ 5 API's PullMessage (the Java PullConsumer), one loop per queue.
+    V2Pull,
 }
 
 /// Where a run connects.
@@ -52,7 +54,8 @@ pub struct Connection {
     /// System to drive.
     #[arg(long, value_enum, default_value = "comet")]
     pub system: System,
-    /// Comet API: native comet.v1, or the RocketMQ 5 API (`v2`: produce and consume only).
+    /// Comet API: native comet.v1, or the RocketMQ 5 API (`v2`: produce and consume only; `v2-pull`: consume
+    /// through PullMessage).
     #[arg(long, value_enum, default_value = "native")]
     pub api: Api,
     /// `--api v2`: the access point an official SDK is configured with (`host:port` of a broker); default: the
@@ -75,6 +78,7 @@ impl Connection {
     pub fn name(&self) -> &'static str {
         match (self.system, self.api) {
             (System::Comet, Api::V2) => "comet-v2",
+            (System::Comet, Api::V2Pull) => "comet-v2-pull",
             (system, _) => system.name(),
         }
     }
@@ -140,6 +144,9 @@ impl Sink {
     /// Connects and makes sure the topic or stream exists.
     pub async fn connect(conn: &Connection, namesrv: &[String]) -> anyhow::Result<Self> {
         match conn.system {
+            System::Comet if conn.api == Api::V2Pull => {
+                anyhow::bail!("--api v2-pull is for consume; produce with --api v2")
+            }
             System::Comet if conn.api == Api::V2 => {
                 ensure_topic(namesrv, &conn.topic, conn.queues).await?;
                 let access_point = conn.access_point(namesrv).await?;
@@ -273,6 +280,8 @@ pub enum Source {
     },
     /// RocketMQ 5 receivers of one group: receive a batch, acknowledge it in one call.
     V2(rocketmq_v2::Receivers),
+    /// RocketMQ 5 pull consumers: PullMessage per queue.
+    V2Pull(rocketmq_v2::Pullers),
     /// A JetStream pull consumer without acks, `max` messages per pull request.
     Nats {
         /// The consumer.
@@ -308,6 +317,13 @@ impl Source {
                     let start = if from == From::Oldest { min } else { max_offset };
                     backlog += max_offset - start;
                     queues.push((queue, start));
+                }
+                if conn.api == Api::V2Pull {
+                    anyhow::ensure!(from == From::Oldest, "--api v2-pull reads a backlog (consume), not new messages");
+                    let (group, _) = v2.context("--api v2-pull needs a consumer group")?;
+                    let access_point = conn.access_point(namesrv).await?;
+                    let pullers = rocketmq_v2::Pullers::connect(&access_point, &conn.topic, group, max).await?;
+                    return Ok((Self::V2Pull(pullers), backlog));
                 }
                 if conn.api == Api::V2 {
                     anyhow::ensure!(from == From::Oldest, "--api v2 reads a backlog (consume), not new messages (e2e)");
@@ -376,6 +392,7 @@ impl Source {
                 })
                 .collect(),
             Self::V2(receivers) => receivers.spawn(stop, make_tally),
+            Self::V2Pull(pullers) => pullers.spawn(stop, make_tally),
             Self::Nats { consumer, max } => {
                 let mut tally = make_tally();
                 vec![tokio::spawn(async move {
@@ -404,11 +421,30 @@ impl Source {
 }
 
 impl Source {
-    /// The RocketMQ 5 receivers' session, to close once the readers are done.
-    pub fn v2_session(&self) -> Option<rocketmq_v2::Receivers> {
+    /// The RocketMQ 5 session, to close once the readers are done.
+    pub fn v2_session(&self) -> Option<V2Session> {
         match self {
-            Self::V2(receivers) => Some(receivers.clone()),
+            Self::V2(receivers) => Some(V2Session::Receivers(receivers.clone())),
+            Self::V2Pull(pullers) => Some(V2Session::Pullers(pullers.clone())),
             _ => None,
+        }
+    }
+}
+
+/// A RocketMQ 5 consumer session of a [`Source`], closed after its readers.
+pub enum V2Session {
+    /// Receive + ack.
+    Receivers(rocketmq_v2::Receivers),
+    /// PullMessage.
+    Pullers(rocketmq_v2::Pullers),
+}
+
+impl V2Session {
+    /// NotifyClientTermination, as an SDK's shutdown.
+    pub async fn close(&self) {
+        match self {
+            Self::Receivers(r) => r.close().await,
+            Self::Pullers(p) => p.close().await,
         }
     }
 }
