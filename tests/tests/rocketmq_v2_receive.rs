@@ -349,6 +349,11 @@ async fn filters_and_dead_letters() -> anyhow::Result<()> {
     send_native(&broker, "dl", None, "a", None, &["a0".to_owned()]).await?;
     send_native(&broker, "dl", None, "b", None, &["b0".to_owned()]).await?;
     send_native(&broker, "dl", None, "a", None, &["a1".to_owned()]).await?;
+    // All three dispatched, so one receive sees both matches.
+    comet_tests::harness::wait_until("three stored messages", Duration::from_secs(10), || async {
+        bodies_in(&broker, "dl").await.is_ok_and(|b| b.len() == 3)
+    })
+    .await?;
     let mut client = v2_client(&broker).await?;
     let only_a = Some(v2::FilterExpression { r#type: v2::FilterType::Tag.into(), expression: "a||x".into() });
     let short = Some(Duration::from_millis(200));
@@ -378,6 +383,10 @@ async fn filters_and_dead_letters() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (code, none) = receive(&mut client, "dg", "dl", 10, short, only_a, Duration::from_millis(500)).await?;
     assert_eq!((code, none.len()), (v2::Code::MessageNotFound, 0), "{none:?}");
+    comet_tests::harness::wait_until("two dead letters", Duration::from_secs(10), || async {
+        bodies_in(&broker, "%DLQ%dg").await.is_ok_and(|b| b.len() == 2)
+    })
+    .await?;
     let mut dead = bodies_in(&broker, "%DLQ%dg").await?;
     dead.sort();
     assert_eq!(dead, vec![("a0".to_owned(), 2), ("a1".to_owned(), 1)]);
@@ -411,6 +420,79 @@ async fn fifo_groups_deliver_one_message_per_message_group_at_a_time() -> anyhow
     ack(&mut client, "fg", "ff", &[handle(&first[1]), handle(&next[0])]).await?;
     let (_, last) = receive(&mut client, "fg", "ff", 10, inv, None, Duration::from_secs(1)).await?;
     assert_eq!(names(&last), vec!["B2"]);
+    Ok(())
+}
+
+/// `max-inflight-per-queue` stops reading a queue until acknowledgements come.
+#[tokio::test]
+async fn unacknowledged_messages_apply_back_pressure() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions { rocketmq_v2: format!("{FAST}  max-inflight-per-queue: 3\n"), ..Default::default() };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    create_topic(&broker, "bp", 1).await?;
+    let bodies: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
+    send_native(&broker, "bp", None, "t", None, &bodies).await?;
+    let mut client = v2_client(&broker).await?;
+    let inv = Some(Duration::from_secs(30));
+    let first = receive_n(&mut client, "g", "bp", 3, Duration::from_secs(30), Duration::from_secs(5)).await?;
+    assert_eq!(first.iter().map(body).collect::<Vec<_>>(), vec!["b0", "b1", "b2"]);
+    let (code, _) = receive(&mut client, "g", "bp", 10, inv, None, Duration::from_millis(200)).await?;
+    assert_eq!(code, v2::Code::MessageNotFound, "three unacknowledged: the queue is not read further");
+    ack(&mut client, "g", "bp", &[handle(&first[1])]).await?;
+    let (_, next) = receive(&mut client, "g", "bp", 10, inv, None, Duration::from_secs(1)).await?;
+    assert_eq!(next.iter().map(body).collect::<Vec<_>>(), vec!["b3"], "one acknowledged, one more read");
+    Ok(())
+}
+
+/// Without an invisible duration a delivery is auto-renewed while its client lives; when the client says it is
+/// leaving (NotifyClientTermination) the message comes back.
+#[tokio::test]
+async fn auto_renewal_lasts_while_the_client_lives() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions {
+        rocketmq_v2:
+            "  min-invisible-ms: 100\n  default-invisible-ms: 300\n  long-poll-min-ms: 100\n  long-poll-max-ms: 3000\n"
+                .into(),
+        ..Default::default()
+    };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    create_topic(&broker, "ar", 1).await?;
+    send_native(&broker, "ar", None, "t", None, &["r0".to_owned()]).await?;
+    let mut client = v2_client(&broker).await?;
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let (_, m) = receive(&mut client, "g", "ar", 1, None, None, Duration::from_millis(500)).await?;
+        got.extend(m);
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), vec!["r0"]);
+    assert_eq!(sys(&got[0]).invisible_duration.as_ref().map(|d| d.nanos), Some(300_000_000));
+    // Well past three slices of 300 ms: still renewed (the receives keep the client alive).
+    let (code, none) = receive(&mut client, "g", "ar", 1, None, None, Duration::from_millis(1_200)).await?;
+    assert_eq!((code, none.len()), (v2::Code::MessageNotFound, 0));
+    let bye = v2::NotifyClientTerminationRequest { group: resource("g") };
+    client.notify_client_termination(request(bye)).await?;
+    // Another client receives it once the slice runs out.
+    let mut other = tonic::Request::new(v2::ReceiveMessageRequest {
+        group: resource("g"),
+        message_queue: Some(v2::MessageQueue { topic: resource("ar"), id: -1, ..Default::default() }),
+        batch_size: 1,
+        auto_renew: true,
+        long_polling_timeout: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+        ..Default::default()
+    });
+    other.metadata_mut().insert("x-mq-client-id", tonic::metadata::MetadataValue::from_static("other@2@0@rcv"));
+    let items: Vec<_> = client.receive_message(other).await?.into_inner().collect::<Result<Vec<_>, _>>().await?;
+    let bodies: Vec<String> = items
+        .iter()
+        .filter_map(|i| match &i.content {
+            Some(v2::receive_message_response::Content::Message(m)) => Some(body(m)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, vec!["r0"]);
     Ok(())
 }
 
@@ -534,6 +616,30 @@ async fn python_simple_consumer_receives_acks_and_changes_invisible_time() -> an
     assert_eq!(result["redelivered"], "s0", "{result}");
     assert!(result["redelivered_attempt"].as_i64().unwrap_or(0) >= 2, "{result}");
     assert_eq!(committed(&broker, "py-simple-group", "py-simple", 2).await?, 6);
+    Ok(())
+}
+
+/// The official SimpleConsumer never acknowledging: the message comes back with attempts 1, 2, 3, then (the
+/// group allows 2 retries) it is in `%DLQ%<group>` with its attempt count and never delivered again.
+#[tokio::test]
+async fn python_unacknowledged_messages_end_in_the_dead_letter_queue() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions { rocketmq_v2: FAST.into(), ..Default::default() };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    create_topic(&broker, "py-dlq", 1).await?;
+    create_group(&broker, "py-dlq-group", 2, false).await?;
+    send_native(&broker, "py-dlq", None, "t", None, &["x".to_owned()]).await?;
+    let args = vec![broker.addr(), "py-dlq".into(), "py-dlq-group".into(), "3".into(), "25".into()];
+    let result = python_sdk::run(&dir.path().join("py"), "consumer_unacked.py", &args, Duration::from_secs(40)).await?;
+    assert_eq!(result["ok"], true, "{result}");
+    let deliveries: Vec<(String, i64)> = serde_json::from_value(result["deliveries"].clone())?;
+    let expected: Vec<(String, i64)> = (1..=3).map(|a| ("x".to_owned(), a)).collect();
+    assert_eq!(deliveries, expected, "three attempts, then no more");
+    comet_tests::harness::wait_until("the dead letter", Duration::from_secs(10), || async {
+        bodies_in(&broker, "%DLQ%py-dlq-group").await.is_ok_and(|b| b == vec![("x".to_owned(), 3)])
+    })
+    .await?;
+    assert_eq!(committed(&broker, "py-dlq-group", "py-dlq", 1).await?, 1);
     Ok(())
 }
 

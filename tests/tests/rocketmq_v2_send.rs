@@ -405,7 +405,8 @@ async fn python_delay_message_is_invisible_until_due() -> anyhow::Result<()> {
     let due_ms = lines.iter().find_map(|l| l["due_seconds"].as_u64()).unwrap_or(0) * 1000;
     let id = text(&lines[0], "message_id");
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
-    if now_ms < due_ms {
+    // Checked only with a clear second to spare, so a slow machine cannot turn a punctual delivery into a failure.
+    if now_ms + 1_000 < due_ms {
         assert!(pull_all(&broker, "delay-t", 1).await?.is_empty(), "visible before its delivery time");
     }
     comet_tests::harness::wait_until("the delayed message", Duration::from_secs(30), || async {

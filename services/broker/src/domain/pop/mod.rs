@@ -159,7 +159,10 @@ impl ReceiveState {
         for change in &record.changes {
             match *change {
                 Change::Opened { queue_id, base } => {
-                    self.window_or_open(&record.group, &record.topic, queue_id, || Window::new(base));
+                    // A receive racing the opener may have journaled an acknowledgement first (which opened the
+                    // window at 0 here): the window still starts where it was opened.
+                    let (w, _) = self.window_or_open(&record.group, &record.topic, queue_id, || Window::new(base));
+                    w.lock().rebase(base);
                 }
                 Change::Done { queue_id, offset } => {
                     let (w, _) = self.window_or_open(&record.group, &record.topic, queue_id, || Window::new(0));
@@ -259,6 +262,23 @@ mod tests {
         assert_eq!((w.base, w.read_to, w.len()), (1, 3, 2));
         assert_eq!(w.entry(1).unwrap().attempt, 1);
         assert_eq!(reopened.window("g", "t", 1).unwrap().lock().base, 7);
+        // An acknowledgement journaled before its window's opening.
+        reopened.replay(&Record {
+            group: "g".into(),
+            topic: "t".into(),
+            changes: vec![Change::Done { queue_id: 2, offset: 101 }],
+        });
+        reopened.replay(&Record {
+            group: "g".into(),
+            topic: "t".into(),
+            changes: vec![Change::Opened { queue_id: 2, base: 100 }],
+        });
+        let w2 = reopened.window("g", "t", 2).unwrap();
+        let mut w2 = w2.lock();
+        assert_eq!(w2.base, 100);
+        assert!(w2.add(100, 0, 0));
+        assert!(!w2.add(101, 0, 0), "still known as acknowledged");
+        drop(w2);
         drop(w);
         reopened.remove_topic("t");
         assert!(reopened.window("g", "t", 0).is_none());

@@ -184,6 +184,21 @@ impl Window {
         self.advance();
     }
 
+    /// Moves the read position back to `end` (the queue lost messages from there on): entries at or beyond it
+    /// name records that are gone and are dropped.
+    pub fn rewind(&mut self, end: u64) {
+        if end >= self.read_to {
+            return;
+        }
+        for (offset, e) in self.entries.split_off(&end) {
+            self.by_deadline.remove(&(e.deadline_ms, offset));
+        }
+        self.acked_ahead.clear();
+        self.read_to = end;
+        self.base = self.base.min(end);
+        self.advance();
+    }
+
     /// Hands the entry out: attempt + 1, invisible until `deadline_ms`, valid handle `seq`.
     pub fn deliver(&mut self, offset: u64, seq: u64, deadline_ms: u64, renew_until_ms: u64, client: Option<Arc<str>>) {
         let Some(e) = self.entries.get_mut(&offset) else { return };
@@ -386,6 +401,21 @@ mod tests {
         w.finish(0);
         w.finish(2);
         assert_eq!(w.base, 10);
+    }
+
+    #[test]
+    fn rewinding_drops_what_the_queue_lost() {
+        let mut w = Window::new(0);
+        for o in 0..5 {
+            w.add(o, o, 0);
+        }
+        w.finish(0);
+        w.rewind(3);
+        assert_eq!((w.base, w.read_to, w.len()), (1, 3, 2));
+        assert!(w.add(3, 3, 0), "offset 3 is read again");
+        let mut empty = Window::new(10);
+        empty.rewind(4);
+        assert_eq!((empty.base, empty.read_to), (4, 4));
     }
 
     #[test]
