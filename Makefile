@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging fuzz-remoting clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging bench-v2 fuzz-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -83,7 +83,7 @@ nextest:
 	fi
 
 ## bench: every benchmark; results go to docs/benchmarks.md by hand
-bench: bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging
+bench: bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging bench-v2
 
 bench-store:
 	$(CARGO) bench -p comet-store --bench append -- $(BENCH_ARGS)
@@ -130,6 +130,13 @@ bench-ha:
 bench-messaging:
 	$(CARGO) build --release -p comet-nameserver -p comet-broker -p comet
 	CARGO_TARGET_DIR=$(TARGET_DIR) python3 scripts/bench-messaging.py $(MSG_BENCH_ARGS)
+
+## bench-v2: the RocketMQ 5 API (`comet bench produce|consume --api v2`: SendMessage, ReceiveMessage + AckMessage as
+## an official SDK speaks it) beside native comet.v1 from the same run, one release broker, 1 KiB; prints a markdown
+## table with ratios (V2_BENCH_ARGS, e.g. --secs 5 --backlog 100000)
+bench-v2:
+	$(CARGO) build --release -p comet-nameserver -p comet-broker -p comet
+	CARGO_TARGET_DIR=$(TARGET_DIR) python3 scripts/bench-rocketmq-v2.py $(V2_BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

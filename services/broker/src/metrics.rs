@@ -19,14 +19,18 @@ use std::time::Duration;
 use comet_model::MessageType;
 use comet_telemetry::opentelemetry::metrics::{AsyncInstrument, Counter, Meter};
 use comet_telemetry::opentelemetry::{KeyValue, StringValue, Value};
-use comet_telemetry::{LabelCap, MetricsConfig, OTHER, Snapshot};
+use comet_telemetry::{LabelCap, MetricsConfig, OTHER, RpcService, Snapshot};
 use parking_lot::RwLock;
 
 use crate::broker::{Broker, now_ms};
 use crate::domain::clients::{ClientInfo, MessageModel};
 
-/// gRPC methods of `comet.v1.Broker`: the `request_code` values of `rocketmq_rpc_latency`.
-pub const RPC_METHODS: &[&str] = comet_proto::methods::BROKER_METHODS;
+/// The gRPC services a broker serves, with their methods: the `service` and `request_code` values of
+/// `rocketmq_rpc_latency` (both APIs have a `SendMessage`, a `PullMessage`, a `Heartbeat`, ...).
+pub const RPC_SERVICES: &[RpcService] = &[
+    RpcService { name: "comet.v1.Broker", methods: comet_proto::methods::BROKER_METHODS },
+    RpcService { name: crate::v2::SERVICE_NAME, methods: comet_proto::methods::MESSAGINGSERVICE_METHODS },
+];
 
 /// How long one lag computation serves collections: the instruments of one scrape share it.
 const LAG_SNAPSHOT_AGE: Duration = Duration::from_millis(500);

@@ -1,4 +1,4 @@
-//! `comet topic`, `comet group`, `comet message`: broker administration. Topic changes go to every master broker
+//! `comet topic`, `comet message`: broker administration (`comet group` is group.rs). Topic changes go to every master broker
 //! of the cluster (found through the NameServer's `GetClusterInfo`) or to one `--broker`; reads ask every master.
 
 use anyhow::Context;
@@ -42,7 +42,47 @@ impl Perm {
     }
 }
 
-/// Queue counts and permission of `topic create` / `topic update`.
+/// The message type a topic accepts (RocketMQ 5 SDKs check it before sending; the broker on every send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopicType {
+    /// Plain messages only.
+    Normal,
+    /// Messages with a message group (ordered per group).
+    Fifo,
+    /// Delayed messages only.
+    Delay,
+    /// Transactional (half) messages only.
+    Transaction,
+    /// Every type (what auto-created topics are).
+    Mixed,
+}
+
+impl From<TopicType> for pb::MessageType {
+    fn from(t: TopicType) -> Self {
+        match t {
+            TopicType::Normal => pb::MessageType::Normal,
+            TopicType::Fifo => pb::MessageType::Fifo,
+            TopicType::Delay => pb::MessageType::Delay,
+            TopicType::Transaction => pb::MessageType::Transaction,
+            TopicType::Mixed => pb::MessageType::Mixed,
+        }
+    }
+}
+
+/// A topic's message type as the tables and JSON show it (`normal`, ..., `mixed`; a broker's unset type is
+/// `mixed`: it accepts every type).
+fn type_name(message_type: i32) -> &'static str {
+    match pb::MessageType::try_from(message_type) {
+        Ok(pb::MessageType::Normal) => "normal",
+        Ok(pb::MessageType::Fifo) => "fifo",
+        Ok(pb::MessageType::Delay) => "delay",
+        Ok(pb::MessageType::Transaction) => "transaction",
+        Ok(pb::MessageType::Mixed | pb::MessageType::Unspecified) => "mixed",
+        Err(_) => "unknown",
+    }
+}
+
+/// Queue counts, permission and message type of `topic create` / `topic update`.
 #[derive(Debug, Args)]
 pub struct TopicSpec {
     /// Topic name.
@@ -59,6 +99,9 @@ pub struct TopicSpec {
     /// Permission.
     #[arg(long, value_enum)]
     perm: Option<Perm>,
+    /// Message type the topic accepts (create: default mixed; update: default unchanged).
+    #[arg(long = "type", value_enum)]
+    message_type: Option<TopicType>,
 }
 
 /// `comet topic ...`.
@@ -66,7 +109,7 @@ pub struct TopicSpec {
 pub enum TopicCommand {
     /// Create a topic on the brokers.
     Create(TopicSpec),
-    /// Change a topic's queue counts or permission on the brokers.
+    /// Change a topic's queue counts, permission or message type on the brokers.
     Update(TopicSpec),
     /// List the brokers' topics.
     List,
@@ -79,45 +122,6 @@ pub enum TopicCommand {
     Delete {
         /// Topic name.
         topic: String,
-    },
-}
-
-/// `comet group ...`.
-#[derive(Debug, Subcommand)]
-pub enum GroupCommand {
-    /// Create a subscription group on the brokers (consumption on; set broadcasting and retries here).
-    Create {
-        /// Group name.
-        group: String,
-        /// Refuse broadcasting members of this group.
-        #[arg(long)]
-        no_broadcast: bool,
-        /// Redeliveries before the dead-letter queue.
-        #[arg(long, default_value_t = 16)]
-        retry_max_times: u32,
-        /// Delay before each redelivery, comma-separated (`500ms,1s,5s,1m,2h`): retry n waits the n-th, the
-        /// last repeats. Default: the broker's `messaging.retry-delays-ms`.
-        #[arg(long, value_parser = parse_delays)]
-        retry_delays: Option<Delays>,
-        /// Create it with consumption paused (pulls refused until it is re-created).
-        #[arg(long)]
-        disabled: bool,
-        /// A FIFO group (RocketMQ 5 SDKs): a message group's next message is delivered only after the previous
-        /// one is acknowledged or dead-lettered.
-        #[arg(long)]
-        fifo: bool,
-    },
-    /// Delete a subscription group and its committed offsets on the brokers.
-    Delete {
-        /// Group name.
-        group: String,
-    },
-    /// List the brokers' consumer groups.
-    List,
-    /// Show a group's members and per-queue committed offset, max offset and lag.
-    Describe {
-        /// Group name.
-        group: String,
     },
 }
 
@@ -188,7 +192,7 @@ fn perm_name(perm: u32) -> String {
 fn topic_json(broker: &str, t: &pb::TopicConfig) -> serde_json::Value {
     serde_json::json!({
         "broker": broker, "topic": t.name, "read_queues": t.read_queue_nums,
-        "write_queues": t.write_queue_nums, "perm": perm_name(t.perm),
+        "write_queues": t.write_queue_nums, "perm": perm_name(t.perm), "message_type": type_name(t.message_type),
     })
 }
 
@@ -199,7 +203,12 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
         TopicCommand::Create(spec) => {
             for (name, address) in &brokers {
                 let mut client = admin.broker(address)?;
-                let config = apply(pb::TopicConfig { name: spec.topic.clone(), ..Default::default() }, &spec);
+                let new = pb::TopicConfig {
+                    name: spec.topic.clone(),
+                    message_type: pb::MessageType::from(TopicType::Mixed).into(),
+                    ..Default::default()
+                };
+                let config = apply(new, &spec);
                 let created = client
                     .create_topic(pb::CreateTopicRequest { topic: Some(config) })
                     .await
@@ -230,7 +239,7 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
         }
         TopicCommand::List => {
             if !target.json {
-                println!("{:<16} {:<32} {:>6} {:>6} {:>5}", "BROKER", "TOPIC", "READ", "WRITE", "PERM");
+                println!("{:<16} {:<32} {:>6} {:>6} {:>5} {:<11}", "BROKER", "TOPIC", "READ", "WRITE", "PERM", "TYPE");
             }
             for (name, address) in &brokers {
                 let topics = admin
@@ -245,12 +254,13 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
                         println!("{}", topic_json(name, t));
                     } else {
                         println!(
-                            "{:<16} {:<32} {:>6} {:>6} {:>5}",
+                            "{:<16} {:<32} {:>6} {:>6} {:>5} {:<11}",
                             name,
                             t.name,
                             t.read_queue_nums,
                             t.write_queue_nums,
-                            perm_name(t.perm)
+                            perm_name(t.perm),
+                            type_name(t.message_type)
                         );
                     }
                 }
@@ -285,11 +295,12 @@ pub async fn topic(cmd: TopicCommand, target: Target, namesrv: &[String]) -> any
                     println!("{line}");
                 } else {
                     println!(
-                        "broker {name} ({address}): topic {} read {} write {} perm {}",
+                        "broker {name} ({address}): topic {} read {} write {} perm {} type {}",
                         config.name,
                         config.read_queue_nums,
                         config.write_queue_nums,
-                        perm_name(config.perm)
+                        perm_name(config.perm),
+                        type_name(config.message_type)
                     );
                     println!("  {:>5} {:>12} {:>12}", "QUEUE", "MIN", "MAX");
                     for q in &described.queues {
@@ -328,6 +339,9 @@ fn apply(mut config: pb::TopicConfig, spec: &TopicSpec) -> pb::TopicConfig {
     if let Some(p) = spec.perm {
         config.perm = p.bits();
     }
+    if let Some(t) = spec.message_type {
+        config.message_type = pb::MessageType::from(t).into();
+    }
     config
 }
 
@@ -337,202 +351,23 @@ fn print_topic_change(verb: &str, broker: &str, config: Option<&pb::TopicConfig>
         println!("{}", topic_json(broker, &config));
     } else {
         println!(
-            "{verb} topic {} on {broker}: read {} write {} perm {}",
+            "{verb} topic {} on {broker}: read {} write {} perm {} type {}",
             config.name,
             config.read_queue_nums,
             config.write_queue_nums,
-            perm_name(config.perm)
+            perm_name(config.perm),
+            type_name(config.message_type)
         );
     }
 }
 
 /// One line per broker for a create or delete: `<verb> <kind> <name> on <broker>`, or its JSON object.
-fn print_done(json: bool, broker: &str, kind: &str, name: &str, verb: &str) {
+pub(crate) fn print_done(json: bool, broker: &str, kind: &str, name: &str, verb: &str) {
     if json {
         println!("{}", serde_json::json!({"broker": broker, kind: name, verb: true}));
     } else {
         println!("{verb} {kind} {name} on {broker}");
     }
-}
-
-/// Runs a `comet group` command.
-pub async fn group(cmd: GroupCommand, target: Target, namesrv: &[String]) -> anyhow::Result<()> {
-    let (admin, brokers) = brokers(namesrv, &target).await?;
-    match cmd {
-        GroupCommand::Create { group, no_broadcast, retry_max_times, retry_delays, disabled, fifo } => {
-            let config = pb::GroupConfig {
-                name: group.clone(),
-                consume_enable: !disabled,
-                consume_broadcast_enable: !no_broadcast,
-                retry_max_times,
-                retry_delays_millis: retry_delays.map(|d| d.0).unwrap_or_default(),
-                fifo,
-            };
-            for (name, address) in &brokers {
-                admin
-                    .broker(address)?
-                    .create_group(pb::CreateGroupRequest { group: Some(config.clone()) })
-                    .await
-                    .map_err(|s| status(name, &format!("creating group {group}"), s))?;
-                print_done(target.json, name, "group", &group, "created");
-            }
-        }
-        GroupCommand::Delete { group } => {
-            for (name, address) in &brokers {
-                admin
-                    .broker(address)?
-                    .delete_group(pb::DeleteGroupRequest { group: group.clone() })
-                    .await
-                    .map_err(|s| status(name, &format!("deleting group {group}"), s))?;
-                print_done(target.json, name, "group", &group, "deleted");
-            }
-        }
-        GroupCommand::List => {
-            if !target.json {
-                println!("{:<16} {:<32} {:>8} {:>9} {:>6} DELAYS", "BROKER", "GROUP", "CONSUME", "BROADCAST", "RETRY");
-            }
-            for (name, address) in &brokers {
-                let groups = admin
-                    .broker(address)?
-                    .list_groups(pb::ListGroupsRequest {})
-                    .await
-                    .map_err(|s| status(name, "listing groups", s))?
-                    .into_inner()
-                    .groups;
-                for g in &groups {
-                    if target.json {
-                        let line = serde_json::json!({
-                            "broker": name, "group": g.name, "consume_enable": g.consume_enable,
-                            "consume_broadcast_enable": g.consume_broadcast_enable,
-                            "retry_max_times": g.retry_max_times,
-                            "retry_delays_millis": g.retry_delays_millis,
-                        });
-                        println!("{line}");
-                    } else {
-                        println!(
-                            "{:<16} {:<32} {:>8} {:>9} {:>6} {}",
-                            name,
-                            g.name,
-                            g.consume_enable,
-                            g.consume_broadcast_enable,
-                            g.retry_max_times,
-                            delays_text(&g.retry_delays_millis)
-                        );
-                    }
-                }
-            }
-        }
-        GroupCommand::Describe { group } => {
-            let mut members = std::collections::BTreeMap::new();
-            let mut offsets = Vec::new();
-            let mut known = false;
-            let mut config = None;
-            for (name, address) in &brokers {
-                let described = match admin
-                    .broker(address)?
-                    .describe_group(pb::DescribeGroupRequest { group: group.clone() })
-                    .await
-                {
-                    Ok(r) => r.into_inner(),
-                    // A group may be known to some brokers only (it consumed topics hosted elsewhere).
-                    Err(s) if s.code() == tonic::Code::NotFound => continue,
-                    Err(s) => return Err(status(name, &format!("describing group {group}"), s)),
-                };
-                known = true;
-                config = config.or(described.group);
-                // Every broker knows the members (clients heartbeat to all); offsets are per broker.
-                for m in described.members {
-                    members.insert(m.client_id.clone(), m);
-                }
-                offsets.extend(described.offsets.into_iter().map(|o| (name.clone(), o)));
-            }
-            anyhow::ensure!(known, "group {group} not found on any broker");
-            let total_lag: u64 = offsets.iter().map(|(_, o)| o.lag).sum();
-            if target.json {
-                let line = serde_json::json!({
-                    "group": group,
-                    "members": members.values().map(|m| serde_json::json!({
-                        "client_id": m.client_id,
-                        "subscriptions": m.subscriptions.iter().map(|s| format!("{}:{}", s.topic, s.expression)).collect::<Vec<_>>(),
-                        "last_heartbeat_millis": m.last_heartbeat_millis,
-                    })).collect::<Vec<_>>(),
-                    "offsets": offsets.iter().map(|(b, o)| serde_json::json!({
-                        "broker": b, "topic": o.topic, "queue_id": o.queue_id, "committed_offset": o.committed_offset,
-                        "max_offset": o.max_offset, "lag": o.lag,
-                    })).collect::<Vec<_>>(),
-                    "total_lag": total_lag,
-                    "retry_max_times": config.as_ref().map(|g| g.retry_max_times),
-                    "retry_delays_millis": config.as_ref().map(|g| g.retry_delays_millis.clone()),
-                });
-                println!("{line}");
-            } else {
-                println!("group {group}: {} member(s), total lag {total_lag}", members.len());
-                if let Some(g) = &config {
-                    println!(
-                        "  retries: at most {}, delays {}",
-                        g.retry_max_times,
-                        delays_text(&g.retry_delays_millis)
-                    );
-                }
-                for m in members.values() {
-                    let subs: Vec<String> =
-                        m.subscriptions.iter().map(|s| format!("{}:{}", s.topic, s.expression)).collect();
-                    println!("  member {} {}", m.client_id, subs.join(" "));
-                }
-                println!(
-                    "{:<16} {:<32} {:>5} {:>12} {:>12} {:>8}",
-                    "BROKER", "TOPIC", "QUEUE", "COMMITTED", "MAX", "LAG"
-                );
-                for (b, o) in &offsets {
-                    println!(
-                        "{:<16} {:<32} {:>5} {:>12} {:>12} {:>8}",
-                        b, o.topic, o.queue_id, o.committed_offset, o.max_offset, o.lag
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A group's retry delays in ms, as `--retry-delays` gives them.
-#[derive(Debug, Clone)]
-pub struct Delays(Vec<u64>);
-
-/// Parses `500ms,1s,5m,2h` (a bare number is milliseconds).
-fn parse_delays(text: &str) -> Result<Delays, String> {
-    let mut out = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let split = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
-        let (number, unit) = part.split_at(split);
-        let n: u64 = number.parse().map_err(|_| format!("{part:?}: expected a number with ms, s, m or h"))?;
-        let factor = match unit {
-            "" | "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            _ => return Err(format!("{part:?}: unit must be ms, s, m or h")),
-        };
-        out.push(n.checked_mul(factor).ok_or_else(|| format!("{part:?} is too long"))?);
-    }
-    if out.is_empty() {
-        return Err("at least one delay is required".into());
-    }
-    Ok(Delays(out))
-}
-
-/// Delays for tables: `1s,5s,2m`, or `default` (the broker's).
-fn delays_text(delays: &[u64]) -> String {
-    if delays.is_empty() {
-        return "default".into();
-    }
-    let one = |ms: u64| match ms {
-        ms if ms > 0 && ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms > 0 && ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms > 0 && ms % 1_000 == 0 => format!("{}s", ms / 1_000),
-        ms => format!("{ms}ms"),
-    };
-    delays.iter().map(|&d| one(d)).collect::<Vec<_>>().join(",")
 }
 
 /// Runs a `comet message` command.
@@ -827,16 +662,6 @@ pub(crate) fn store_time(millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_delays_parse_with_units_and_print_back() {
-        assert_eq!(parse_delays("500ms, 1s,5m,2h,250").unwrap().0, vec![500, 1_000, 300_000, 7_200_000, 250]);
-        assert!(parse_delays("1d").is_err());
-        assert!(parse_delays("").is_err());
-        assert!(parse_delays("x").is_err());
-        assert_eq!(delays_text(&[500, 1_000, 300_000, 7_200_000]), "500ms,1s,5m,2h");
-        assert_eq!(delays_text(&[]), "default");
-    }
 
     #[test]
     fn times_parse_as_rfc_3339_dates_or_unix_millis_and_round_trip_through_store_time() {

@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod dlq;
+mod group;
 mod inspect;
 mod messaging;
 mod replication;
@@ -50,7 +51,7 @@ enum Command {
     /// List consumer groups; describe members, committed offsets and lag.
     Group {
         #[command(subcommand)]
-        command: admin::GroupCommand,
+        command: group::GroupCommand,
         #[command(flatten)]
         target: admin::Target,
     },
@@ -101,7 +102,7 @@ async fn main() -> std::process::ExitCode {
         Command::Send(args) => messaging::send(args, &addresses).await,
         Command::Consume(args) => messaging::consume(args, &addresses).await,
         Command::Topic { command, target } => admin::topic(command, target, &addresses).await,
-        Command::Group { command, target } => admin::group(command, target, &addresses).await,
+        Command::Group { command, target } => group::run(command, target, &addresses).await,
         Command::Dlq { command, target } => dlq::run(command, target, &addresses).await,
         Command::Message { command, target } => admin::message(command, target, &addresses).await,
         Command::Broker { command, target } => replication::run(command, target, &addresses).await,

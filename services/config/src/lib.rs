@@ -116,6 +116,26 @@ fn merge(base: &mut Value, over: Value) {
     }
 }
 
+/// `<SECTION>_<KEY>` split into the section's name and the raw key: the longest known section whose name, upper
+/// case with `-` as `_`, starts the variable (so `ROCKETMQ_V2_ENABLED` is key `ENABLED` of `rocketmq-v2`), else
+/// the first `_`-separated word (a section of another process).
+fn split_section<'a>(rest: &'a str, sections: &Mapping) -> Option<(String, &'a str)> {
+    let known = sections
+        .keys()
+        .filter_map(Value::as_str)
+        .filter(|s| {
+            let env_name = s.to_ascii_uppercase().replace('-', "_");
+            rest.len() > env_name.len() + 1
+                && rest.starts_with(&env_name)
+                && rest.as_bytes().get(env_name.len()) == Some(&b'_')
+        })
+        .max_by_key(|s| s.len());
+    match known {
+        Some(section) => Some((section.to_owned(), &rest[section.len() + 1..])),
+        None => rest.split_once('_').map(|(section, key)| (section.to_ascii_lowercase(), key)),
+    }
+}
+
 /// True for the tail of a Kubernetes service-link variable (`SERVICE_HOST`, `SERVICE_PORT[_NAME]`, `PORT`,
 /// `PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]`), which only look like `COMET_<SECTION>_<KEY>` by accident.
 fn is_service_link(key: &str) -> bool {
@@ -141,14 +161,13 @@ fn apply_env(
     };
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
-        let Some((section, key)) = rest.split_once('_') else { continue };
-        let section = section.to_ascii_lowercase();
-        let key = key.to_ascii_lowercase().replace('_', "-");
+        let Some((section, raw_key)) = split_section(rest, sections) else { continue };
+        let key = raw_key.to_ascii_lowercase().replace('_', "-");
         let Some(Value::Mapping(known)) = sections.get(section.as_str()) else { continue };
         let value = match known.get(key.as_str()) {
             // Kubernetes sets <SERVICE>_SERVICE_HOST, <SERVICE>_PORT_9876_TCP... for every Service of the
             // namespace: a Service named comet-nameserver must not stop the processes from starting.
-            None if is_service_link(&rest[section.len() + 1..]) => continue,
+            None if is_service_link(raw_key) => continue,
             None => return Err(ConfigError(format!("{name}: {section} has no key {key:?}"))),
             Some(Value::Sequence(_)) => Value::Sequence(
                 raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
@@ -249,6 +268,21 @@ mod tests {
         assert_eq!(c.other.listen, "0.0.0.0:2", "the process default of other.listen survives");
         assert_eq!(c.other.max_conns, 5);
         assert_eq!(c.server, Server::default());
+    }
+
+    #[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+    struct Dashed {
+        server: Server,
+        server_v2: Server,
+    }
+
+    #[test]
+    fn sections_with_a_dash_take_their_variables_and_the_longest_name_wins() {
+        let c: Dashed =
+            load(None, env(&[("COMET_SERVER_V2_MAX_CONNS", "7"), ("COMET_SERVER_MAX_CONNS", "3")])).unwrap();
+        assert_eq!((c.server_v2.max_conns, c.server.max_conns), (7, 3));
+        assert!(load::<Dashed>(None, env(&[("COMET_SERVER_V2_NOPE", "1")])).is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 pub use config::{BROKER_LISTEN, MetricsConfig, NAMESERVER_LISTEN};
 pub use labels::{LabelCap, OTHER, Snapshot};
 pub use opentelemetry;
-pub use rpc::{LATENCY_BOUNDARIES_MS, RPC_LATENCY, RpcMetrics, RpcMetricsLayer};
+pub use rpc::{LATENCY_BOUNDARIES_MS, RPC_LATENCY, RpcMetrics, RpcMetricsLayer, RpcService};
 
 /// Why metrics could not be set up; the message names the key or the address.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,9 @@
-//! `rocketmq_rpc_latency`: a tower layer over a tonic server that times every call by API and gRPC status.
-//! Labels come from fixed tables (the service's method names, the 17 gRPC codes), so a client sending odd
-//! paths cannot add series, and recording builds no strings.
+//! `rocketmq_rpc_latency`: a tower layer over a tonic server that times every call by service, API and gRPC
+//! status. Labels come from fixed tables (the served services and their method names, the 17 gRPC codes), so a
+//! client sending odd paths cannot add series, and recording builds no strings. The `rpc_service` label (OTel's
+//! `rpc.service`: the full gRPC service name) tells apart
+//! methods two services share a name for (a broker serves `SendMessage` in `comet.v1.Broker` and in
+//! `apache.rocketmq.v2.MessagingService`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,11 +22,25 @@ pub const RPC_LATENCY: &str = "rocketmq_rpc_latency";
 pub const LATENCY_BOUNDARIES_MS: &[f64] =
     &[0.5, 1.0, 3.0, 5.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10_000.0, 30_000.0];
 
-/// Methods of the gRPC health and reflection services every server also serves.
-const COMMON_METHODS: &[&str] = &["Check", "Watch", "ServerReflectionInfo"];
+/// One gRPC service a server times: its full name (`package.Service`, the `rpc_service` label) and its method names
+/// (the `request_code` values).
+#[derive(Debug, Clone, Copy)]
+pub struct RpcService {
+    /// Full service name, as in the request path (`comet.v1.Broker`).
+    pub name: &'static str,
+    /// Its gRPC method names (`comet_proto::methods::*_METHODS`).
+    pub methods: &'static [&'static str],
+}
 
-/// The `request_code` of a path that names no known method.
-const OTHER_METHOD: &str = "other";
+/// The gRPC health and reflection services every server also serves.
+const COMMON_SERVICES: &[RpcService] = &[
+    RpcService { name: "grpc.health.v1.Health", methods: &["Check", "Watch"] },
+    RpcService { name: "grpc.reflection.v1.ServerReflection", methods: &["ServerReflectionInfo"] },
+    RpcService { name: "grpc.reflection.v1alpha.ServerReflection", methods: &["ServerReflectionInfo"] },
+];
+
+/// The `rpc_service` and `request_code` of a path that names no known service or method.
+const OTHER: &str = "other";
 
 const GRPC_CODES: [&str; 17] = [
     "OK",
@@ -48,22 +65,37 @@ const GRPC_CODES: [&str; 17] = [
 #[derive(Debug)]
 struct Shared {
     latency: Histogram<f64>,
-    methods: &'static [&'static str],
+    services: &'static [RpcService],
+}
+
+/// What a call is labelled with: its service and method, both from the fixed tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Call {
+    service: &'static str,
+    method: &'static str,
 }
 
 impl Shared {
-    fn method(&self, path: &str) -> &'static str {
-        let name = path.rsplit_once('/').map_or(path, |(_, m)| m);
-        self.methods.iter().chain(COMMON_METHODS).find(|m| **m == name).copied().unwrap_or(OTHER_METHOD)
+    /// The labels of a request path `/package.Service/Method`: a known method of a known service, the service
+    /// with method `other`, or `other` for both.
+    fn call(&self, path: &str) -> Call {
+        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+        match self.services.iter().chain(COMMON_SERVICES).find(|s| s.name == service) {
+            Some(s) => {
+                Call { service: s.name, method: s.methods.iter().find(|m| **m == method).copied().unwrap_or(OTHER) }
+            }
+            None => Call { service: OTHER, method: OTHER },
+        }
     }
 
-    fn record(&self, method: &'static str, code: &'static str, start: Instant) {
+    fn record(&self, call: Call, code: &'static str, start: Instant) {
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         self.latency.record(
             ms,
             &[
                 KeyValue::new("protocol_type", "grpc"),
-                KeyValue::new("request_code", method),
+                KeyValue::new("rpc_service", call.service),
+                KeyValue::new("request_code", call.method),
                 KeyValue::new("response_code", code),
             ],
         );
@@ -77,18 +109,18 @@ pub struct RpcMetricsLayer {
 }
 
 impl RpcMetricsLayer {
-    /// Times calls of `methods` (the service's gRPC method names, e.g. `SendMessage`); any other path is
-    /// recorded as `request_code="other"`.
-    pub fn new(meter: &Meter, methods: &'static [&'static str]) -> Self {
+    /// Times calls of the methods of `services` (and of gRPC health and reflection); a path naming another
+    /// method is recorded as `request_code="other"`, another service also as `rpc_service="other"`.
+    pub fn new(meter: &Meter, services: &'static [RpcService]) -> Self {
         let latency = meter
             .f64_histogram(RPC_LATENCY)
             .with_unit("ms")
             .with_description(
-                "gRPC call latency in milliseconds, by API (request_code) and gRPC status (response_code)",
+                "gRPC call latency in milliseconds, by service, API (request_code) and gRPC status (response_code)",
             )
             .with_boundaries(LATENCY_BOUNDARIES_MS.to_vec())
             .build();
-        Self { shared: Arc::new(Shared { latency, methods }) }
+        Self { shared: Arc::new(Shared { latency, services }) }
     }
 }
 
@@ -120,10 +152,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = self.shared.method(request.uri().path());
+        let call = self.shared.call(request.uri().path());
         ResponseFuture {
             inner: self.inner.call(request),
-            method,
+            call,
             start: Instant::now(),
             shared: Arc::clone(&self.shared),
             done: false,
@@ -136,7 +168,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        method: &'static str,
+        call: Call,
         start: Instant,
         shared: Arc<Shared>,
         done: bool,
@@ -146,7 +178,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !*this.done {
-                this.shared.record(this.method, "CANCELLED", *this.start);
+                this.shared.record(*this.call, "CANCELLED", *this.start);
             }
         }
     }
@@ -174,7 +206,7 @@ where
             Err(_) => "UNKNOWN",
         };
         *this.done = true;
-        this.shared.record(this.method, code, *this.start);
+        this.shared.record(*this.call, code, *this.start);
         Poll::Ready(out)
     }
 }
@@ -190,7 +222,11 @@ mod tests {
         let config = MetricsConfig { listen: "127.0.0.1:0".into(), ..MetricsConfig::default() };
         let identity = crate::Identity { service: "t", instance: "i".into(), attributes: vec![] };
         let telemetry = Telemetry::start(&config, identity).await.unwrap();
-        let layer = RpcMetricsLayer::new(telemetry.meter(), &["SendMessage"]);
+        const SERVICES: &[RpcService] = &[
+            RpcService { name: "comet.v1.Broker", methods: &["SendMessage"] },
+            RpcService { name: "apache.rocketmq.v2.MessagingService", methods: &["SendMessage", "ReceiveMessage"] },
+        ];
+        let layer = RpcMetricsLayer::new(telemetry.meter(), SERVICES);
         let mut svc = layer.layer(tower::service_fn(|req: http::Request<()>| async move {
             let mut response = http::Response::new(());
             if req.uri().path().ends_with("Bad") {
@@ -198,22 +234,37 @@ mod tests {
             }
             Ok::<_, std::convert::Infallible>(response)
         }));
-        for path in
-            ["/comet.v1.Broker/SendMessage", "/comet.v1.Broker/SendMessage", "/x/Bad", "/grpc.health.v1.Health/Check"]
-        {
+        for path in [
+            "/comet.v1.Broker/SendMessage",
+            "/comet.v1.Broker/SendMessage",
+            "/apache.rocketmq.v2.MessagingService/SendMessage",
+            "/apache.rocketmq.v2.MessagingService/Nope",
+            "/comet.v1.Broker/ReceiveMessage",
+            "/x/Bad",
+            "/grpc.health.v1.Health/Check",
+        ] {
             let request = http::Request::builder().uri(path).body(()).unwrap();
             svc.ready().await.unwrap().call(request).await.unwrap();
         }
         let text = telemetry.render();
-        let count = |labels: &str| {
+        // Labels render sorted by name; a series is found by all of its label pairs.
+        let count = |labels: &[&str]| {
             text.lines()
-                .find(|l| l.starts_with("rocketmq_rpc_latency_count{") && l.contains(labels))
+                .find(|l| l.starts_with("rocketmq_rpc_latency_count{") && labels.iter().all(|p| l.contains(p)))
                 .and_then(|l| l.rsplit(' ').next())
                 .map(str::to_owned)
         };
-        assert_eq!(count("request_code=\"SendMessage\",response_code=\"OK\"").as_deref(), Some("2"), "{text}");
-        assert_eq!(count("request_code=\"other\",response_code=\"RESOURCE_EXHAUSTED\"").as_deref(), Some("1"));
-        assert_eq!(count("request_code=\"Check\"").as_deref(), Some("1"));
+        let broker = "rpc_service=\"comet.v1.Broker\"";
+        let v2 = "rpc_service=\"apache.rocketmq.v2.MessagingService\"";
+        let (send, ok) = ("request_code=\"SendMessage\"", "response_code=\"OK\"");
+        assert_eq!(count(&[broker, send, ok]).as_deref(), Some("2"), "{text}");
+        assert_eq!(count(&[v2, send, ok]).as_deref(), Some("1"), "{text}");
+        // A method of another service, and an unknown method of a known service, are `other` of that service.
+        assert_eq!(count(&[v2, "request_code=\"other\""]).as_deref(), Some("1"), "{text}");
+        assert_eq!(count(&[broker, "request_code=\"other\""]).as_deref(), Some("1"), "{text}");
+        let odd = ["rpc_service=\"other\"", "request_code=\"other\"", "response_code=\"RESOURCE_EXHAUSTED\""];
+        assert_eq!(count(&odd).as_deref(), Some("1"), "{text}");
+        assert_eq!(count(&["rpc_service=\"grpc.health.v1.Health\"", "request_code=\"Check\""]).as_deref(), Some("1"));
         assert!(text.contains("rocketmq_rpc_latency_bucket{") && text.contains("le=\"0.5\""), "{text}");
         telemetry.shutdown().await;
     }
@@ -230,7 +281,7 @@ mod overhead {
     use opentelemetry::KeyValue;
     use tower::{Layer, Service};
 
-    use super::RpcMetricsLayer;
+    use super::{RpcMetricsLayer, RpcService};
     use crate::{Identity, MetricsConfig, Telemetry};
 
     fn per_op(n: u32, mut f: impl FnMut()) -> f64 {
@@ -266,7 +317,9 @@ mod overhead {
         let ready =
             |_: http::Request<()>| std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(())));
         let mut bare = tower::service_fn(ready);
-        let mut timed = RpcMetricsLayer::new(meter, &["SendMessage", "PullMessage"]).layer(tower::service_fn(ready));
+        const SERVICES: &[RpcService] =
+            &[RpcService { name: "comet.v1.Broker", methods: &["SendMessage", "PullMessage"] }];
+        let mut timed = RpcMetricsLayer::new(meter, SERVICES).layer(tower::service_fn(ready));
         let request = || http::Request::builder().uri("/comet.v1.Broker/SendMessage").body(()).unwrap();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let bare_ns = per_op(n, || {

@@ -98,6 +98,19 @@ impl GroupTable {
         Ok(config)
     }
 
+    /// Replaces an existing group's config (persisted first); [`BrokerError::GroupNotFound`] if there is none.
+    pub fn update(&self, config: GroupConfig) -> Result<GroupConfig> {
+        let mut groups = self.groups.lock();
+        if !groups.contains_key(&config.name) {
+            return Err(BrokerError::GroupNotFound { group: config.name });
+        }
+        let mut next = groups.clone();
+        next.insert(config.name.clone(), config.clone());
+        persist::store(&self.path, &next)?;
+        *groups = next;
+        Ok(config)
+    }
+
     /// Creates the group with defaults unless it exists.
     pub fn ensure(&self, name: &str) -> Result<()> {
         match self.create(GroupConfig::new(name)) {
@@ -149,8 +162,13 @@ mod tests {
         assert!(matches!(table.delete("g1"), Err(BrokerError::GroupNotFound { .. })));
         assert!(matches!(table.create(GroupConfig::new("no spaces")), Err(BrokerError::Invalid { .. })));
 
+        assert!(matches!(table.update(GroupConfig::new("g1")), Err(BrokerError::GroupNotFound { .. })));
+        let fifo = GroupConfig { fifo: true, retry_max_times: 3, ..GroupConfig::new("g2") };
+        assert_eq!(table.update(fifo.clone()).unwrap(), fifo);
+
         let reopened = GroupTable::open(path).unwrap();
-        assert_eq!(reopened.list(), vec![GroupConfig::new("g2")]);
+        assert_eq!(reopened.list(), vec![fifo]);
+        reopened.update(GroupConfig::new("g2")).unwrap();
         assert!(!reopened.broadcast_disabled("g2") && !reopened.broadcast_disabled("unknown"));
         reopened.create(GroupConfig { consume_broadcast_enable: false, ..GroupConfig::new("g3") }).unwrap();
         assert!(reopened.broadcast_disabled("g3"));

@@ -95,7 +95,7 @@ impl Bound {
     /// Serves until `shutdown` completes, then shuts down gracefully (see the module doc).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let Bound { listener, local_addr, broker, telemetry, ha } = self;
-        let rpc_metrics = RpcMetricsLayer::new(telemetry.meter(), crate::metrics::RPC_METHODS);
+        let rpc_metrics = RpcMetricsLayer::new(telemetry.meter(), crate::metrics::RPC_SERVICES);
         let address = local_addr.to_string();
         let serve_err =
             |e: Box<dyn std::error::Error + Send + Sync>| BrokerError::Serve { address: address.clone(), source: e };

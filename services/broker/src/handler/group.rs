@@ -1,4 +1,5 @@
-//! Subscription-group admin: CreateGroup, DeleteGroup, ListGroups, DescribeGroup.
+//! Subscription-group admin: CreateGroup, UpdateGroup, DeleteGroup, ListGroups, DescribeGroup. Changes are
+//! persisted before they are answered; slaves copy the whole group table from their master (ha/slave.rs).
 
 use std::sync::Arc;
 
@@ -19,6 +20,19 @@ pub async fn create(broker: &Arc<Broker>, request: pb::CreateGroupRequest) -> Re
     let config = convert::group_from_proto(group);
     let created = broker.blocking(move |b| b.groups.create(config)).await?;
     Ok(pb::CreateGroupResponse { group: Some(convert::group_to_proto(&created)) })
+}
+
+/// Replaces a group's config (NOT_FOUND if it does not exist); committed offsets and members are kept.
+pub async fn update(broker: &Arc<Broker>, request: pb::UpdateGroupRequest) -> Result<pb::UpdateGroupResponse> {
+    broker.require_master("group change")?;
+    let group = request.group.ok_or_else(|| BrokerError::invalid("group", "missing"))?;
+    check_group(&group.name)?;
+    crate::domain::retry::check_delays(&group.retry_delays_millis)
+        .map_err(|why| BrokerError::invalid("retry_delays_millis", why))?;
+    let config = convert::group_from_proto(group);
+    let updated = broker.blocking(move |b| b.groups.update(config)).await?;
+    tracing::info!(group = %updated.name, fifo = updated.fifo, consume_enable = updated.consume_enable, "group updated");
+    Ok(pb::UpdateGroupResponse { group: Some(convert::group_to_proto(&updated)) })
 }
 
 /// Deletes a group and its committed offsets (NOT_FOUND if it does not exist).

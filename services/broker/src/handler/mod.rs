@@ -5,9 +5,9 @@
 mod client;
 mod group;
 mod lock;
-mod offset;
-mod pull;
-mod query;
+pub(crate) mod offset;
+pub(crate) mod pull;
+pub(crate) mod query;
 mod replication;
 mod retry;
 pub(crate) mod send;
@@ -138,6 +138,10 @@ impl BrokerService for BrokerHandler {
 
     async fn create_group(&self, request: Request<pb::CreateGroupRequest>) -> Answer<pb::CreateGroupResponse> {
         answer(group::create(&self.broker, request.into_inner()).await)
+    }
+
+    async fn update_group(&self, request: Request<pb::UpdateGroupRequest>) -> Answer<pb::UpdateGroupResponse> {
+        answer(group::update(&self.broker, request.into_inner()).await)
     }
 
     async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Answer<pb::DeleteGroupResponse> {

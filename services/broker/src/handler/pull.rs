@@ -24,20 +24,59 @@ const MAX_BYTES: u32 = 16 << 20;
 
 /// Answers a pull: messages, or a status with the offsets to continue from.
 pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Result<pb::PullMessageResponse> {
-    let (got, from) = read_or_wait(broker, &request).await?;
-    if got.status == GetStatus::Found {
-        // One counter update and one position per answer, never per message.
-        let bytes: usize = got.messages.iter().map(|m| m.body_len()).sum();
-        broker.metrics.pulled(&request.group, &request.topic, got.messages.len() as u64, bytes as u64);
-        broker.pulled.record(&request.group, &request.topic, request.queue_id, got.next_offset.0);
-    }
+    check_group(&request.group)?;
+    check_topic(&request.topic)?;
+    let query = PullQuery {
+        filter: Arc::new(request.tag_expression.parse()?),
+        max_count: request.max_count,
+        max_bytes: request.max_bytes,
+        wait: Duration::from_millis(u64::from(request.max_wait_millis).min(broker.config.broker.max_pull_wait_ms)),
+        offset: QueueOffset(request.offset),
+        queue_id: request.queue_id,
+        topic: request.topic,
+        group: request.group,
+    };
+    let (got, from) = pull_queue(broker, &query).await?;
     Ok(response(got, from))
 }
 
+/// One queue read of a consumer group, whichever API asked for it (comet.v1 PullMessage, or the RocketMQ 5
+/// PullMessage of v2/pull.rs). Names are already checked.
+#[derive(Debug, Clone)]
+pub(crate) struct PullQuery {
+    /// Consumer group (its consume-enable switch applies).
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Queue of the topic (must be a read queue).
+    pub queue_id: u32,
+    /// First offset wanted.
+    pub offset: QueueOffset,
+    /// Most messages (0 = 32, capped at 1024).
+    pub max_count: u32,
+    /// Most body bytes (0 = 4 MiB, capped at 16 MiB).
+    pub max_bytes: u32,
+    /// Long-poll hold when nothing matches yet (already clamped by the caller).
+    pub wait: Duration,
+    /// Tag filter.
+    pub filter: Arc<TagFilter>,
+}
+
+/// Reads one queue for a group, parked until messages arrive when there are none, and counts what was found
+/// (pulled-message metrics, the group's pulled position): what was read and where from.
+pub(crate) async fn pull_queue(broker: &Arc<Broker>, query: &PullQuery) -> Result<(GetMessages, QueueOffset)> {
+    let (got, from) = read_or_wait(broker, query).await?;
+    if got.status == GetStatus::Found {
+        // One counter update and one position per answer, never per message.
+        let bytes: usize = got.messages.iter().map(|m| m.body_len()).sum();
+        broker.metrics.pulled(&query.group, &query.topic, got.messages.len() as u64, bytes as u64);
+        broker.pulled.record(&query.group, &query.topic, query.queue_id, got.next_offset.0);
+    }
+    Ok((got, from))
+}
+
 /// The read of a pull, parked until messages arrive when there are none: what was read and where from.
-async fn read_or_wait(broker: &Arc<Broker>, request: &pb::PullMessageRequest) -> Result<(GetMessages, QueueOffset)> {
-    check_group(&request.group)?;
-    check_topic(&request.topic)?;
+async fn read_or_wait(broker: &Arc<Broker>, request: &PullQuery) -> Result<(GetMessages, QueueOffset)> {
     let topic = broker.topic(&request.topic)?;
     if !topic.perm.is_readable() {
         return Err(BrokerError::NotPermitted {
@@ -56,7 +95,7 @@ async fn read_or_wait(broker: &Arc<Broker>, request: &pb::PullMessageRequest) ->
             format!("{} is not a read queue of {:?} (0..{})", request.queue_id, topic.name, topic.read_queue_nums),
         ));
     }
-    let filter: Arc<TagFilter> = Arc::new(request.tag_expression.parse()?);
+    let filter = Arc::clone(&request.filter);
     let max_count = match request.max_count {
         0 => DEFAULT_MAX_COUNT,
         n => n.min(MAX_COUNT),
@@ -65,7 +104,7 @@ async fn read_or_wait(broker: &Arc<Broker>, request: &pb::PullMessageRequest) ->
         0 => DEFAULT_MAX_BYTES,
         n => n.min(MAX_BYTES),
     } as usize;
-    let wait = Duration::from_millis(u64::from(request.max_wait_millis).min(broker.config.broker.max_pull_wait_ms));
+    let wait = request.wait;
     let deadline = Instant::now() + wait;
 
     let read = |from: QueueOffset| {
@@ -76,7 +115,7 @@ async fn read_or_wait(broker: &Arc<Broker>, request: &pb::PullMessageRequest) ->
         })
     };
 
-    let mut from = QueueOffset(request.offset);
+    let mut from = request.offset;
     let mut first = read(from).await?;
     if !wants_wait(&first, from) || wait.is_zero() || broker.waiters.is_stopping() {
         return Ok((first, from));
@@ -85,7 +124,7 @@ async fn read_or_wait(broker: &Arc<Broker>, request: &pb::PullMessageRequest) ->
     let _slot = broker.waiters.park()?;
     let watch = broker.waiters.watch(&request.topic, request.queue_id);
     let mut shutdown = broker.waiters.shutdown_signal();
-    tracing::debug!(topic = %request.topic, queue_id = request.queue_id, offset = request.offset, "pull parked");
+    tracing::debug!(topic = %request.topic, queue_id = request.queue_id, offset = request.offset.0, "pull parked");
     let mut arrived = false;
     loop {
         from = next_from(&first, from);

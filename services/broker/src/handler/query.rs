@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use comet_model::QueueOffset;
 use comet_proto::comet::v1 as pb;
 
 use super::{check_read_queue, check_topic};
@@ -11,20 +12,33 @@ use crate::error::{BrokerError, Result};
 
 /// First and end offsets of a queue (0, 0 for a queue that never received a message).
 pub fn queue_offsets(broker: &Broker, request: pb::GetQueueOffsetsRequest) -> Result<pb::GetQueueOffsetsResponse> {
-    check_read_queue(broker, &request.topic, request.queue_id)?;
-    let (min, max) = broker.store.queue_range(&request.topic, request.queue_id).map_or((0, 0), |(a, b)| (a.0, b.0));
-    Ok(pb::GetQueueOffsetsResponse { min_offset: min, max_offset: max })
+    let (min, max) = queue_range(broker, &request.topic, request.queue_id)?;
+    Ok(pb::GetQueueOffsetsResponse { min_offset: min.0, max_offset: max.0 })
+}
+
+/// First and end offsets of a read queue of an existing topic ((0, 0) for a queue that never received a
+/// message), whichever API asks (comet.v1 GetQueueOffsets, RocketMQ 5 QueryOffset BEGINNING/END).
+pub(crate) fn queue_range(broker: &Broker, topic: &str, queue_id: u32) -> Result<(QueueOffset, QueueOffset)> {
+    check_read_queue(broker, topic, queue_id)?;
+    Ok(broker.store.queue_range(topic, queue_id).unwrap_or((QueueOffset(0), QueueOffset(0))))
 }
 
 /// The first offset stored at or after a time (the end if none).
 pub async fn search_offset(broker: &Arc<Broker>, request: pb::SearchOffsetRequest) -> Result<pb::SearchOffsetResponse> {
-    check_read_queue(broker, &request.topic, request.queue_id)?;
-    let offset = broker
-        .blocking(move |b| {
-            Ok(b.store.offset_by_time(&request.topic, request.queue_id, request.timestamp_millis).map_or(0, |o| o.0))
-        })
-        .await?;
-    Ok(pb::SearchOffsetResponse { offset })
+    let offset = offset_at(broker, request.topic, request.queue_id, request.timestamp_millis).await?;
+    Ok(pb::SearchOffsetResponse { offset: offset.0 })
+}
+
+/// The first offset of a read queue stored at or after `timestamp_ms` (the end if none; 0 for a queue that never
+/// received a message), whichever API asks (comet.v1 SearchOffset, RocketMQ 5 QueryOffset TIMESTAMP).
+pub(crate) async fn offset_at(
+    broker: &Arc<Broker>,
+    topic: String,
+    queue_id: u32,
+    timestamp_ms: u64,
+) -> Result<QueueOffset> {
+    check_read_queue(broker, &topic, queue_id)?;
+    broker.blocking(move |b| Ok(b.store.offset_by_time(&topic, queue_id, timestamp_ms).unwrap_or(QueueOffset(0)))).await
 }
 
 /// The message with an id (NOT_FOUND if none).

@@ -4,7 +4,8 @@
 //! - produce: `--concurrency` senders, each with one request of `--batch` messages in flight, for `--count`
 //!   messages or `--duration-secs`, optionally paced to `--rate` messages/s; latency = request sent to
 //!   acknowledgement.
-//! - consume: reads the stored backlog (every queue from its oldest message) as fast as it goes.
+//! - consume: reads the stored backlog (every queue from its oldest message) as fast as it goes; with
+//!   `--api v2`, `--receivers` RocketMQ 5 receive + ack loops of one new consumer group (bench/rocketmq_v2.rs).
 //! - e2e: a reader follows the topic from its end while senders produce at `--rate`; latency = body stamped
 //!   just before the send to body received (same process, one monotonic clock).
 
@@ -81,9 +82,15 @@ pub struct ConsumeArgs {
     /// Messages to read (default: the whole backlog stored when the run starts).
     #[arg(long)]
     count: Option<u64>,
-    /// Messages per pull request.
+    /// Messages per pull request (`--api v2`: per ReceiveMessage; the RocketMQ proxy's maximum is 32).
     #[arg(long, default_value_t = 1024)]
     pull_batch: u32,
+    /// `--api v2`: concurrent receive + ack loops.
+    #[arg(long, default_value_t = 8)]
+    receivers: usize,
+    /// `--api v2`: the consumer group (default: a new one per run, so the whole backlog is unread).
+    #[arg(long)]
+    group: Option<String>,
     /// Give up when no message arrived for this long.
     #[arg(long, default_value_t = 10)]
     idle_timeout_secs: u64,
@@ -117,7 +124,7 @@ impl Load {
 
     fn shape(&self, conn: &Connection) -> Shape {
         Shape {
-            system: conn.system.name(),
+            system: conn.name(),
             size: self.size,
             batch: self.batch,
             concurrency: self.concurrency,
@@ -267,6 +274,7 @@ pub async fn produce(args: ProduceArgs, namesrv: &[String]) -> anyhow::Result<()
         &mut samples,
         counters.errors.load(Ordering::Relaxed),
     );
+    sink.close().await;
     report.print(args.out.json)?;
     anyhow::ensure!(report.errors == 0, "{} send requests failed", report.errors);
     Ok(())
@@ -310,7 +318,13 @@ impl Tally for Reader {
 
 /// `comet bench consume`.
 pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
-    let (source, backlog) = Source::connect(&args.conn, namesrv, From::Oldest, args.pull_batch).await?;
+    let group = args.group.clone().unwrap_or_else(|| {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        format!("comet-bench-v2-{}-{ms}", std::process::id())
+    });
+    let (source, backlog) =
+        Source::connect_as(&args.conn, namesrv, From::Oldest, args.pull_batch, Some((&group, args.receivers))).await?;
+    let v2_session = source.v2_session();
     let target = args.count.unwrap_or(backlog);
     anyhow::ensure!(target > 0, "nothing to consume: the backlog is empty (run `comet bench produce` first)");
     let counters = Arc::new(Counters::default());
@@ -341,10 +355,13 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
     for reader in readers {
         let _ = reader.await;
     }
+    if let Some(session) = v2_session {
+        session.close().await;
+    }
     drop(progress);
     let got = counters.messages.load(Ordering::Relaxed);
-    let shape =
-        Shape { system: args.conn.system.name(), size: 0, batch: args.pull_batch as usize, concurrency: 0, rate: 0 };
+    let concurrency = if args.conn.is_v2() { args.receivers } else { 0 };
+    let shape = Shape { system: args.conn.name(), size: 0, batch: args.pull_batch as usize, concurrency, rate: 0 };
     let mut report = Report::new(
         &shape,
         "consume",

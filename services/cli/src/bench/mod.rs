@@ -5,6 +5,7 @@ mod latency;
 mod messaging;
 mod nameserver;
 mod report;
+mod rocketmq_v2;
 mod systems;
 
 use clap::Subcommand;

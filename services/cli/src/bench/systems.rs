@@ -16,6 +16,8 @@ use comet_proto::comet::v1 as pb;
 use futures_util::StreamExt;
 use futures_util::future::try_join_all;
 
+use super::rocketmq_v2;
+
 /// Which system a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum System {
@@ -35,12 +37,31 @@ impl System {
     }
 }
 
+/// Which Comet API a run speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// comet.v1 through the Rust SDK.
+    Native,
+    /// The RocketMQ 5 API (`apache.rocketmq.v2.MessagingService`) as an official SDK speaks it.
+    V2,
+    /// `consume` only: the RocketMQ 5 API's PullMessage (the Java PullConsumer), one loop per queue.
+    V2Pull,
+}
+
 /// Where a run connects.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
     /// System to drive.
     #[arg(long, value_enum, default_value = "comet")]
     pub system: System,
+    /// Comet API: native comet.v1, or the RocketMQ 5 API (`v2`: produce and consume only; `v2-pull`: consume
+    /// through PullMessage).
+    #[arg(long, value_enum, default_value = "native")]
+    pub api: Api,
+    /// `--api v2`: the access point an official SDK is configured with (`host:port` of a broker); default: the
+    /// first master broker the NameServers know.
+    #[arg(long)]
+    pub access_point: Option<String>,
     /// NATS server URL (`--system nats`).
     #[arg(long, default_value = "127.0.0.1:4222")]
     pub nats_url: String,
@@ -50,6 +71,31 @@ pub struct Connection {
     /// Queues of the Comet topic when the run creates it (an existing topic is used as it is).
     #[arg(long, default_value_t = 8)]
     pub queues: u32,
+}
+
+impl Connection {
+    /// The system's name in reports: `comet`, `comet-v2` or `nats`.
+    pub fn name(&self) -> &'static str {
+        match (self.system, self.api) {
+            (System::Comet, Api::V2) => "comet-v2",
+            (System::Comet, Api::V2Pull) => "comet-v2-pull",
+            (system, _) => system.name(),
+        }
+    }
+
+    /// `--api v2` on Comet.
+    pub fn is_v2(&self) -> bool {
+        self.system == System::Comet && self.api == Api::V2
+    }
+
+    /// The RocketMQ 5 access point: `--access-point`, or the first master broker.
+    async fn access_point(&self, namesrv: &[String]) -> anyhow::Result<String> {
+        if let Some(a) = &self.access_point {
+            return Ok(a.clone());
+        }
+        let masters = Admin::new(namesrv)?.master_brokers(None).await.context("listing the brokers")?;
+        masters.into_iter().next().map(|b| b.address).context("no broker is registered with the NameServers")
+    }
 }
 
 /// The JetStream stream every NATS run uses.
@@ -83,6 +129,8 @@ pub enum Sink {
         /// Each message a transaction: a half message, then its commit (`--transactional`).
         transactional: bool,
     },
+    /// The RocketMQ 5 API: one SendMessage per batch.
+    V2(Arc<rocketmq_v2::Producer>),
     /// JetStream: publish every body, then await every PubAck (a "batch" is a pipelined burst).
     Nats {
         /// JetStream context.
@@ -96,6 +144,14 @@ impl Sink {
     /// Connects and makes sure the topic or stream exists.
     pub async fn connect(conn: &Connection, namesrv: &[String]) -> anyhow::Result<Self> {
         match conn.system {
+            System::Comet if conn.api == Api::V2Pull => {
+                anyhow::bail!("--api v2-pull is for consume; produce with --api v2")
+            }
+            System::Comet if conn.api == Api::V2 => {
+                ensure_topic(namesrv, &conn.topic, conn.queues).await?;
+                let access_point = conn.access_point(namesrv).await?;
+                Ok(Self::V2(Arc::new(rocketmq_v2::Producer::connect(&access_point, &conn.topic).await?)))
+            }
             System::Comet => {
                 ensure_topic(namesrv, &conn.topic, conn.queues).await?;
                 let producer = Producer::new(ProducerConfig::new(namesrv.to_vec(), "comet-bench-producer"))?;
@@ -112,7 +168,14 @@ impl Sink {
     pub fn transactional(self) -> anyhow::Result<Self> {
         match self {
             Self::Comet { producer, topic, .. } => Ok(Self::Comet { producer, topic, transactional: true }),
-            Self::Nats { .. } => anyhow::bail!("--transactional is for --system comet"),
+            Self::Nats { .. } | Self::V2(_) => anyhow::bail!("--transactional is for --system comet --api native"),
+        }
+    }
+
+    /// Ends the session (RocketMQ 5: NotifyClientTermination, as an SDK's shutdown).
+    pub async fn close(&self) {
+        if let Self::V2(producer) = self {
+            producer.close().await;
         }
     }
 
@@ -144,6 +207,8 @@ impl Sink {
                 }
                 Ok(())
             }
+            Self::V2(_) if delay.is_some() => anyhow::bail!("--delay-ms is for --api native"),
+            Self::V2(producer) => producer.send(bodies).await,
             Self::Nats { .. } if delay.is_some() => anyhow::bail!("NATS JetStream has no delayed delivery"),
             Self::Nats { js, subject } => {
                 let mut acks = Vec::with_capacity(bodies.len());
@@ -213,6 +278,10 @@ pub enum Source {
         /// Messages per pull.
         max: u32,
     },
+    /// RocketMQ 5 receivers of one group: receive a batch, acknowledge it in one call.
+    V2(rocketmq_v2::Receivers),
+    /// RocketMQ 5 pull consumers: PullMessage per queue.
+    V2Pull(rocketmq_v2::Pullers),
     /// A JetStream pull consumer without acks, `max` messages per pull request.
     Nats {
         /// The consumer.
@@ -225,6 +294,18 @@ pub enum Source {
 impl Source {
     /// Connects and positions a reader; also answers how many messages are stored after the start.
     pub async fn connect(conn: &Connection, namesrv: &[String], from: From, max: u32) -> anyhow::Result<(Self, u64)> {
+        Self::connect_as(conn, namesrv, from, max, None).await
+    }
+
+    /// [`Source::connect`]; `--api v2` consumes as `group` with `receivers` concurrent receivers (a new group
+    /// starts at the oldest stored message: the broker's `rocketmq-v2.start-from: earliest`).
+    pub async fn connect_as(
+        conn: &Connection,
+        namesrv: &[String],
+        from: From,
+        max: u32,
+        v2: Option<(&str, usize)>,
+    ) -> anyhow::Result<(Self, u64)> {
         match conn.system {
             System::Comet => {
                 ensure_topic(namesrv, &conn.topic, conn.queues).await?;
@@ -236,6 +317,21 @@ impl Source {
                     let start = if from == From::Oldest { min } else { max_offset };
                     backlog += max_offset - start;
                     queues.push((queue, start));
+                }
+                if conn.api == Api::V2Pull {
+                    anyhow::ensure!(from == From::Oldest, "--api v2-pull reads a backlog (consume), not new messages");
+                    let (group, _) = v2.context("--api v2-pull needs a consumer group")?;
+                    let access_point = conn.access_point(namesrv).await?;
+                    let pullers = rocketmq_v2::Pullers::connect(&access_point, &conn.topic, group, max).await?;
+                    return Ok((Self::V2Pull(pullers), backlog));
+                }
+                if conn.api == Api::V2 {
+                    anyhow::ensure!(from == From::Oldest, "--api v2 reads a backlog (consume), not new messages (e2e)");
+                    let (group, receivers) = v2.context("--api v2 needs a consumer group")?;
+                    let access_point = conn.access_point(namesrv).await?;
+                    let receivers =
+                        rocketmq_v2::Receivers::connect(&access_point, &conn.topic, group, max, receivers).await?;
+                    return Ok((Self::V2(receivers), backlog));
                 }
                 Ok((Self::Comet { consumer, queues, max }, backlog))
             }
@@ -295,6 +391,8 @@ impl Source {
                     })
                 })
                 .collect(),
+            Self::V2(receivers) => receivers.spawn(stop, make_tally),
+            Self::V2Pull(pullers) => pullers.spawn(stop, make_tally),
             Self::Nats { consumer, max } => {
                 let mut tally = make_tally();
                 vec![tokio::spawn(async move {
@@ -318,6 +416,35 @@ impl Source {
                     tally
                 })]
             }
+        }
+    }
+}
+
+impl Source {
+    /// The RocketMQ 5 session, to close once the readers are done.
+    pub fn v2_session(&self) -> Option<V2Session> {
+        match self {
+            Self::V2(receivers) => Some(V2Session::Receivers(receivers.clone())),
+            Self::V2Pull(pullers) => Some(V2Session::Pullers(pullers.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// A RocketMQ 5 consumer session of a [`Source`], closed after its readers.
+pub enum V2Session {
+    /// Receive + ack.
+    Receivers(rocketmq_v2::Receivers),
+    /// PullMessage.
+    Pullers(rocketmq_v2::Pullers),
+}
+
+impl V2Session {
+    /// NotifyClientTermination, as an SDK's shutdown.
+    pub async fn close(&self) {
+        match self {
+            Self::Receivers(r) => r.close().await,
+            Self::Pullers(p) => p.close().await,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use comet_proto::comet::v1::name_server_server::NameServerServer;
 use comet_telemetry::opentelemetry::KeyValue;
 use comet_telemetry::opentelemetry::metrics::{AsyncInstrument, Meter};
-use comet_telemetry::{Identity, RpcMetricsLayer, Telemetry};
+use comet_telemetry::{Identity, RpcMetricsLayer, RpcService, Telemetry};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -26,8 +26,10 @@ use crate::route::RegistrationLimits;
 /// the last known ones). The overall "" service stays SERVING as long as the process answers.
 pub const HEALTH_SERVICE: &str = "comet.v1.NameServer";
 
-/// gRPC methods of `comet.v1.NameServer`: the `request_code` values of `rocketmq_rpc_latency`.
-pub const RPC_METHODS: &[&str] = comet_proto::methods::NAMESERVER_METHODS;
+/// The gRPC service a NameServer serves, with its methods: the `service` and `request_code` values of
+/// `rocketmq_rpc_latency`.
+pub const RPC_SERVICES: &[RpcService] =
+    &[RpcService { name: HEALTH_SERVICE, methods: comet_proto::methods::NAMESERVER_METHODS }];
 
 /// A NameServer whose listeners (gRPC and metrics) are bound: the addresses are known (port 0 resolved)
 /// before serving starts.
@@ -133,7 +135,7 @@ async fn serve_with<R: Registry>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     register_gauges(telemetry.meter(), &registry);
-    let rpc_metrics = RpcMetricsLayer::new(telemetry.meter(), RPC_METHODS);
+    let rpc_metrics = RpcMetricsLayer::new(telemetry.meter(), RPC_SERVICES);
     let address = local_addr.to_string();
     let serve_err =
         |e: Box<dyn std::error::Error + Send + Sync>| NameServerError::Serve { address: address.clone(), source: e };
