@@ -84,6 +84,8 @@ pub async fn send(
         check_transactional(broker, &request)?;
     }
     check_message_types(&topic, &request)?;
+    // The metrics label: the kind of message sent (a batch is labelled by its first), not the topic's type.
+    let message_type = request.messages.first().map_or(MessageType::Normal, |m| kind_of(request.transactional, m));
     let count = request.messages.len();
     let mut messages = Vec::with_capacity(count);
     let mut given_ids = Vec::with_capacity(count);
@@ -114,7 +116,7 @@ pub async fn send(
         deliver_at,
         topic: request.topic,
         queue_id,
-        message_type: topic.message_type,
+        message_type,
         transactional: request.transactional,
         producer_group: request.producer_group,
         now,
@@ -152,6 +154,7 @@ struct Batch {
     /// The user topic and its real queue (a delayed or half message is stored in a system topic).
     topic: String,
     queue_id: u32,
+    /// What kind of message the batch is (metrics).
     message_type: comet_model::MessageType,
     transactional: bool,
     producer_group: String,

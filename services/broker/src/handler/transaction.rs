@@ -263,7 +263,7 @@ async fn resolve_locked(broker: &Arc<Broker>, offset: u64, outcome: Outcome) -> 
             }
         };
         let r = results.first().ok_or_else(|| BrokerError::Internal("a commit stored nothing".into()))?;
-        broker.metrics.sent(&real_topic, topic.message_type, 1, body_bytes);
+        broker.metrics.sent(&real_topic, comet_model::MessageType::Transaction, 1, body_bytes);
         Some(Committed {
             topic: real_topic,
             queue_id: real_queue,
