@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use comet_model::{DataVersion, MAX_QUEUE_NUMS, TopicConfig};
+use comet_model::{DataVersion, MAX_QUEUE_NUMS, MessageType, TopicConfig};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,14 @@ use crate::error::{BrokerError, Result};
 struct TopicsFile {
     data_version: DataVersion,
     topics: BTreeMap<String, TopicConfig>,
+    /// 0 (absent) in files written before topics had a type a user could choose: every topic there says
+    /// `normal` but was never declared so, and is read as MIXED (see [`TopicTable::open`]).
+    #[serde(default)]
+    types_version: u32,
 }
+
+/// The `types_version` of files whose message types were chosen (auto-created MIXED, or `--type`).
+const TYPES_VERSION: u32 = 1;
 
 /// Topics of this broker. Reads take a short lock; changes also write the file under it, so the file always
 /// matches memory (changes are rare admin operations or first sends to a new topic).
@@ -39,7 +46,17 @@ pub fn validate(config: &TopicConfig) -> Result<()> {
 impl TopicTable {
     /// Loads `path` (missing = no topics yet).
     pub fn open(path: PathBuf) -> Result<Self> {
-        let state: TopicsFile = persist::load(&path)?.unwrap_or_default();
+        let mut state: TopicsFile = persist::load(&path)?.unwrap_or_default();
+        if state.types_version < TYPES_VERSION {
+            // Upgrade: before message types were enforced, every topic was stored as `normal`; enforcing that now
+            // would refuse the delayed, transactional and ordered sends those topics have always taken.
+            for t in state.topics.values_mut() {
+                if t.message_type == MessageType::Normal {
+                    t.message_type = MessageType::Mixed;
+                }
+            }
+            state.types_version = TYPES_VERSION;
+        }
         Ok(Self { path, state: Mutex::new(state) })
     }
 
@@ -132,7 +149,7 @@ impl TopicTable {
         if state.data_version == version && state.topics == topics {
             return Ok(false);
         }
-        let next = TopicsFile { data_version: version, topics };
+        let next = TopicsFile { data_version: version, topics, types_version: TYPES_VERSION };
         persist::store(&self.path, &next)?;
         *state = next;
         Ok(true)
@@ -146,7 +163,8 @@ impl TopicTable {
         now_ms: u64,
         edit: impl FnOnce(&mut BTreeMap<String, TopicConfig>),
     ) -> Result<()> {
-        let mut next = TopicsFile { data_version: state.data_version, topics: state.topics.clone() };
+        let mut next =
+            TopicsFile { data_version: state.data_version, topics: state.topics.clone(), types_version: TYPES_VERSION };
         edit(&mut next.topics);
         next.data_version.counter += 1;
         next.data_version.timestamp_millis = now_ms;
@@ -158,7 +176,7 @@ impl TopicTable {
 
 #[cfg(test)]
 mod tests {
-    use comet_model::{MessageType, Permission};
+    use comet_model::Permission;
 
     use super::*;
 
@@ -222,6 +240,21 @@ mod tests {
         assert!(matches!(table.create(topic("bad name", 4), 1), Err(BrokerError::Invalid { field: "topic", .. })));
         assert!(matches!(table.create(topic("a", 0), 1), Err(BrokerError::Invalid { .. })));
         assert!(matches!(table.create(topic("a", MAX_QUEUE_NUMS + 1), 1), Err(BrokerError::Invalid { .. })));
+    }
+
+    #[test]
+    fn files_from_before_message_types_read_normal_topics_as_mixed_and_chosen_types_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topics.json");
+        let old = r#"{"data_version":{"state_version":0,"timestamp_millis":1,"counter":1},
+            "topics":{"a":{"name":"a","read_queue_nums":4,"write_queue_nums":4,"perm":6,"message_type":"normal"}}}"#;
+        std::fs::write(&path, old).unwrap();
+        let table = TopicTable::open(path.clone()).unwrap();
+        assert_eq!(table.get("a").unwrap().message_type, MessageType::Mixed);
+        table.create(TopicConfig { message_type: MessageType::Normal, ..topic("b", 2) }, 2).unwrap();
+        let reopened = TopicTable::open(path).unwrap();
+        assert_eq!(reopened.get("a").unwrap().message_type, MessageType::Mixed);
+        assert_eq!(reopened.get("b").unwrap().message_type, MessageType::Normal, "a chosen type is kept");
     }
 
     #[test]

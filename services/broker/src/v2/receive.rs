@@ -193,7 +193,13 @@ async fn receive(
             return Err(BrokerError::NotPermitted { what: "read", reason: format!("group {group:?} is disabled") });
         }
         Some(g) => g,
-        None if broker.config.broker.auto_create_groups => GroupConfig::new(group.as_str()),
+        None if broker.config.broker.auto_create_groups => {
+            // Created in the group table, as a native heartbeat does: the group is listed, described and deletable
+            // (which also drops its receive windows and offsets), not a hidden state keyed by a client's string.
+            let name = group.clone();
+            broker.blocking(move |b| b.groups.ensure(&name)).await?;
+            broker.groups.get(&group).unwrap_or_else(|| GroupConfig::new(group.as_str()))
+        }
         None => return Err(BrokerError::GroupNotFound { group }),
     };
     let filter = match &req.filter_expression {
@@ -345,8 +351,16 @@ fn take(b: &Broker, ask: &Ask) -> Result<(Vec<pb::Message>, Option<u64>, Vec<Han
             break;
         }
         let queue_id = ask.queues[(start + i) % n];
-        if let Some(d) = take_queue(b, ask, queue_id, now, &mut out, &mut handles)? {
-            next_deadline = Some(next_deadline.map_or(d, |n| n.min(d)));
+        match take_queue(b, ask, queue_id, now, &mut out, &mut handles) {
+            Ok(Some(d)) => next_deadline = Some(next_deadline.map_or(d, |n| n.min(d))),
+            Ok(None) => {}
+            // What earlier queues delivered goes out (their handles are the caller's to undo or answer);
+            // failing the whole receive would leave them invisible with an attempt spent and nobody holding them.
+            Err(e) if !handles.is_empty() => {
+                tracing::warn!(error = %e, group = %ask.group, topic = %ask.topic, queue_id, "receive stopped early");
+                break;
+            }
+            Err(e) => return Err(e),
         }
     }
     if !out.is_empty() {
@@ -775,6 +789,14 @@ pub fn recover(b: &Broker) -> Result<()> {
                 from = got.next_offset.0;
             }
             _ => break,
+        }
+    }
+    let end = b.store.queue_range(RECEIVE_JOURNAL_TOPIC, 0).map_or(0, |(_, max)| max.0);
+    b.receive.clamp_journal_next(end);
+    // Windows of topics deleted before a crash (the snapshot was older than the deletion) go.
+    for (_, topic, _, _) in b.receive.all() {
+        if b.topics.get(&topic).is_none() {
+            b.receive.remove_topic(&topic);
         }
     }
     let windows = b.receive.all();

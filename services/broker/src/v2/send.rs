@@ -290,6 +290,13 @@ fn prepare(broker: &Broker, m: &pb::Message, i: usize, now: u64) -> Result<Prepa
     if p.lite_topic.is_some() || p.priority.is_some() {
         return Err(bad(pb::Code::Unsupported, "lite topics and priority messages are not supported"));
     }
+    if p.message_group.is_some() && p.delivery_timestamp.is_some() {
+        // Through the timer it would land in its group's queue late, out of order with the group.
+        return Err(bad(
+            pb::Code::MessagePropertyConflictWithType,
+            "a message has a message group (FIFO) or a delivery time (DELAY), not both",
+        ));
+    }
     let declared = pb::MessageType::try_from(p.message_type).unwrap_or(pb::MessageType::Unspecified);
     let kind = kind_by_properties(p);
     let transactional = match declared {

@@ -25,6 +25,9 @@ use crate::v2::convert::{duration, resource_name};
 use crate::v2::sessions::{Command, Sessions};
 use crate::v2::status;
 
+/// Largest settings command a client may send (a real SDK's are a few hundred bytes per topic).
+const MAX_SETTINGS_BYTES: usize = 256 * 1024;
+
 /// Producer send retries the settings reply prescribes (the proxy's: 3 attempts, 10 ms doubling up to 1 s).
 const PRODUCER_MAX_ATTEMPTS: i32 = 3;
 const PRODUCER_BACKOFF_INITIAL: Duration = Duration::from_millis(10);
@@ -100,6 +103,12 @@ fn on_settings(
     language: &str,
     settings: pb::Settings,
 ) -> Command {
+    // Every session keeps its settings: bounded, so a client cannot park megabytes per stream.
+    if prost::Message::encoded_len(&settings) > MAX_SETTINGS_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "settings exceed {MAX_SETTINGS_BYTES} bytes (too many topics or subscriptions)"
+        )));
+    }
     let group = match &settings.pub_sub {
         None => {
             return Err(Status::invalid_argument("settings must carry publishing or subscription (pub_sub)"));

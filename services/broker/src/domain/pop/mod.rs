@@ -151,6 +151,13 @@ impl ReceiveState {
         self.gate.read()
     }
 
+    /// Lowers the next journal position to the journal's real end: with async flush a crash can lose the
+    /// journal's tail while the (fsynced) snapshot still names a later position, and new records must not be
+    /// skipped by the next replay.
+    pub fn clamp_journal_next(&self, end: u64) {
+        self.journal_next.fetch_min(end, Ordering::AcqRel);
+    }
+
     /// Notes that the journal holds records up to `queue_offset` (inclusive).
     pub fn journaled(&self, queue_offset: u64) {
         self.journal_next.fetch_max(queue_offset.saturating_add(1), Ordering::AcqRel);
@@ -186,18 +193,29 @@ impl ReceiveState {
         out
     }
 
-    /// Forgets a deleted topic's windows.
+    /// Forgets a deleted topic's windows (and its wakers); the next periodic snapshot writes the change.
     pub fn remove_topic(&self, topic: &str) {
         let mut windows = self.windows.write();
         for topics in windows.values_mut() {
             topics.remove(topic);
         }
         windows.retain(|_, topics| !topics.is_empty());
+        drop(windows);
+        self.wakers.lock().retain(|(_, t), _| t != topic);
+        self.changed();
     }
 
-    /// Forgets a deleted group's windows.
+    /// Forgets a deleted group's windows (and its wakers); the next periodic snapshot writes the change.
     pub fn remove_group(&self, group: &str) {
         self.windows.write().remove(group);
+        self.wakers.lock().retain(|(g, _), _| g != group);
+        self.changed();
+    }
+
+    /// Marks the windows changed without a journal record (a removal), so `snapshot_if_changed` writes them:
+    /// burning one delivery sequence number is the change it notices.
+    fn changed(&self) {
+        self.seq.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Writes the snapshot: every window, and the journal position replay must start from. Blocking.
