@@ -7,29 +7,30 @@ use comet_proto::comet::v1 as pb;
 
 use super::check_group;
 use crate::broker::{Broker, now_ms};
+use crate::domain::groups::GroupConfig;
 use crate::edge::convert;
 use crate::error::{BrokerError, Result};
 
-/// Creates a group (ALREADY_EXISTS if it exists).
-pub async fn create(broker: &Arc<Broker>, request: pb::CreateGroupRequest) -> Result<pb::CreateGroupResponse> {
+/// The group config of a create or update, checked (master only, name, retry delays).
+fn checked(broker: &Broker, group: Option<pb::GroupConfig>) -> Result<GroupConfig> {
     broker.require_master("group change")?;
-    let group = request.group.ok_or_else(|| BrokerError::invalid("group", "missing"))?;
+    let group = group.ok_or_else(|| BrokerError::invalid("group", "missing"))?;
     check_group(&group.name)?;
     crate::domain::retry::check_delays(&group.retry_delays_millis)
         .map_err(|why| BrokerError::invalid("retry_delays_millis", why))?;
-    let config = convert::group_from_proto(group);
+    Ok(convert::group_from_proto(group))
+}
+
+/// Creates a group (ALREADY_EXISTS if it exists).
+pub async fn create(broker: &Arc<Broker>, request: pb::CreateGroupRequest) -> Result<pb::CreateGroupResponse> {
+    let config = checked(broker, request.group)?;
     let created = broker.blocking(move |b| b.groups.create(config)).await?;
     Ok(pb::CreateGroupResponse { group: Some(convert::group_to_proto(&created)) })
 }
 
 /// Replaces a group's config (NOT_FOUND if it does not exist); committed offsets and members are kept.
 pub async fn update(broker: &Arc<Broker>, request: pb::UpdateGroupRequest) -> Result<pb::UpdateGroupResponse> {
-    broker.require_master("group change")?;
-    let group = request.group.ok_or_else(|| BrokerError::invalid("group", "missing"))?;
-    check_group(&group.name)?;
-    crate::domain::retry::check_delays(&group.retry_delays_millis)
-        .map_err(|why| BrokerError::invalid("retry_delays_millis", why))?;
-    let config = convert::group_from_proto(group);
+    let config = checked(broker, request.group)?;
     let updated = broker.blocking(move |b| b.groups.update(config)).await?;
     tracing::info!(group = %updated.name, fifo = updated.fifo, consume_enable = updated.consume_enable, "group updated");
     Ok(pb::UpdateGroupResponse { group: Some(convert::group_to_proto(&updated)) })
