@@ -111,24 +111,32 @@ def main():
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--out")
     args = p.parse_args()
-    workdir = tempfile.mkdtemp(prefix="comet-bench-messaging-")
+    bench_main("messaging", lambda namesrv, results: run(namesrv, args.size, args.secs, results),
+               lambda results: table(results, args.size), args.out)
+
+
+def bench_main(name, workloads, render, out):
+    """One bench run against a fresh NameServer + broker (also used by bench-rocketmq-v2.py): `workloads(namesrv,
+    results)` appends result rows, the broker's peak RSS is sampled throughout, the rows are written as JSON lines
+    to `out` (default: bench-<name>.jsonl in the temp dir) and `render(results)` is printed."""
+    workdir = tempfile.mkdtemp(prefix=f"comet-bench-{name}-")
     servers = bb.Servers(workdir)
     results = []
     try:
         namesrv, broker = start(servers, workdir)
         rss = bb.RssSampler(broker.pid)
         rss.start()
-        run(namesrv, args.size, args.secs, results)
+        workloads(namesrv, results)
         rss.finish("broker peak RSS", results)
     finally:
         servers.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    out = args.out or os.path.join(tempfile.gettempdir(), "bench-messaging.jsonl")
+    out = out or os.path.join(tempfile.gettempdir(), f"bench-{name}.jsonl")
     with open(out, "w") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")
     print(f"raw results: {out}", file=sys.stderr)
-    print(table(results, args.size))
+    print(render(results))
     for r in results:
         if "peak_rss_mib" in r:
             print(f"\nbroker peak RSS {r['peak_rss_mib']:.0f} MiB (anonymous {r['peak_anon_mib']:.0f} MiB)")

@@ -14,11 +14,7 @@ Servers listen on 127.0.0.1 free ports; data lives in a temp dir removed at the 
 
 import argparse
 import importlib.util
-import json
 import os
-import shutil
-import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location("bench_messaging", os.path.join(HERE, "bench-messaging.py"))
@@ -100,27 +96,9 @@ def main():
     p.add_argument("--backlog", type=int, default=200000)
     p.add_argument("--out")
     args = p.parse_args()
-    workdir = tempfile.mkdtemp(prefix="comet-bench-v2-")
-    servers = bb.Servers(workdir)
-    results = []
-    try:
-        namesrv, broker = bm.start(servers, workdir)
-        rss = bb.RssSampler(broker.pid)
-        rss.start()
-        run(namesrv, args.size, args.secs, args.backlog, results)
-        rss.finish("broker peak RSS", results)
-    finally:
-        servers.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-    out = args.out or os.path.join(tempfile.gettempdir(), "bench-rocketmq-v2.jsonl")
-    with open(out, "w") as f:
-        for r in results:
-            f.write(json.dumps(r) + "\n")
-    print(f"raw results: {out}", file=sys.stderr)
-    print(table(results, args.size))
-    for r in results:
-        if "peak_rss_mib" in r:
-            print(f"\nbroker peak RSS {r['peak_rss_mib']:.0f} MiB (anonymous {r['peak_anon_mib']:.0f} MiB)")
+    bm.bench_main("rocketmq-v2",
+                  lambda namesrv, results: run(namesrv, args.size, args.secs, args.backlog, results),
+                  lambda results: table(results, args.size), args.out)
 
 
 if __name__ == "__main__":

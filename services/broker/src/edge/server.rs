@@ -205,21 +205,34 @@ impl Bound {
     }
 }
 
+/// Runs `work` on the blocking pool every `period` (first after one period), logging a failure as `what` and
+/// retrying at the next tick.
+fn periodic(
+    broker: &Arc<Broker>,
+    period: Duration,
+    what: &'static str,
+    work: fn(&Broker) -> Result<()>,
+) -> tokio::task::JoinHandle<()> {
+    let broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tick.tick().await;
+            if let Err(e) = broker.blocking(work).await {
+                tracing::error!(error = %e, "{what} failed; retrying at the next interval");
+            }
+        }
+    })
+}
+
 /// The offset flusher, the receive-window snapshots, the client expiry scan and (masters) the transaction check-back service.
 fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
-    let flusher = {
-        let broker = Arc::clone(broker);
-        let period = Duration::from_millis(broker.config.broker.offset_flush_interval_ms);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            loop {
-                tick.tick().await;
-                if let Err(e) = broker.blocking(|b| b.offsets.flush()).await {
-                    tracing::error!(error = %e, "flushing consumer offsets failed; retrying at the next interval");
-                }
-            }
-        })
-    };
+    let flusher = periodic(
+        broker,
+        Duration::from_millis(broker.config.broker.offset_flush_interval_ms),
+        "flushing consumer offsets",
+        |b| b.offsets.flush(),
+    );
     let expiry = {
         let broker = Arc::clone(broker);
         tokio::spawn(async move {
@@ -243,18 +256,8 @@ fn spawn_background(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         })
     };
-    let snapshots = {
-        let broker = Arc::clone(broker);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RECEIVE_SNAPSHOT_INTERVAL);
-            loop {
-                tick.tick().await;
-                if let Err(e) = broker.blocking(|b| b.receive.snapshot_if_changed()).await {
-                    tracing::error!(error = %e, "saving the receive windows failed; retrying at the next interval");
-                }
-            }
-        })
-    };
+    let snapshots =
+        periodic(broker, RECEIVE_SNAPSHOT_INTERVAL, "saving the receive windows", |b| b.receive.snapshot_if_changed());
     let mut tasks = vec![flusher, expiry, snapshots];
     tasks.extend(crate::handler::transaction::spawn_checker(broker));
     tasks
