@@ -12,19 +12,18 @@ use comet_proto::comet::v1 as pb;
 use comet_proto::comet::v1::broker_client::BrokerClient;
 use comet_tests::harness::broker_process::{BrokerOptions, BrokerProcess};
 use comet_tests::harness::nameserver::NameServer;
-use comet_tests::harness::{free_port, wait_until};
+use comet_tests::harness::wait_until;
 use tonic::transport::Channel;
 
 const SECRET: &str = "system-test-secret-0123";
 const TOPIC: &str = "ha-topic";
 const QUEUES: u32 = 4;
 
-fn master_options(nameserver: Option<&NameServer>, ha_port: u16, mode: &str) -> BrokerOptions {
+/// A master whose HA listener takes a port the OS picks (reported on its readiness line; no reuse races).
+fn master_options(nameserver: Option<&NameServer>, mode: &str) -> BrokerOptions {
     BrokerOptions {
         nameservers: nameserver.map(|n| vec![n.addr()]).unwrap_or_default(),
-        ha: format!(
-            "  listen: 127.0.0.1:{ha_port}\n  secret: {SECRET}\n  replication: {mode}\n  sync-timeout-ms: 2000\n"
-        ),
+        ha: format!("  listen: 127.0.0.1:0\n  secret: {SECRET}\n  replication: {mode}\n  sync-timeout-ms: 2000\n"),
         ..Default::default()
     }
 }
@@ -153,8 +152,7 @@ fn commit_log(store: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
 async fn a_slave_copies_200k_messages_byte_identical_and_serves_them_and_both_are_routed() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ns = NameServer::memory(&dir.path().join("ns"), "").await?;
-    let master =
-        BrokerProcess::start(&dir.path().join("master"), &master_options(Some(&ns), free_port()?, "async")).await?;
+    let master = BrokerProcess::start(&dir.path().join("master"), &master_options(Some(&ns), "async")).await?;
     let master_ha = master.ha_addr().context("master has no HA listener")?.to_string();
     let slave = BrokerProcess::start(&dir.path().join("slave"), &slave_options(Some(&ns), &master_ha, SECRET)).await?;
     let (mc, sc) = (master.client().await?, slave.client().await?);
@@ -258,7 +256,7 @@ async fn a_slave_copies_200k_messages_byte_identical_and_serves_them_and_both_ar
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slave_killed_mid_stream_catches_up_after_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let master = BrokerProcess::start(&dir.path().join("master"), &master_options(None, free_port()?, "async")).await?;
+    let master = BrokerProcess::start(&dir.path().join("master"), &master_options(None, "async")).await?;
     let master_ha = master.ha_addr().context("no HA listener")?.to_string();
     let mut slave = BrokerProcess::start(&dir.path().join("slave"), &slave_options(None, &master_ha, SECRET)).await?;
     let mc = master.client().await?;
@@ -289,7 +287,7 @@ async fn a_slave_killed_mid_stream_catches_up_after_restart() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_replication_fails_sends_clearly_without_the_slave_and_resumes_when_it_returns() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let master = BrokerProcess::start(&dir.path().join("master"), &master_options(None, free_port()?, "sync")).await?;
+    let master = BrokerProcess::start(&dir.path().join("master"), &master_options(None, "sync")).await?;
     let master_ha = master.ha_addr().context("no HA listener")?.to_string();
     let mc = master.client().await?;
     create_topic(&mc).await?;
@@ -328,7 +326,7 @@ async fn sync_replication_fails_sends_clearly_without_the_slave_and_resumes_when
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_two_required_replicas_every_slave_must_hold_a_message_before_it_is_acknowledged() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut options = master_options(None, free_port()?, "sync");
+    let mut options = master_options(None, "sync");
     options.ha.push_str("  sync-replicas: 2\n");
     let master = BrokerProcess::start(&dir.path().join("master"), &options).await?;
     let master_ha = master.ha_addr().context("no HA listener")?.to_string();
@@ -370,8 +368,7 @@ async fn with_two_required_replicas_every_slave_must_hold_a_message_before_it_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_message_a_sync_master_acknowledged_is_on_the_slave_after_kill_9() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut master =
-        BrokerProcess::start(&dir.path().join("master"), &master_options(None, free_port()?, "sync")).await?;
+    let mut master = BrokerProcess::start(&dir.path().join("master"), &master_options(None, "sync")).await?;
     let master_ha = master.ha_addr().context("no HA listener")?.to_string();
     let slave = BrokerProcess::start(&dir.path().join("slave"), &slave_options(None, &master_ha, SECRET)).await?;
     let (mc, sc) = (master.client().await?, slave.client().await?);
@@ -434,13 +431,13 @@ async fn every_message_a_sync_master_acknowledged_is_on_the_slave_after_kill_9()
 async fn a_diverged_slave_cuts_its_tail_and_copies_the_new_master() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Master A with some history; B starts as an exact copy of A's store.
-    let mut a = BrokerProcess::start(&dir.path().join("a"), &master_options(None, free_port()?, "async")).await?;
+    let mut a = BrokerProcess::start(&dir.path().join("a"), &master_options(None, "async")).await?;
     create_topic(&a.client().await?).await?;
     send_range(&a.client().await?, 0, 5_000, 50).await?;
     ensure!(a.terminate().await?, "A did not stop cleanly");
     copy_dir(&dir.path().join("a/store"), &dir.path().join("b/store"))?;
-    let a = BrokerProcess::start(&dir.path().join("a"), &master_options(None, free_port()?, "async")).await?;
-    let b = BrokerProcess::start(&dir.path().join("b"), &master_options(None, free_port()?, "async")).await?;
+    let a = BrokerProcess::start(&dir.path().join("a"), &master_options(None, "async")).await?;
+    let b = BrokerProcess::start(&dir.path().join("b"), &master_options(None, "async")).await?;
     let (ac, bc) = (a.client().await?, b.client().await?);
 
     // The slave follows A, which then takes messages B never sees.
@@ -473,7 +470,7 @@ async fn a_diverged_slave_cuts_its_tail_and_copies_the_new_master() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slave_refuses_to_wipe_its_log_for_a_master_sharing_none_of_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let a = BrokerProcess::start(&dir.path().join("a"), &master_options(None, free_port()?, "async")).await?;
+    let a = BrokerProcess::start(&dir.path().join("a"), &master_options(None, "async")).await?;
     let ac = a.client().await?;
     create_topic(&ac).await?;
     let a_ha = a.ha_addr().context("no HA listener")?.to_string();
@@ -484,7 +481,7 @@ async fn a_slave_refuses_to_wipe_its_log_for_a_master_sharing_none_of_it() -> an
     ensure!(slave.terminate().await?, "slave did not stop cleanly");
 
     // An empty master of the same name and secret (a lost master volume): the slave must not follow it to zero.
-    let empty = BrokerProcess::start(&dir.path().join("empty"), &master_options(None, free_port()?, "async")).await?;
+    let empty = BrokerProcess::start(&dir.path().join("empty"), &master_options(None, "async")).await?;
     let empty_ha = empty.ha_addr().context("no HA listener")?.to_string();
     let slave = BrokerProcess::start(&dir.path().join("slave"), &slave_options(None, &empty_ha, SECRET)).await?;
     wait_until("the slave refuses", Duration::from_secs(20), || async { slave.log().contains("refusing to delete") })
@@ -497,7 +494,7 @@ async fn a_slave_refuses_to_wipe_its_log_for_a_master_sharing_none_of_it() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slave_with_the_wrong_secret_gets_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let master = BrokerProcess::start(&dir.path().join("master"), &master_options(None, free_port()?, "async")).await?;
+    let master = BrokerProcess::start(&dir.path().join("master"), &master_options(None, "async")).await?;
     let master_ha = master.ha_addr().context("no HA listener")?.to_string();
     let mc = master.client().await?;
     create_topic(&mc).await?;

@@ -21,10 +21,23 @@ pub fn metrics_address(line: &str) -> anyhow::Result<std::net::SocketAddr> {
         .ok_or_else(|| anyhow::anyhow!("unexpected metrics line {line:?}"))
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; only for processes that cannot report their own port).
+/// A free TCP port on 127.0.0.1 (bound then released; only for processes that must be told their port up front).
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`, 32768+ by default), so a port that the OS hands
+/// to another process binding port 0 between our release and the child's bind cannot collide with it; the start
+/// point is spread by process id and time so parallel test processes do not probe the same ports.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id().wrapping_mul(7919).wrapping_add(nanos);
+    for i in 0..SPAN {
+        let port = (FIRST + (start.wrapping_add(i.wrapping_mul(97))) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Polls `check` every 50 ms until it returns `Ok(true)` or `timeout` passes; the error names `what`.
