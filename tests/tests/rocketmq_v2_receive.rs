@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use comet_proto::apache::rocketmq::v2;
 use comet_proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 use comet_proto::comet::v1 as pb;
@@ -71,8 +72,9 @@ async fn send_native(
     tag: &str,
     message_group: Option<&str>,
     bodies: &[String],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u64>> {
     let mut client = broker.client().await?;
+    let mut commit_log_offsets = Vec::new();
     for body in bodies {
         let mut properties = HashMap::new();
         if let Some(g) = message_group {
@@ -84,16 +86,18 @@ async fn send_native(
             body: body.clone().into_bytes().into(),
             ..Default::default()
         };
-        client
+        let sent = client
             .send_message(pb::SendMessageRequest {
                 topic: topic.into(),
                 queue_id: queue,
                 messages: vec![message],
                 ..Default::default()
             })
-            .await?;
+            .await?
+            .into_inner();
+        commit_log_offsets.extend(sent.results.iter().map(|r| r.commit_log_offset));
     }
-    Ok(())
+    Ok(commit_log_offsets)
 }
 
 /// One ReceiveMessage: its status code and messages, checking the stream layout on the way.
@@ -336,6 +340,33 @@ async fn a_parked_receive_wakes_on_arrival() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An operator moving the group's committed offset back (to consume again) is followed by the receive window:
+/// acknowledgements of deliveries made before the reset do not overwrite it, and everything from the reset point
+/// is delivered again.
+#[tokio::test]
+async fn an_offset_reset_is_not_overwritten_by_later_acknowledgements() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker =
+        BrokerProcess::start(dir.path(), &BrokerOptions { rocketmq_v2: FAST.into(), ..Default::default() }).await?;
+    create_topic(&broker, "reset", 1).await?;
+    let bodies: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    send_native(&broker, "reset", Some(0), "t", None, &bodies).await?;
+    let mut client = v2_client(&broker).await?;
+    let got = receive_n(&mut client, "g", "reset", 10, Duration::from_secs(30), Duration::from_secs(10)).await?;
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), bodies);
+    let handles: Vec<String> = got.iter().map(handle).collect();
+    ack(&mut client, "g", "reset", &handles[..5]).await?;
+    assert_eq!(committed(&broker, "g", "reset", 1).await?, 5);
+
+    let request = pb::CommitConsumerOffsetRequest { group: "g".into(), topic: "reset".into(), queue_id: 0, offset: 0 };
+    broker.client().await?.commit_consumer_offset(request).await?;
+    ack(&mut client, "g", "reset", &handles[5..]).await?;
+    assert_eq!(committed(&broker, "g", "reset", 1).await?, 0, "the reset stands");
+    let again = receive_n(&mut client, "g", "reset", 10, Duration::from_secs(30), Duration::from_secs(10)).await?;
+    assert_eq!(again.iter().map(body).collect::<Vec<_>>(), bodies, "consumed again from the reset point");
+    Ok(())
+}
+
 /// Tag filters; a message whose next attempt would exceed the group's maximum goes to `%DLQ%<group>` with its
 /// attempt count; ForwardMessageToDeadLetterQueue moves one at once; filtered-out messages do not hold back the
 /// committed offset.
@@ -522,18 +553,22 @@ async fn bad_input_gets_the_documented_codes() -> anyhow::Result<()> {
     let (code, _) = receive(&mut client, "g", "bad", 1, None, tags, poll).await?;
     assert_eq!(code, v2::Code::IllegalFilterExpression);
 
-    let mut short = request(v2::ReceiveMessageRequest {
-        group: resource("g"),
-        message_queue: Some(v2::MessageQueue { topic: resource("bad"), id: -1, ..Default::default() }),
-        batch_size: 1,
-        auto_renew: true,
-        ..Default::default()
-    });
-    short.set_timeout(Duration::from_millis(600));
-    let mut stream = client.receive_message(short).await?.into_inner();
-    let first = stream.next().await.expect("an item")?;
-    let Some(v2::receive_message_response::Content::Status(s)) = first.content else { anyhow::bail!("{first:?}") };
-    assert_eq!(code_of(Some(&s)), v2::Code::IllegalPollingTime);
+    // A deadline too short for the minimum long poll; clients before 5.0.3 get BAD_REQUEST, as from the proxy.
+    for (version, expected) in [("5.1.2", v2::Code::IllegalPollingTime), ("5.0.2", v2::Code::BadRequest)] {
+        let mut short = request(v2::ReceiveMessageRequest {
+            group: resource("g"),
+            message_queue: Some(v2::MessageQueue { topic: resource("bad"), id: -1, ..Default::default() }),
+            batch_size: 1,
+            auto_renew: true,
+            ..Default::default()
+        });
+        short.set_timeout(Duration::from_millis(600));
+        short.metadata_mut().insert("x-mq-client-version", version.parse()?);
+        let mut stream = client.receive_message(short).await?.into_inner();
+        let first = stream.next().await.expect("an item")?;
+        let Some(v2::receive_message_response::Content::Status(s)) = first.content else { anyhow::bail!("{first:?}") };
+        assert_eq!(code_of(Some(&s)), expected, "client version {version}");
+    }
 
     for garbage in ["", "garbage", "1.2.3.4", &"9".repeat(300), "0.0.1.00000000"] {
         let r = ack(&mut client, "g", "bad", &[garbage.to_owned()]).await?;
@@ -592,6 +627,62 @@ async fn restarts_lose_nothing_and_bring_back_nothing_acknowledged() -> anyhow::
     }
     tokio::time::sleep(inv).await;
     let (code, extra) = receive(&mut client, "g", "dur", 10, Some(inv), None, Duration::from_millis(700)).await?;
+    assert_eq!((code, extra.len()), (v2::Code::MessageNotFound, 0), "{:?}", extra.iter().map(body).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// A machine crash with async flush can lose the CommitLog's tail, messages the receive window had already read
+/// and delivered among it: after the restart the queue's lost offsets name new messages, which are delivered
+/// (none skipped), and nothing of the lost ones (or garbage from their old positions) is.
+#[tokio::test]
+async fn a_lost_commit_log_tail_is_read_again_from_the_queues_new_end() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions { rocketmq_v2: FAST.into(), ..Default::default() };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    create_topic(&broker, "tail", 1).await?;
+    let bodies: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let positions = send_native(&broker, "tail", Some(0), "t", None, &bodies).await?;
+    let mut client = v2_client(&broker).await?;
+    let got = receive_n(&mut client, "g", "tail", 10, Duration::from_secs(30), Duration::from_secs(10)).await?;
+    assert_eq!(got.len(), 10);
+    let handles: Vec<String> = got.iter().map(handle).collect();
+    ack(&mut client, "g", "tail", &handles[..5]).await?;
+    // The periodic snapshot (every 5 s) records the window: read to 10, five in flight.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let store = broker.store_dir();
+    drop(client);
+    let mut broker = broker;
+    broker.kill();
+
+    // What the disk held after the machine crash: nothing from m5 on (zeros, as pages never written back read).
+    let lost_from = positions[5];
+    let mut segments: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(store.join("commitlog"))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u64>().ok()?, e.path())))
+        .filter(|(start, _)| *start <= lost_from)
+        .collect();
+    segments.sort();
+    let (start, path) = segments.pop().context("no commit-log segment")?;
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        let len = file.metadata()?.len();
+        let from = lost_from - start;
+        file.seek(SeekFrom::Start(from))?;
+        file.write_all(&vec![0u8; usize::try_from((len - from).min(1 << 20))?])?;
+        file.sync_all()?;
+    }
+    // Nor its checkpoint (written after the flush that never came): start-up rebuilds from the whole log.
+    std::fs::remove_file(store.join("checkpoint"))?;
+
+    let broker = broker.start_again().await?;
+    let fresh: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
+    send_native(&broker, "tail", Some(0), "t", None, &fresh).await?;
+    let mut client = v2_client(&broker).await?;
+    let after = receive_n(&mut client, "g", "tail", 3, Duration::from_secs(30), Duration::from_secs(10)).await?;
+    assert_eq!(after.iter().map(body).collect::<Vec<_>>(), fresh, "the new messages at the lost offsets");
+    let (code, extra) =
+        receive(&mut client, "g", "tail", 10, Some(Duration::from_secs(30)), None, Duration::from_millis(500)).await?;
     assert_eq!((code, extra.len()), (v2::Code::MessageNotFound, 0), "{:?}", extra.iter().map(body).collect::<Vec<_>>());
     Ok(())
 }

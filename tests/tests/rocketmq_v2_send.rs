@@ -622,6 +622,9 @@ async fn orphaned_half_without_a_producer_is_rolled_back_by_the_policy() -> anyh
         source: v2::TransactionSource::SourceClient.into(),
         trace_context: String::new(),
     };
+    let elsewhere = v2::EndTransactionRequest { topic: resource("another-topic"), ..late.clone() };
+    let r = client.end_transaction(with_client(elsewhere, "late")).await?.into_inner();
+    assert_eq!(code(r.status.as_ref()), v2::Code::BadRequest, "the transaction is another topic's: {:?}", r.status);
     let r = client.end_transaction(with_client(late.clone(), "late")).await?.into_inner();
     assert_eq!(code(r.status.as_ref()), v2::Code::PreconditionFailed, "{:?}", r.status);
     let rollback = v2::EndTransactionRequest { resolution: v2::TransactionResolution::Rollback.into(), ..late };

@@ -136,6 +136,11 @@ impl BrokerProcess {
         Self::launch(&self.config_path).await
     }
 
+    /// Starts again on the same store after it stopped ([`Self::kill`], then perhaps its files altered).
+    pub async fn start_again(self) -> anyhow::Result<Self> {
+        Self::launch(&self.config_path).await
+    }
+
     /// `host:port` to dial.
     pub fn addr(&self) -> String {
         self.addr.to_string()

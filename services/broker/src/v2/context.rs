@@ -9,6 +9,8 @@ use tonic::metadata::MetadataMap;
 pub const CLIENT_ID_HEADER: &str = "x-mq-client-id";
 /// Header naming the SDK's language (`PYTHON`, `JAVA`, `RUST`; Node says `HTTP`).
 pub const LANGUAGE_HEADER: &str = "x-mq-language";
+/// Header naming the SDK's version (`5.1.2`; Node sends its package's own `1.0.8`): some codes are version-gated.
+pub const VERSION_HEADER: &str = "x-mq-client-version";
 
 /// The caller of one request, from its headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub struct Caller {
     pub language: String,
     /// The client's deadline (`grpc-timeout`), measured from when the request arrived.
     pub deadline: Option<Duration>,
+    /// `x-mq-client-version` as (major, minor, patch); `None` if absent or not a version.
+    pub version: Option<(u32, u32, u32)>,
 }
 
 impl Caller {
@@ -29,8 +33,24 @@ impl Caller {
             client_id: text(CLIENT_ID_HEADER).filter(|s| !s.is_empty()).map(str::to_owned),
             language: text(LANGUAGE_HEADER).unwrap_or_default().to_ascii_uppercase(),
             deadline: text("grpc-timeout").and_then(parse_grpc_timeout),
+            version: text(VERSION_HEADER).and_then(parse_version),
         }
     }
+
+    /// True when the caller names a version below `v` (an unknown version is taken as current).
+    pub fn older_than(&self, v: (u32, u32, u32)) -> bool {
+        self.version.is_some_and(|mine| mine < v)
+    }
+}
+
+/// Parses `major.minor.patch` (missing parts are 0; a suffix such as `-SNAPSHOT` after the numbers is ignored).
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let numeric = text.split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?;
+    let mut parts = numeric.split('.').map(str::parse::<u32>);
+    let major = parts.next()?.ok()?;
+    let minor = parts.next().map_or(Some(0), Result::ok)?;
+    let patch = parts.next().map_or(Some(0), Result::ok)?;
+    Some((major, minor, patch))
 }
 
 /// Parses a `grpc-timeout` header value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
@@ -76,6 +96,22 @@ mod tests {
         assert_eq!(c.client_id.as_deref(), Some("host@1@0@abc"));
         assert_eq!(c.language, "PYTHON");
         assert_eq!(c.deadline, Some(Duration::from_secs(3)));
+        assert_eq!(c.version, None);
+        assert!(!c.older_than((5, 0, 3)), "no version: taken as current");
         assert_eq!(Caller::of(&MetadataMap::new()), Caller::default());
+    }
+
+    #[test]
+    fn client_versions_parse_and_compare() {
+        assert_eq!(parse_version("5.1.2"), Some((5, 1, 2)));
+        assert_eq!(parse_version("5.0.3-SNAPSHOT"), Some((5, 0, 3)));
+        assert_eq!(parse_version("5"), Some((5, 0, 0)));
+        assert_eq!(parse_version("v5"), None);
+        assert_eq!(parse_version(""), None);
+        let mut m = MetadataMap::new();
+        m.insert("x-mq-client-version", "5.0.2".parse().unwrap());
+        assert!(Caller::of(&m).older_than((5, 0, 3)));
+        m.insert("x-mq-client-version", "5.0.3".parse().unwrap());
+        assert!(!Caller::of(&m).older_than((5, 0, 3)));
     }
 }

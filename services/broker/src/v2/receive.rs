@@ -77,7 +77,14 @@ pub async fn receive_message(
             items.extend(messages.into_iter().map(Content::Message));
             taken = Some(t);
         }
-        Err(e) => items.push(Content::Status(status_of(&e))),
+        Err(e) => {
+            let mut s = status_of(&e);
+            // Clients before 5.0.3 do not know the code (as the proxy answers them).
+            if s.code == i32::from(pb::Code::IllegalPollingTime) && caller.older_than((5, 0, 3)) {
+                s.code = pb::Code::BadRequest.into();
+            }
+            items.push(Content::Status(s));
+        }
     }
     items.push(Content::DeliveryTimestamp(convert::timestamp(now_ms())));
     let items: Vec<pb::ReceiveMessageResponse> = items
@@ -419,24 +426,19 @@ fn take_queue(
     let config = &b.config.rocketmq_v2;
     let window = open_window(b, &ask.group, &ask.topic, queue_id)?;
     let mut w = window.lock();
-    if let Some(c) = b.offsets.query(&ask.group, &ask.topic, queue_id)
-        && c.0 != w.committed
-    {
-        tracing::info!(group = %ask.group, topic = %ask.topic, queue_id, from = w.committed, to = c.0, "committed offset moved; receive window restarts there");
-        w.reset(c.0);
-    }
+    follow_reset(b, &ask.group, &ask.topic, queue_id, &mut w);
     let want = ask.batch - out.len();
     let scan = Scan { now_ms: now, fifo: ask.fifo, max: want, renew_slice_ms: config.default_invisible_ms };
     let (due, mut blocked) = w.due(scan, &|c| b.sessions.is_alive(c));
     let mut picked: Vec<(StoredMessage, u32)> = Vec::new();
     let mut dead: Vec<(StoredMessage, u32)> = Vec::new();
     for d in due {
-        match b.store.read(CommitLogOffset(d.phys)) {
+        match read_unfinished(b, &ask.topic, queue_id, d.offset, d.phys) {
             // Every delivery so far failed: the same rule as a native consumer's send-back.
-            Ok(m) if is_dead_letter(d.attempt - 1, ask.retry_max_times, false) => dead.push((m, d.attempt - 1)),
-            Ok(m) => picked.push((m, d.attempt)),
-            Err(e) => {
-                tracing::warn!(group = %ask.group, topic = %ask.topic, queue_id, offset = d.offset, error = %e, "an unfinished message is no longer stored (retention); dropped from the window");
+            Some(m) if is_dead_letter(d.attempt - 1, ask.retry_max_times, false) => dead.push((m, d.attempt - 1)),
+            Some(m) => picked.push((m, d.attempt)),
+            None => {
+                tracing::warn!(group = %ask.group, topic = %ask.topic, queue_id, offset = d.offset, "an unfinished message is no longer stored (retention); dropped from the window");
                 w.finish(d.offset);
             }
         }
@@ -503,6 +505,20 @@ fn take_queue(
     Ok(w.next_deadline(now))
 }
 
+/// The unfinished message at `offset` of (topic, queue), read where the window saw it (`phys`) and checked to be
+/// that message: after a machine crash lost the CommitLog's tail, a later record can sit at the same position.
+/// Otherwise it is looked up by its queue offset; `None` when the queue no longer holds it (retention).
+fn read_unfinished(b: &Broker, topic: &str, queue_id: QueueId, offset: u64, phys: u64) -> Option<StoredMessage> {
+    let is_it = |m: &StoredMessage| m.topic() == topic && m.queue_id() == queue_id && m.queue_offset().0 == offset;
+    if let Ok(m) = b.store.read(CommitLogOffset(phys))
+        && is_it(&m)
+    {
+        return Some(m);
+    }
+    let got = b.store.get_messages(topic, queue_id, QueueOffset(offset), 1, READ_MAX_BYTES, None).ok()?;
+    got.messages.into_iter().next().filter(is_it)
+}
+
 /// A stored message as delivered: receipt handle, attempt and invisible duration set.
 fn delivered(m: &StoredMessage, handle: String, attempt: u32, invisible_ms: u64) -> pb::Message {
     let mut message = convert::to_v2_message(m);
@@ -514,9 +530,30 @@ fn delivered(m: &StoredMessage, handle: String, attempt: u32, invisible_ms: u64)
     message
 }
 
-/// Writes the window's base to the group's committed offsets when it moved.
+/// Restarts the window where an operator moved the group's committed offset (`comet group reset-offset`), which
+/// is then a different value from the one the window last wrote; true if it did.
+fn follow_reset(b: &Broker, group: &str, topic: &str, queue_id: QueueId, w: &mut Window) -> bool {
+    match b.offsets.query(group, topic, queue_id) {
+        Some(c) if c.0 != w.committed => {
+            tracing::info!(
+                group,
+                topic,
+                queue_id,
+                from = w.committed,
+                to = c.0,
+                "committed offset moved; receive window restarts there"
+            );
+            w.reset(c.0);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Writes the window's base to the group's committed offsets when it moved (unless an operator moved them since
+/// the window last wrote: then the window follows the reset instead of overwriting it).
 fn commit(b: &Broker, group: &str, topic: &str, queue_id: QueueId, w: &mut Window) {
-    if w.base != w.committed {
+    if !follow_reset(b, group, topic, queue_id, w) && w.base != w.committed {
         b.offsets.commit(group, topic, queue_id, QueueOffset(w.base));
         w.committed = w.base;
     }
@@ -573,9 +610,14 @@ fn dead_letter(b: &Broker, group: &str, topic: &str, w: &mut Window, dead: Vec<(
         .collect();
     b.store.append_batch(&copies)?;
     b.ha.on_appended();
+    // The copies in the dead-letter topic are what makes the move durable; the journal only spares a restart from
+    // moving them again. So they are finished here even if the journal fails: retrying on every receive would fill
+    // the dead-letter topic with copies, and at worst a restart moves them once more (never loses them).
     let changes: Vec<Change> =
         dead.iter().map(|(m, _)| Change::Done { queue_id: m.queue_id(), offset: m.queue_offset().0 }).collect();
-    let _applied = journal(b, group, topic, changes)?;
+    let _applied = journal(b, group, topic, changes).inspect_err(|e| {
+        tracing::warn!(group, topic, error = %e, "dead-letter moves not journaled; a restart may move them again");
+    });
     for (m, attempts) in &dead {
         w.finish(m.queue_offset().0);
         b.metrics.sent_back(group, true);
@@ -603,9 +645,9 @@ pub async fn ack_message(broker: &Arc<Broker>, request: Request<pb::AckMessageRe
     let work = move |b: &Broker| {
         let (group, topic) = names(b, req.group.as_ref(), req.topic.as_ref())?;
         let handles: Vec<&str> = req.entries.iter().map(|e| e.receipt_handle.as_str()).collect();
-        let results = ack_entries(b, &group, &topic, &handles)?;
+        let statuses = ack_entries(b, &group, &topic, &handles);
         b.receive.wake(&group, &topic);
-        Ok(results)
+        Ok(statuses)
     };
     // With async flush the journal append is a copy into the page cache (microseconds): cheaper in place than two
     // thread hand-offs, as for small sends. Sync flush (an fsync wait) and the journal topic's creation (a
@@ -615,7 +657,7 @@ pub async fn ack_message(broker: &Arc<Broker>, request: Request<pb::AckMessageRe
     let outcome = if inline { work(broker) } else { broker.blocking(work).await };
     let lang = caller.language.as_str();
     let statuses: Vec<pb::Status> = match outcome {
-        Ok(results) => results.iter().map(|r| r.as_ref().map_or_else(status_of, |()| status::ok())).collect(),
+        Ok(statuses) => statuses,
         Err(e) => vec![status_of(&e); entries.len()],
     };
     let top = match &statuses[..] {
@@ -637,10 +679,12 @@ pub async fn ack_message(broker: &Arc<Broker>, request: Request<pb::AckMessageRe
     }
 }
 
-/// Acknowledges each handle: the valid ones of each queue journaled in one record, then finished. Blocking.
-fn ack_entries(b: &Broker, group: &str, topic: &str, handles: &[&str]) -> Result<Vec<Result<()>>> {
+/// Acknowledges each handle: the valid ones of each queue journaled in one record, then finished; one status per
+/// handle (a queue whose journal append fails fails its own handles only). Blocking.
+fn ack_entries(b: &Broker, group: &str, topic: &str, handles: &[&str]) -> Vec<pb::Status> {
     let mut results: Vec<Result<()>> = Vec::with_capacity(handles.len());
     let mut by_queue: std::collections::BTreeMap<QueueId, Vec<(usize, Handle)>> = std::collections::BTreeMap::new();
+    let mut failed: Vec<(usize, pb::Status)> = Vec::new();
     for (i, text) in handles.iter().enumerate() {
         match Handle::decode(text, group, topic) {
             Ok(h) => {
@@ -675,7 +719,15 @@ fn ack_entries(b: &Broker, group: &str, topic: &str, handles: &[&str]) -> Result
         if changes.is_empty() {
             continue;
         }
-        let applied = journal(b, group, topic, changes)?;
+        let applied = match journal(b, group, topic, changes) {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::warn!(group, topic, queue_id, error = %e, "acknowledgements not journaled; the messages stay unfinished");
+                let s = status_of(&e);
+                failed.extend(handles.iter().filter(|(i, _)| results[*i].is_ok()).map(|(i, _)| (*i, s.clone())));
+                continue;
+            }
+        };
         for (i, h) in &handles {
             if results[*i].is_ok() {
                 w.ack(h.offset, h.seq);
@@ -684,7 +736,12 @@ fn ack_entries(b: &Broker, group: &str, topic: &str, handles: &[&str]) -> Result
         drop(applied);
         commit(b, group, topic, queue_id, &mut w);
     }
-    Ok(results)
+    let mut statuses: Vec<pb::Status> =
+        results.iter().map(|r| r.as_ref().map_or_else(status_of, |()| status::ok())).collect();
+    for (i, s) in failed {
+        statuses[i] = s;
+    }
+    statuses
 }
 
 /// ChangeInvisibleDuration: a new invisible deadline and a new receipt handle (the old one stops working).
@@ -747,7 +804,13 @@ pub async fn forward_to_dead_letter_queue(
             let window = b.receive.window(&group, &topic, h.queue_id).ok_or_else(stale)?;
             let mut w = window.lock();
             let entry = w.entry(h.offset).filter(|_| w.holds(h.offset, h.seq)).cloned().ok_or_else(stale)?;
-            let message = b.store.read(CommitLogOffset(entry.phys))?;
+            let Some(message) = read_unfinished(b, &topic, h.queue_id, h.offset, entry.phys) else {
+                w.finish(h.offset);
+                commit(b, &group, &topic, h.queue_id, &mut w);
+                return Err(BrokerError::MessageNotFound {
+                    what: format!("offset {} of queue {} of {topic:?} (removed by retention)", h.offset, h.queue_id),
+                });
+            };
             dead_letter(b, &group, &topic, &mut w, vec![(message, entry.attempt)])?;
             commit(b, &group, &topic, h.queue_id, &mut w);
             drop(w);
@@ -804,6 +867,20 @@ pub fn recover(b: &Broker) -> Result<()> {
         let mut w = window.lock();
         if let Some(c) = b.offsets.query(group, topic, *queue_id) {
             w.rebase(c.0);
+        }
+        // A machine crash with async flush can lose the queue's tail: offsets from its end on will name new
+        // messages, which must be read, and entries there named records that are gone.
+        let end = b.store.queue_range(topic, *queue_id).map_or(0, |(_, max)| max.0);
+        if end < w.read_to {
+            tracing::warn!(
+                group,
+                topic,
+                queue_id,
+                read_to = w.read_to,
+                end,
+                "queue shorter than the receive window after a crash; reading on from its end"
+            );
+            w.rewind(end);
         }
         w.committed = w.base;
         b.offsets.commit(group, topic, *queue_id, QueueOffset(w.base));

@@ -15,7 +15,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use comet_model::system::{PROP_SHARDING_KEY, RESERVED_PROPERTIES};
+use comet_model::CommitLogOffset;
+use comet_model::system::{PROP_REAL_TOPIC, PROP_SHARDING_KEY, RESERVED_PROPERTIES};
 use comet_proto::apache::rocketmq::v2 as pb;
 use comet_proto::comet::v1 as native;
 use comet_store::StoredMessage;
@@ -392,7 +393,7 @@ pub async fn end_transaction(
 }
 
 async fn end(broker: &Arc<Broker>, request: &pb::EndTransactionRequest) -> Result<(), pb::Status> {
-    resource_name(request.topic.as_ref(), "topic").map_err(|e| status::from_error(&e))?;
+    let topic = resource_name(request.topic.as_ref(), "topic").map_err(|e| status::from_error(&e))?;
     if request.message_id.is_empty() {
         return Err(status::status(pb::Code::IllegalMessageId, "message_id is required"));
     }
@@ -408,6 +409,19 @@ async fn end(broker: &Arc<Broker>, request: &pb::EndTransactionRequest) -> Resul
         _ => return Err(status::status(pb::Code::BadRequest, "resolution must be COMMIT or ROLLBACK")),
     };
     broker.require_master("end transaction").map_err(|e| status::from_error(&e))?;
+    // The transaction must be the named topic's (a half that cannot be read is answered by the resolution).
+    let half_topic = broker
+        .blocking(move |b| {
+            Ok(b.store.read(CommitLogOffset(offset)).ok().and_then(|m| m.property(PROP_REAL_TOPIC).map(str::to_owned)))
+        })
+        .await
+        .map_err(|e| status::from_error(&e))?;
+    if let Some(half_topic) = half_topic.filter(|t| *t != topic) {
+        return Err(status::status(
+            pb::Code::BadRequest,
+            format!("transaction {:?} is of topic {half_topic:?}, not {topic:?}", request.transaction_id),
+        ));
+    }
     let resolved = crate::handler::transaction::resolve(broker, offset, &request.message_id, outcome).await;
     match resolved {
         Ok(r) if r.outcome.committed() == outcome.committed() => Ok(()),
