@@ -1,5 +1,5 @@
-//! `comet`: the command-line tool. For now: route and cluster inspection against NameServers, `comet send` and
-//! `comet consume` through the Rust SDK, and the NameServer benchmark (`comet bench nameserver`).
+//! `comet`: the command-line tool: routes and cluster inspection, topic/group/broker administration, `comet send`
+//! and `comet consume` through the Rust SDK, message lookups, dead letters, and every `comet bench`.
 
 mod admin;
 mod bench;
@@ -10,6 +10,11 @@ mod messaging;
 mod replication;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc, as in the broker: `comet bench` clients share the machine with the servers they measure, so their
+/// allocator's cost is part of every figure (glibc malloc's consolidation showed up in their profiles).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Comet command-line tool.
 #[derive(Debug, Parser)]

@@ -581,7 +581,8 @@ fn journal<'a>(b: &'a Broker, group: &str, topic: &str, changes: Vec<Change>) ->
         reconsume_times: 0,
         prepared_transaction_offset: 0,
     };
-    let stored = b.store.append(&message)?;
+    // Read back only at start-up: the dispatcher need not be woken for it.
+    let stored = b.store.append_unhurried(&message)?;
     b.ha.on_appended();
     b.receive.journaled(stored.queue_offset.0);
     Ok(guard)

@@ -28,10 +28,28 @@ fn checksum(group: &str, topic: &str, h: &Handle) -> u32 {
     crc32c::crc32c_append(crc, &h.seq.to_be_bytes())
 }
 
+/// Appends `v` in lower-case hex, at least `min_digits` digits (zero-padded).
+fn push_hex(out: &mut String, v: u64, min_digits: u32) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(min_digits);
+    for i in (0..digits).rev() {
+        out.push(char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize]));
+    }
+}
+
 impl Handle {
     /// The handle's text for a delivery to `group` of a message of `topic`.
+    // Hot path (one per delivered message): written digit by digit into one allocation, not through `format!`.
     pub fn encode(&self, group: &str, topic: &str) -> String {
-        format!("{:x}.{:x}.{:x}.{:08x}", self.queue_id, self.offset, self.seq, checksum(group, topic, self))
+        let mut out = String::with_capacity(3 * 17 + 8);
+        push_hex(&mut out, u64::from(self.queue_id), 1);
+        out.push('.');
+        push_hex(&mut out, self.offset, 1);
+        out.push('.');
+        push_hex(&mut out, self.seq, 1);
+        out.push('.');
+        push_hex(&mut out, u64::from(checksum(group, topic, self)), 8);
+        out
     }
 
     /// Parses a handle a consumer of `group` sent for `topic`; INVALID_RECEIPT_HANDLE (field `receipt_handle`)
@@ -70,6 +88,13 @@ impl Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_are_hex_fields_and_a_padded_checksum() {
+        let h = Handle { queue_id: 0, offset: 0x1f, seq: u64::MAX };
+        let sum = checksum("g", "t", &h);
+        assert_eq!(h.encode("g", "t"), format!("{:x}.{:x}.{:x}.{:08x}", 0, 0x1f, u64::MAX, sum));
+    }
 
     #[test]
     fn handles_round_trip_only_for_their_group_and_topic() {
