@@ -66,14 +66,21 @@ pub fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
 
 /// The body digest the proxy sends and the SDKs verify: MD5, upper-case hex.
 pub fn md5_digest(body: &[u8]) -> pb::Digest {
-    let sum = Md5::digest(body);
-    let mut hex = String::with_capacity(32);
-    for b in sum {
-        const HEX: &[u8; 16] = b"0123456789ABCDEF";
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0xF)]));
-    }
-    pb::Digest { r#type: pb::DigestType::Md5.into(), checksum: hex }
+    digest_of(&Md5::digest(body).into())
+}
+
+/// The `Digest` of an MD5 sum (computed for a batch by [`crate::v2::digest::md5_each`]).
+pub fn digest_of(md5: &[u8; 16]) -> pb::Digest {
+    pb::Digest { r#type: pb::DigestType::Md5.into(), checksum: crate::v2::digest::upper_hex(md5) }
+}
+
+/// [`to_v2_message`] of each message, their MD5 digests computed side by side.
+pub fn to_v2_messages<'a>(messages: impl ExactSizeIterator<Item = &'a StoredMessage>) -> Vec<pb::Message> {
+    let messages: Vec<&StoredMessage> = messages.collect();
+    let bodies: Vec<bytes::Bytes> = messages.iter().map(|m| m.body()).collect();
+    let slices: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+    let sums = crate::v2::digest::md5_each(&slices);
+    messages.into_iter().zip(&sums).map(|(m, sum)| to_v2_message_with(m, digest_of(sum))).collect()
 }
 
 /// What kind of message a stored record is, by the properties a send left on it.
@@ -99,6 +106,11 @@ fn is_internal_property(key: &str) -> bool {
 /// retry copy shows its original topic and id. The receipt handle, invisible duration and delivery attempt are
 /// the receiver's to set.
 pub fn to_v2_message(m: &StoredMessage) -> pb::Message {
+    to_v2_message_with(m, md5_digest(&m.body()))
+}
+
+/// [`to_v2_message`] with the body's digest given.
+fn to_v2_message_with(m: &StoredMessage, body_digest: pb::Digest) -> pb::Message {
     let body = m.body();
     let topic = m.property(PROP_ORIGIN_TOPIC).unwrap_or_else(|| m.topic()).to_owned();
     let message_id = m.property(PROP_ORIGIN_MESSAGE_ID).unwrap_or_else(|| m.msg_id()).to_owned();
@@ -109,7 +121,7 @@ pub fn to_v2_message(m: &StoredMessage) -> pb::Message {
         tag: Some(m.tags().to_owned()).filter(|t| !t.is_empty()),
         keys: m.keys().split_whitespace().map(str::to_owned).collect(),
         message_id,
-        body_digest: Some(md5_digest(&body)),
+        body_digest: Some(body_digest),
         body_encoding: pb::Encoding::Identity.into(),
         message_type: message_type_of(m).into(),
         born_timestamp: Some(timestamp(m.born_timestamp())),

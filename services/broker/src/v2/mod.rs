@@ -10,6 +10,7 @@
 
 pub mod context;
 pub mod convert;
+pub mod digest;
 pub mod pull;
 pub mod receive;
 pub mod route;

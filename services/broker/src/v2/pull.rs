@@ -79,7 +79,7 @@ fn items(got: GetMessages, from: QueueOffset) -> Vec<Content> {
         GetStatus::Found => {
             let mut items = Vec::with_capacity(got.messages.len() + 2);
             items.push(Content::Status(status::ok()));
-            items.extend(got.messages.iter().map(|m| Content::Message(convert::to_v2_message(m))));
+            items.extend(convert::to_v2_messages(got.messages.iter()).into_iter().map(Content::Message));
             items.push(next(got.next_offset));
             items
         }

@@ -491,13 +491,14 @@ fn take_queue(
     if !dead.is_empty() {
         dead_letter(b, &ask.group, &ask.topic, &mut w, dead)?;
     }
-    for (m, attempt) in picked {
+    let converted = convert::to_v2_messages(picked.iter().map(|(m, _)| m));
+    for ((m, attempt), message) in picked.iter().zip(converted) {
         let seq = b.receive.next_seq();
         let offset = m.queue_offset().0;
         let renew_until = if ask.auto_renew { now.saturating_add(config.auto_renew_max_ms) } else { 0 };
         w.deliver(offset, seq, now.saturating_add(ask.invisible_ms), renew_until, ask.client.clone());
         let handle = Handle { queue_id, offset, seq };
-        out.push(delivered(&m, handle.encode(&ask.group, &ask.topic), attempt, ask.invisible_ms));
+        out.push(delivered(message, handle.encode(&ask.group, &ask.topic), *attempt, ask.invisible_ms));
         handles.push(handle);
     }
     commit(b, &ask.group, &ask.topic, queue_id, &mut w);
@@ -519,9 +520,8 @@ fn read_unfinished(b: &Broker, topic: &str, queue_id: QueueId, offset: u64, phys
     got.messages.into_iter().next().filter(is_it)
 }
 
-/// A stored message as delivered: receipt handle, attempt and invisible duration set.
-fn delivered(m: &StoredMessage, handle: String, attempt: u32, invisible_ms: u64) -> pb::Message {
-    let mut message = convert::to_v2_message(m);
+/// A converted message as delivered: receipt handle, attempt and invisible duration set.
+fn delivered(mut message: pb::Message, handle: String, attempt: u32, invisible_ms: u64) -> pb::Message {
     if let Some(p) = message.system_properties.as_mut() {
         p.receipt_handle = Some(handle);
         p.delivery_attempt = Some(i32::try_from(attempt).unwrap_or(i32::MAX));
@@ -530,8 +530,8 @@ fn delivered(m: &StoredMessage, handle: String, attempt: u32, invisible_ms: u64)
     message
 }
 
-/// Restarts the window where an operator moved the group's committed offset (`comet group reset-offset`), which
-/// is then a different value from the one the window last wrote; true if it did.
+/// Restarts the window where the group's committed offset was moved by someone else (a native consumer's or an
+/// operator's CommitConsumerOffset, a v2 UpdateOffset): it then differs from what the window last wrote; true if so.
 fn follow_reset(b: &Broker, group: &str, topic: &str, queue_id: QueueId, w: &mut Window) -> bool {
     match b.offsets.query(group, topic, queue_id) {
         Some(c) if c.0 != w.committed => {
