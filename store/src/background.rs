@@ -62,7 +62,7 @@ fn warm_loop(inner: &Inner) {
 
 /// How much of the CommitLog below its end stays mapped into the process: tail readers find it resident; older
 /// pages are unmapped at every pass of the flush thread (they stay in the page cache).
-const RESIDENT_WINDOW: u64 = 128 << 20;
+pub(crate) const RESIDENT_WINDOW: u64 = 128 << 20;
 /// How often pages below the window are unmapped: bounds what a fast writer or a backlog reader adds meanwhile.
 const RELEASE_EVERY: Duration = Duration::from_millis(200);
 

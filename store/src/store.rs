@@ -365,6 +365,18 @@ impl Store {
         Some((q.min_offset(), q.max_offset()))
     }
 
+    /// True when reading a queue from `offset` will not wait for the disk: the record there lies in the
+    /// CommitLog's resident window (its last 128 MiB, kept mapped and written recently, so in the page cache), or
+    /// the queue ends there (what arrives next is fresh). Lets callers read in place instead of on a blocking pool.
+    pub fn is_resident(&self, topic: &str, queue_id: QueueId, offset: QueueOffset) -> bool {
+        let Some(queue) = self.inner.queues.get(topic, queue_id) else { return true };
+        if offset >= queue.max_offset() {
+            return true;
+        }
+        let floor = self.inner.log.end().saturating_sub(crate::background::RESIDENT_WINDOW);
+        queue.get(offset).is_some_and(|entry| entry.offset >= floor)
+    }
+
     /// When the message at `offset` of a queue was stored (ms since the epoch), if it is still stored. Reads
     /// one consume-queue entry and one record header: consumer lag in time, computed at metrics collection.
     pub fn store_time_at(&self, topic: &str, queue_id: QueueId, offset: QueueOffset) -> Option<u64> {

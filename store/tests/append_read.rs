@@ -267,3 +267,25 @@ fn wait_dispatched(store: &Store, topic: &str, queue: u32, n: u64) {
         "{topic}/{queue} never reached {n} messages"
     );
 }
+
+#[test]
+fn only_the_last_128_mib_of_the_log_and_a_queues_end_count_as_resident() {
+    let dir = tempfile::tempdir().unwrap();
+    let large = comet_store::StoreConfig {
+        segment_size: 8 << 20,
+        max_message_size: 3 << 20,
+        consume_queue_file_entries: 1024,
+        ..config(dir.path())
+    };
+    let store = Store::open(large).unwrap();
+    assert!(store.is_resident("T", 0, QueueOffset(0)), "an unknown queue has nothing to wait for");
+    // 136 MiB in 2 MiB messages: the first few fall out of the resident window.
+    let mut big = message("T", 0, 0);
+    for seq in 0..68 {
+        big.body = bytes::Bytes::from(vec![seq as u8; 2 << 20]);
+        store.append(&big).unwrap();
+    }
+    assert!(!store.is_resident("T", 0, QueueOffset(0)), "136 MiB behind the end");
+    assert!(store.is_resident("T", 0, QueueOffset(67)), "the newest message");
+    assert!(store.is_resident("T", 0, QueueOffset(68)), "the queue's end: only new arrivals");
+}

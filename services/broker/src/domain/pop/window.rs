@@ -268,6 +268,11 @@ impl Window {
         self.advance();
     }
 
+    /// The offset of the entry that has been due longest (visible, or invisible past its deadline), if any.
+    pub fn first_due(&self, now_ms: u64) -> Option<u64> {
+        self.by_deadline.first().filter(|(deadline, _)| *deadline <= now_ms).map(|(_, offset)| *offset)
+    }
+
     /// The earliest time an invisible entry becomes visible, if any entry is invisible.
     pub fn next_deadline(&self, now_ms: u64) -> Option<u64> {
         self.by_deadline.range((now_ms.saturating_add(1), 0)..).next().map(|(d, _)| *d)
@@ -324,6 +329,7 @@ mod tests {
         w.deliver(0, 1, 2000, 0, None);
         assert!(w.due(scan(1999, false), &never).0.is_empty(), "invisible until the deadline");
         assert_eq!(w.next_deadline(1999), Some(2000));
+        assert_eq!((w.first_due(1999), w.first_due(2000)), (None, Some(0)));
         let (due, _) = w.due(scan(2000, false), &never);
         assert_eq!(due[0].attempt, 2);
         w.deliver(0, 2, 3000, 0, None);
