@@ -75,8 +75,8 @@ pub fn digest_of(md5: &[u8; 16]) -> pb::Digest {
 }
 
 /// [`to_v2_message`] of each message, their MD5 digests computed side by side.
-pub fn to_v2_messages<'a>(messages: impl ExactSizeIterator<Item = &'a StoredMessage>) -> Vec<pb::Message> {
-    let messages: Vec<&StoredMessage> = messages.collect();
+pub fn to_v2_messages<'a>(messages: impl IntoIterator<Item = &'a StoredMessage>) -> Vec<pb::Message> {
+    let messages: Vec<&StoredMessage> = messages.into_iter().collect();
     let bodies: Vec<bytes::Bytes> = messages.iter().map(|m| m.body()).collect();
     let slices: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
     let sums = crate::v2::digest::md5_each(&slices);
