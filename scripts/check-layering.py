@@ -29,7 +29,8 @@ FORBIDDEN = {
     "comet-nameserver-client": {"comet-broker", "comet-store", "comet-client", "comet", "comet-nameserver",
                                 "comet-remoting"},
     "comet-broker": {"comet-client", "comet-nameserver", "comet"},
-    "comet-client": {"comet-broker", "comet-nameserver", "comet-store", "comet-remoting", "comet-telemetry"},
+    # The SDK's send and pull ride the remoting channel (docs/architecture.md, "Data path").
+    "comet-client": {"comet-broker", "comet-nameserver", "comet-store", "comet-telemetry"},
     "comet": {"comet-broker", "comet-nameserver", "comet-store", "comet-remoting"},
 }
 

@@ -12,6 +12,18 @@ pub mod methods {
     include!(concat!(env!("OUT_DIR"), "/methods.rs"));
 }
 
+/// `comet.v1.Broker` calls carried over the remoting channel instead of HTTP/2 (docs/broker.md, "Data path"): the
+/// request code names the method, the frame body is the method's protobuf request, and the response body its
+/// protobuf response. A failure answers [`remoting::STATUS_BASE`] + the gRPC status code, the message as remark.
+pub mod remoting {
+    /// `comet.v1.Broker/SendMessage`: body `SendMessageRequest`, response `SendMessageResponse`.
+    pub const SEND_MESSAGE: i32 = 9001;
+    /// `comet.v1.Broker/PullMessage`: body `PullMessageRequest`, response `PullMessageResponse`.
+    pub const PULL_MESSAGE: i32 = 9002;
+    /// A call refused the way gRPC would refuse it: the response code is this + the gRPC code (1–16).
+    pub const STATUS_BASE: i32 = 9100;
+}
+
 /// Comet's own gRPC API (`package comet.*`).
 pub mod comet {
     /// Version 1 of Comet's own API: the NameServer and Broker services and their messages.

@@ -32,7 +32,10 @@ pub struct Admin {
 impl Admin {
     /// An admin client of the cluster(s) registered with these NameServers.
     pub fn new(nameservers: &[String]) -> Result<Self, ClientError> {
-        Ok(Self { nameserver: nameserver_client(nameservers, None)?, channels: Channels::new(Duration::from_secs(3)) })
+        Ok(Self {
+            nameserver: nameserver_client(nameservers, None)?,
+            channels: Channels::new(Duration::from_secs(3), crate::Transport::Grpc),
+        })
     }
 
     /// The master (broker id 0) of every broker name, sorted by name, optionally of one cluster only; admin changes
@@ -71,6 +74,6 @@ impl Admin {
 
     /// A client of the broker at `address` for its admin calls (CreateTopic, DescribeGroup, QueryMessageById...).
     pub fn broker(&self, address: &str) -> Result<BrokerClient<Channel>, ClientError> {
-        self.channels.broker(address)
+        self.channels.broker(address).map(crate::channels::BrokerClient::into_grpc)
     }
 }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use comet_nameserver_client::ClientConfig;
 use comet_proto::comet::v1 as pb;
-use tonic::transport::Channel;
 
 use crate::channels::Channels;
 use crate::error::ClientError;
@@ -24,7 +23,7 @@ use crate::route::Routes;
 use comet_model::MessageQueue;
 
 /// A client of one broker member, on its shared channel.
-type BrokerClient = pb::broker_client::BrokerClient<Channel>;
+use crate::channels::BrokerClient;
 
 /// Longest a pull answered by a slave's offset correction waits before it returns (so a caller's loop does not
 /// spin while the slave catches up with replication).
@@ -52,6 +51,9 @@ pub struct PullConsumerConfig {
     /// answer in time) is passed over; afterwards the next call tries it again and uses it if it answers
     /// (default 5 s).
     pub failover_backoff: Duration,
+    /// Wire of the hot calls (SendMessage, PullMessage): remoting frames on the broker's port (default), or gRPC
+    /// for a path that passes only HTTP/2. See [`Transport`](crate::Transport).
+    pub transport: crate::Transport,
     /// Settings of the NameServer client (addresses are taken from `nameservers`).
     pub nameserver_client: Option<ClientConfig>,
 }
@@ -69,6 +71,7 @@ impl PullConsumerConfig {
             route_refresh: Duration::from_secs(30),
             read_preference: ReadPreference::Master,
             failover_backoff: Duration::from_secs(5),
+            transport: crate::Transport::default(),
             nameserver_client: None,
         }
     }
@@ -134,7 +137,7 @@ impl PullConsumer {
     pub(crate) fn with_faults(config: PullConsumerConfig, faults: Arc<Faults>) -> Result<Self, ClientError> {
         let nameserver = nameserver_client(&config.nameservers, config.nameserver_client.clone())?;
         let routes = Routes::new(nameserver, config.route_refresh);
-        let channels = Channels::new(config.connect_timeout);
+        let channels = Channels::new(config.connect_timeout, config.transport);
         Ok(Self { inner: Arc::new(Inner { config, routes, channels, faults }) })
     }
 
@@ -464,6 +467,8 @@ mod tests {
         let mut config = PullConsumerConfig::new(vec![ns.address.clone()], "g");
         config.read_preference = preference;
         config.failover_backoff = BACKOFF;
+        // The fake broker speaks gRPC only (src/testing.rs).
+        config.transport = crate::Transport::Grpc;
         config.request_timeout = Duration::from_secs(2);
         PullConsumer::new(config).unwrap()
     }

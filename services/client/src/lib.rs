@@ -35,6 +35,7 @@ mod testing;
 mod transaction;
 
 pub use admin::{Admin, MasterBroker};
+pub use channels::Transport;
 pub use comet_model::MessageQueue;
 pub use consumer::{PullConsumer, PullConsumerConfig, PullResult, PullStatus};
 pub use error::{ClientError, ErrorKind};

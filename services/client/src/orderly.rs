@@ -779,6 +779,8 @@ mod tests {
             .subscribe("t", "*")
             .consume_from(ConsumeFrom::FirstOffset)
             .configure(|c| {
+                // The fake broker speaks gRPC only (src/testing.rs).
+                c.transport = crate::Transport::Grpc;
                 c.rebalance_interval = Duration::from_millis(100);
                 c.shutdown_timeout = shutdown_timeout;
                 c.pull_wait = Duration::from_millis(20);

@@ -43,6 +43,9 @@ pub struct ProducerConfig {
     /// Heartbeats (client id and producer group) to the master of every broker this producer has a route to, so
     /// the brokers know the group's live producers (RocketMQ: 30 s). Zero turns them off.
     pub heartbeat_interval: Duration,
+    /// Wire of the hot calls (SendMessage, PullMessage): remoting frames on the broker's port (default), or gRPC
+    /// for a path that passes only HTTP/2. See [`Transport`](crate::Transport).
+    pub transport: crate::Transport,
     /// Settings of the NameServer client (addresses are taken from `nameservers`).
     pub nameserver_client: Option<ClientConfig>,
     /// Transactions: answers the brokers' check-backs of half messages this producer group left unresolved.
@@ -64,6 +67,7 @@ impl ProducerConfig {
             fault_isolation: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(30),
             nameserver_client: None,
+            transport: crate::Transport::default(),
             transaction_checker: None,
         }
     }
@@ -119,7 +123,7 @@ impl Producer {
         })?;
         let nameserver = nameserver_client(&config.nameservers, config.nameserver_client.clone())?;
         let routes = Routes::new(nameserver, config.route_refresh);
-        let channels = Channels::new(config.connect_timeout);
+        let channels = Channels::new(config.connect_timeout, config.transport);
         // A varying start (as RocketMQ's random ThreadLocalIndex) so that many short-lived producers, like
         // `comet send` runs, do not all begin on queue 0.
         let start = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos() as usize).unwrap_or(0);
@@ -572,7 +576,7 @@ impl Stored {
     /// What a broker's (or the transport's) error status says about the request.
     fn of(status: &tonic::Status) -> Self {
         use tonic::Code;
-        if never_connected(status) {
+        if crate::channels::never_connected(status) {
             return Stored::No;
         }
         match status.code() {
@@ -587,18 +591,6 @@ impl Stored {
             _ => Stored::No,
         }
     }
-}
-
-/// The call failed while connecting (refused, unreachable, connect timeout): the request never left.
-fn never_connected(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// A failed attempt: the error, where it was sent (none: it failed before a broker was chosen), and whether it
@@ -697,6 +689,8 @@ mod tests {
         let producer = |ns: &FakeNameServer| {
             let mut config = ProducerConfig::new(vec![ns.address.clone()], "pg");
             config.heartbeat_interval = Duration::ZERO;
+            // The fake broker speaks gRPC only (src/testing.rs).
+            config.transport = crate::Transport::Grpc;
             Producer::new(config).unwrap()
         };
         let p = producer(&ns);
@@ -753,6 +747,8 @@ mod tests {
         let mut config = ProducerConfig::new(vec![ns.address.clone()], "pg");
         config.heartbeat_interval = Duration::ZERO;
         config.retries = retries;
+        // The fake broker speaks gRPC only (src/testing.rs).
+        config.transport = crate::Transport::Grpc;
         config.send_timeout = Duration::from_millis(150);
         let producer = Producer::new(config).unwrap();
         let queues = producer.writable_queues("t").await.unwrap();

@@ -111,6 +111,9 @@ pub struct PushConsumerConfig {
     pub read_preference: ReadPreference,
     /// How long a member that failed in transport is passed over before it is tried again (default 5 s).
     pub failover_backoff: Duration,
+    /// Wire of the hot calls (SendMessage, PullMessage): remoting frames on the broker's port (default), or gRPC
+    /// for a path that passes only HTTP/2. See [`Transport`](crate::Transport).
+    pub transport: crate::Transport,
     /// Settings of the NameServer client (addresses are taken from `nameservers`).
     pub nameserver_client: Option<ClientConfig>,
 }
@@ -140,6 +143,7 @@ impl PushConsumerConfig {
             route_refresh: Duration::from_secs(30),
             read_preference: ReadPreference::Master,
             failover_backoff: Duration::from_secs(5),
+            transport: crate::Transport::default(),
             nameserver_client: None,
         }
     }
@@ -862,6 +866,7 @@ pub(crate) fn topic_pullers(config: &PushConsumerConfig) -> Result<HashMap<Strin
         pull.route_refresh = config.route_refresh;
         pull.read_preference = config.read_preference;
         pull.failover_backoff = config.failover_backoff;
+        pull.transport = config.transport;
         pull.nameserver_client = config.nameserver_client.clone();
         pullers.insert(topic.clone(), PullConsumer::with_faults(pull, Arc::clone(&faults))?);
     }
@@ -897,7 +902,7 @@ pub(crate) async fn heartbeat_members(
     request: &pb::ClientHeartbeatRequest,
 ) -> Result<(), ClientError> {
     let timeout = Duration::from_secs(3);
-    let heartbeat = |mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>| {
+    let heartbeat = |mut client: crate::channels::BrokerClient| {
         let request = request.clone();
         async move { client.heartbeat(request).await }
     };
@@ -917,7 +922,7 @@ pub(crate) async fn heartbeat_members(
 /// Leaves `group` on every member, so the others re-balance at once.
 pub(crate) async fn unregister_members(pullers: &HashMap<String, PullConsumer>, client_id: &str, group: &str) {
     let request = pb::UnregisterClientRequest { client_id: client_id.to_owned(), groups: vec![group.to_owned()] };
-    let unregister = |mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>| {
+    let unregister = |mut client: crate::channels::BrokerClient| {
         let request = request.clone();
         async move { client.unregister_client(request).await }
     };
@@ -1019,6 +1024,8 @@ mod tests {
             .consume_from(ConsumeFrom::FirstOffset)
             .threads(1)
             .configure(|c| {
+                // The fake broker speaks gRPC only (src/testing.rs).
+                c.transport = crate::Transport::Grpc;
                 c.failover_backoff = Duration::from_millis(300);
                 c.rebalance_interval = Duration::from_millis(100);
                 c.pull_wait = Duration::from_millis(50);
@@ -1064,6 +1071,8 @@ mod tests {
         let consumer = PushConsumer::builder(vec![ns.address.clone()], "g")
             .subscribe("t", "*")
             .configure(|c| {
+                // The fake broker speaks gRPC only (src/testing.rs).
+                c.transport = crate::Transport::Grpc;
                 c.rebalance_interval = Duration::from_millis(50);
                 c.pull_wait = Duration::from_millis(20);
             })

@@ -1,6 +1,9 @@
 //! The server: accepts connections and dispatches their requests to one [`Router`]. It can call its clients back
 //! over the same connections ([`Server::connections`], or [`Request::connection`](crate::Request) in a handler).
 //!
+//! A server may also run without a listener of its own ([`Server::detached`]): whoever accepts connections on a
+//! port shared with another protocol hands this server the ones that speak remoting ([`Server::adopt`]).
+//!
 //! Graceful shutdown: stop accepting, answer GO_AWAY to new requests, wait (up to a grace period) until every
 //! running handler has produced its response, write what is queued, then close every connection.
 
@@ -10,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;
@@ -27,6 +30,8 @@ pub struct Server {
 #[derive(Debug)]
 struct Inner {
     local_addr: SocketAddr,
+    channel: crate::config::ChannelConfig,
+    permits: Arc<Permits>,
     router: Arc<Router>,
     connections: Mutex<HashMap<u64, Connection>>,
     stop_accepting: watch::Sender<bool>,
@@ -41,17 +46,36 @@ impl Server {
             .await
             .map_err(|source| Error::Bind { addr: config.listen.clone(), source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen.clone(), source })?;
-        let inner = Arc::new(Inner {
-            local_addr,
-            router: Arc::new(router),
-            connections: Mutex::new(HashMap::new()),
-            stop_accepting: watch::Sender::new(false),
-            acceptor: Mutex::new(None),
-        });
+        let server = Server::detached(config, router, local_addr);
+        let acceptor = tokio::spawn(accept_loop(server.inner.clone(), listener));
+        *server.inner.acceptor.lock().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
+        Ok(server)
+    }
+
+    /// A server that accepts nothing itself: connections come through [`Server::adopt`]. `local_addr` names it in
+    /// logs (the shared port); `config.listen` is not used.
+    pub fn detached(config: ServerConfig, router: Router, local_addr: SocketAddr) -> Server {
         let permits = Permits::new(config.async_permits, config.oneway_permits);
-        let acceptor = tokio::spawn(accept_loop(inner.clone(), listener, config, permits));
-        *inner.acceptor.lock().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
-        Ok(Server { inner })
+        Server {
+            inner: Arc::new(Inner {
+                local_addr,
+                channel: config.channel,
+                permits,
+                router: Arc::new(router),
+                connections: Mutex::new(HashMap::new()),
+                stop_accepting: watch::Sender::new(false),
+                acceptor: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Serves a connection accepted elsewhere, like one this server accepted itself; after shutdown began, closes
+    /// it instead.
+    pub fn adopt(&self, stream: TcpStream, peer: SocketAddr) {
+        if *self.inner.stop_accepting.borrow() {
+            return;
+        }
+        adopt(&self.inner, stream, peer);
     }
 
     /// The bound address (the real port when `listen` asked for port 0).
@@ -94,8 +118,7 @@ impl Server {
     }
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, config: ServerConfig, permits: Arc<Permits>) {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     let mut stop = inner.stop_accepting.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -111,17 +134,23 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, config: ServerCon
                 continue;
             }
         };
-        let conn =
-            Connection::spawn(stream, peer.to_string(), config.channel.clone(), permits.clone(), inner.router.clone());
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        inner.connections.lock().unwrap_or_else(|e| e.into_inner()).insert(id, conn.clone());
-        let weak = Arc::downgrade(&inner);
-        tokio::spawn(async move {
-            let reason = conn.closed().await;
-            tracing::debug!(peer = conn.peer(), "connection closed: {reason}");
-            if let Some(inner) = weak.upgrade() {
-                inner.connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            }
-        });
+        adopt(&inner, stream, peer);
     }
+}
+
+/// Starts serving one accepted connection and tracks it until it closes.
+fn adopt(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    let conn =
+        Connection::spawn(stream, peer.to_string(), inner.channel.clone(), inner.permits.clone(), inner.router.clone());
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    inner.connections.lock().unwrap_or_else(|e| e.into_inner()).insert(id, conn.clone());
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let reason = conn.closed().await;
+        tracing::debug!(peer = conn.peer(), "connection closed: {reason}");
+        if let Some(inner) = weak.upgrade() {
+            inner.connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        }
+    });
 }

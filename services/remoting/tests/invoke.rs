@@ -180,3 +180,30 @@ async fn a_panicking_handler_answers_system_error_at_once() {
     assert_eq!(client.invoke(&addr(&server), Command::request(9, ""), LONG).await.unwrap().code, code::SYSTEM_ERROR);
     assert_eq!(server.connections().len(), 1);
 }
+
+#[tokio::test]
+async fn a_detached_server_serves_connections_accepted_elsewhere_and_refuses_them_after_shutdown() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let server = Server::detached(server_config(SerializeType::RocketMq), echo_router(), local);
+    let acceptor = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else { return };
+                server.adopt(stream, peer);
+            }
+        })
+    };
+    let client = Client::new(client_config(SerializeType::RocketMq));
+    let resp = client.invoke(&local.to_string(), Command::request(ECHO, "adopted"), LONG).await.unwrap();
+    assert_eq!(resp.code, code::SUCCESS);
+    assert_eq!(resp.body, Bytes::from_static(b"adopted"));
+    assert_eq!(server.local_addr(), local);
+
+    assert!(server.shutdown(LONG).await);
+    // The old connection was closed; a new one is accepted by the listener but dropped by the server.
+    let after = client.invoke(&local.to_string(), Command::request(ECHO, "late"), LONG).await;
+    assert!(after.is_err(), "{after:?}");
+    acceptor.abort();
+}

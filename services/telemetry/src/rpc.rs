@@ -80,6 +80,11 @@ impl Shared {
     /// with method `other`, or `other` for both.
     fn call(&self, path: &str) -> Call {
         let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+        self.call_of(service, method)
+    }
+
+    /// The labels of `method` of `service`, from the tables.
+    fn call_of(&self, service: &str, method: &str) -> Call {
         match self.services.iter().chain(COMMON_SERVICES).find(|s| s.name == service) {
             Some(s) => {
                 Call { service: s.name, method: s.methods.iter().find(|m| **m == method).copied().unwrap_or(OTHER) }
@@ -89,11 +94,15 @@ impl Shared {
     }
 
     fn record(&self, call: Call, code: &'static str, start: Instant) {
+        self.record_on("grpc", call, code, start);
+    }
+
+    fn record_on(&self, protocol: &'static str, call: Call, code: &'static str, start: Instant) {
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         self.latency.record(
             ms,
             &[
-                KeyValue::new("protocol_type", "grpc"),
+                KeyValue::new("protocol_type", protocol),
                 KeyValue::new("rpc_service", call.service),
                 KeyValue::new("request_code", call.method),
                 KeyValue::new("response_code", code),
@@ -121,6 +130,14 @@ impl RpcMetricsLayer {
             .with_boundaries(LATENCY_BOUNDARIES_MS.to_vec())
             .build();
         Self { shared: Arc::new(Shared { latency, services }) }
+    }
+
+    /// Times one call of `service`/`method` that came by another protocol than gRPC (`protocol_type` label,
+    /// e.g. `remoting`), so both transports of a method land in the same series family. `code` is the gRPC
+    /// status code the call ended with (0 = OK).
+    pub fn record(&self, protocol: &'static str, service: &str, method: &str, code: i32, start: Instant) {
+        let code = usize::try_from(code).ok().and_then(|n| GRPC_CODES.get(n).copied()).unwrap_or("UNKNOWN");
+        self.shared.record_on(protocol, self.shared.call_of(service, method), code, start);
     }
 }
 

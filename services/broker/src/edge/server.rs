@@ -1,5 +1,6 @@
 //! Binds the listener, opens the broker, and serves `comet.v1.Broker` plus gRPC health and reflection (v1 and
-//! v1alpha) until shutdown; then answers parked pulls, drains, unregisters, flushes offsets and closes the store.
+//! v1alpha), and the remoting data path on the same port (`remoting.rs`), until shutdown; then answers parked
+//! pulls, drains, unregisters, flushes offsets and closes the store.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +12,6 @@ use comet_proto::comet::v1::broker_server::BrokerServer;
 use comet_telemetry::{Identity, RpcMetricsLayer, Telemetry};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::broker::{Broker, now_ms};
@@ -129,6 +129,10 @@ impl Bound {
                 .max_encoding_message_size(max_grpc)
         });
 
+        // The SDK's send and pull on the remoting channel, sharing the port (edge/remoting.rs).
+        let data_path = super::remoting::server(&broker, &rpc_metrics, local_addr, max_grpc);
+        let incoming = super::remoting::split(listener, data_path.clone());
+
         let background = spawn_background(&broker);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let follower = crate::ha::slave::spawn(&broker, stop_rx.clone());
@@ -138,14 +142,20 @@ impl Bound {
         // On the signal: answer parked pulls and refuse new work first, then let tonic stop accepting and drain.
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_broker = Arc::clone(&broker);
+        let grace = Duration::from_millis(broker.config.broker.shutdown_grace_ms);
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: answering parked pulls, draining requests");
             signal_broker.waiters.shut_down();
             reporter.set_service_status(HEALTH_SERVICE, ServingStatus::NotServing).await;
+            // The data path drains beside tonic: new requests get GO_AWAY, running ones finish.
+            tokio::spawn(async move {
+                data_path.shutdown(grace).await;
+                let _ = drained_tx.send(());
+            });
             let _ = signalled_tx.send(());
         };
-        let grace = Duration::from_millis(broker.config.broker.shutdown_grace_ms);
         let drain_deadline = async move {
             if signalled_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;
@@ -166,7 +176,7 @@ impl Bound {
             .add_service(reflection_v1alpha)
             .add_service(service)
             .add_optional_service(v2)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+            .serve_with_incoming_shutdown(incoming, signal);
         let served = tokio::select! {
             served = server => served.map_err(|e| serve_err(Box::new(e))),
             () = drain_deadline => {
@@ -175,6 +185,8 @@ impl Bound {
             }
         };
 
+        // Bounded by the grace period inside; an error means the signal never came (tonic failed on its own).
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), drained_rx).await;
         let _ = stop_tx.send(true);
         if let Some(task) = registration {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;

@@ -73,12 +73,7 @@ impl BrokerService for BrokerHandler {
     }
 
     async fn pull_message(&self, request: Request<pb::PullMessageRequest>) -> Answer<pb::PullMessageResponse> {
-        let request = request.into_inner();
-        // The group's consumption-model check (the topic, queue and consume-enable checks are in `pull`).
-        if let Err(refused) = client::check_broadcast_pull(&self.broker, &request.group) {
-            return answer(Err(refused));
-        }
-        answer(pull::pull(&self.broker, request).await)
+        answer(pull::pull(&self.broker, request.into_inner()).await)
     }
 
     async fn query_consumer_offset(

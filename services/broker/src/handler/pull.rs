@@ -22,10 +22,13 @@ const MAX_COUNT: u32 = 1024;
 const DEFAULT_MAX_BYTES: u32 = 4 << 20;
 const MAX_BYTES: u32 = 16 << 20;
 
-/// Answers a pull: messages, or a status with the offsets to continue from.
+/// Answers a comet.v1 pull (over gRPC or the remoting data path): messages, or a status with the offsets to
+/// continue from.
 pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Result<pb::PullMessageResponse> {
     check_group(&request.group)?;
     check_topic(&request.topic)?;
+    // The group's consumption-model check (the topic, queue and consume-enable checks are in `read_or_wait`).
+    super::client::check_broadcast_pull(broker, &request.group)?;
     let query = PullQuery {
         filter: Arc::new(request.tag_expression.parse()?),
         max_count: request.max_count,

@@ -58,6 +58,9 @@ pub struct Connection {
     /// through PullMessage).
     #[arg(long, value_enum, default_value = "native")]
     pub api: Api,
+    /// `--api native`: the wire of sends and pulls, remoting frames (the SDK's default) or gRPC (HTTP/2).
+    #[arg(long, default_value = "remoting")]
+    pub transport: comet_client::Transport,
     /// `--api v2`: the access point an official SDK is configured with (`host:port` of a broker); default: the
     /// first master broker the NameServers know.
     #[arg(long)]
@@ -154,7 +157,9 @@ impl Sink {
             }
             System::Comet => {
                 ensure_topic(namesrv, &conn.topic, conn.queues).await?;
-                let producer = Producer::new(ProducerConfig::new(namesrv.to_vec(), "comet-bench-producer"))?;
+                let mut config = ProducerConfig::new(namesrv.to_vec(), "comet-bench-producer");
+                config.transport = conn.transport;
+                let producer = Producer::new(config)?;
                 Ok(Self::Comet { producer, topic: conn.topic.clone(), transactional: false })
             }
             System::Nats => {
@@ -309,7 +314,9 @@ impl Source {
         match conn.system {
             System::Comet => {
                 ensure_topic(namesrv, &conn.topic, conn.queues).await?;
-                let consumer = PullConsumer::new(PullConsumerConfig::new(namesrv.to_vec(), "comet-bench-consumer"))?;
+                let mut config = PullConsumerConfig::new(namesrv.to_vec(), "comet-bench-consumer");
+                config.transport = conn.transport;
+                let consumer = PullConsumer::new(config)?;
                 let mut queues = Vec::new();
                 let mut backlog = 0;
                 for queue in consumer.queues(&conn.topic).await? {

@@ -1,0 +1,143 @@
+//! The data path on the remoting channel: `comet.v1.Broker` SendMessage and PullMessage carried in remoting frames
+//! on the gRPC port, for the comet SDK (docs/broker.md, "Data path"). HTTP/2 costs about twice the CPU and
+//! latency of a remoting frame per call on this hardware (docs/benchmarks.md, "Remoting"), and these two calls are
+//! the broker's hot path; everything else, and every other client, stays on gRPC.
+//!
+//! One port serves both: the acceptor peeks at a new connection's first byte. An HTTP/2 client opens with its
+//! preface (`PRI * HTTP/2.0`, ASCII); a remoting frame opens with its big-endian length, whose first byte is a
+//! control character for any frame under 512 MiB. Control characters go to the remoting server, the rest to tonic.
+//! (A TLS ClientHello opens with 0x16, also a control character: serving TLS on this port would need the sort to
+//! look further, at the second and third bytes, 0x03 0x0N.)
+//!
+//! The request code names the method, the body is its protobuf request, a success answers the protobuf response;
+//! a refusal answers `STATUS_BASE + gRPC code` with the message as remark, so a client reports exactly what the
+//! gRPC path would have (`comet_proto::remoting`). The handlers are the gRPC ones: same checks, same bounds
+//! (`max-inflight-sends`, `max-parked-pulls`), same metrics (`protocol_type="remoting"`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use comet_proto::comet::v1 as pb;
+use comet_proto::remoting as codes;
+use comet_remoting::{ChannelConfig, Command, Request, Router, Server, ServerConfig};
+use comet_telemetry::RpcMetricsLayer;
+use prost::Message;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::broker::Broker;
+use crate::error::{BrokerError, Result};
+use crate::handler::{pull, send};
+
+/// The gRPC service whose methods the data path carries (the metrics' `rpc_service`).
+const SERVICE: &str = "comet.v1.Broker";
+
+/// How long a new connection may stay silent before it is dropped unsorted.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted connections waiting for tonic to take them.
+const HANDOFF_QUEUE: usize = 128;
+
+/// The remoting server of the data path: no listener of its own, fed by [`split`].
+pub fn server(broker: &Arc<Broker>, metrics: &RpcMetricsLayer, local_addr: SocketAddr, max_frame: usize) -> Server {
+    let limits = &broker.config.broker;
+    // The broker's own bounds answer "busy" first (with its message); these only cap what waits to reach them.
+    let sends = limits.max_inflight_sends.saturating_mul(2).max(64);
+    let pulls = limits.max_parked_pulls.saturating_mul(2).saturating_add(1024);
+    let send_broker = Arc::clone(broker);
+    let send_metrics = metrics.clone();
+    let pull_broker = Arc::clone(broker);
+    let pull_metrics = metrics.clone();
+    let router = Router::new()
+        .route(codes::SEND_MESSAGE, sends, move |request: Request| {
+            let (broker, metrics) = (Arc::clone(&send_broker), send_metrics.clone());
+            async move {
+                let start = Instant::now();
+                let born_host = request.connection.peer().parse().ok();
+                let answer = match decode::<pb::SendMessageRequest>(&request.command.body) {
+                    Ok(r) => send::send(&broker, r, born_host).await,
+                    Err(refused) => Err(refused),
+                };
+                respond(&metrics, "SendMessage", start, answer)
+            }
+        })
+        .route(codes::PULL_MESSAGE, pulls, move |request: Request| {
+            let (broker, metrics) = (Arc::clone(&pull_broker), pull_metrics.clone());
+            async move {
+                let start = Instant::now();
+                let answer = match decode::<pb::PullMessageRequest>(&request.command.body) {
+                    Ok(r) => pull::pull(&broker, r).await,
+                    Err(refused) => Err(refused),
+                };
+                respond(&metrics, "PullMessage", start, answer)
+            }
+        });
+    let config = ServerConfig {
+        channel: ChannelConfig { max_frame_size: max_frame, ..ChannelConfig::default() },
+        ..ServerConfig::default()
+    };
+    Server::detached(config, router, local_addr)
+}
+
+fn decode<T: Message + Default>(body: &Bytes) -> Result<T> {
+    T::decode(body.clone()).map_err(|e| BrokerError::invalid("request", format!("not a protobuf request: {e}")))
+}
+
+/// The response frame of one call, timed like its gRPC twin.
+fn respond<T: Message>(metrics: &RpcMetricsLayer, method: &str, start: Instant, answer: Result<T>) -> Command {
+    let (code, command) = match answer {
+        Ok(response) => (0, Command::response(comet_remoting::code::SUCCESS, None).with_body(response.encode_to_vec())),
+        Err(err) => {
+            let status = tonic::Status::from(err);
+            let code = i32::from(status.code());
+            (code, Command::response(codes::STATUS_BASE + code, Some(status.message().to_owned())))
+        }
+    };
+    metrics.record("remoting", SERVICE, method, code, start);
+    command
+}
+
+/// Accepts on `listener` and sorts connections by their first byte: remoting ones to `remoting`, the rest into the
+/// returned stream for tonic (which stops accepting when the stream's receiver is dropped). Ends when the
+/// listener fails for good or the receiver is gone.
+pub fn split(
+    listener: TcpListener,
+    remoting: Server,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TcpStream>> {
+    let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: keep serving existing connections, try again shortly.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+            }
+            let (tx, remoting) = (tx.clone(), remoting.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] < 0x20 => remoting.adopt(stream, peer),
+                    Ok(Ok(1)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Ok(_)) => tracing::debug!(%peer, "connection closed before its first byte"),
+                    Ok(Err(e)) => tracing::debug!(%peer, "connection failed before its first byte: {e}"),
+                    Err(_) => tracing::debug!(%peer, "connection silent for {FIRST_BYTE_TIMEOUT:?}; dropped"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
