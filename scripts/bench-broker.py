@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The broker benchmark of docs/benchmarks.md: Comet (release NameServer + broker, async then sync flush) and NATS
 JetStream (file storage) driven by the same `comet bench` workloads in one run, so every figure is also a ratio.
+The async broker is driven over each SDK transport (remoting, the default, then gRPC: an A/B of the data path).
 
-Usage: scripts/bench-broker.py [--secs 10] [--sizes 1024,128] [--backlog 2000000] [--skip-nats] [--out FILE]
+Usage: scripts/bench-broker.py [--secs 10] [--sizes 1024,128] [--backlog 2000000] [--skip-nats] [--skip-sync]
+                               [--transports remoting,grpc] [--out FILE]
 Prints a markdown table and writes every raw JSON result (one per line) to --out (default bench-broker.jsonl in
 a temporary directory, path printed). Servers listen on 127.0.0.1 free ports; data lives in a temp dir removed at
 the end.
@@ -164,7 +166,7 @@ def run_read_side(namesrv, extra, backlog, secs, results, tag):
                            str(rate), "--duration-secs", str(secs)], results, f"{tag}: e2e 1024 B at {rate}/s")
 
 
-def comet(servers, workdir, flush, sizes, secs, backlog, results, read_side):
+def comet(servers, workdir, flush, sizes, secs, backlog, results, read_side, transports):
     data = os.path.join(workdir, f"comet-{flush}")
     os.makedirs(data)
     ns, ns_out = servers.start(
@@ -184,14 +186,17 @@ def comet(servers, workdir, flush, sizes, secs, backlog, results, read_side):
     )
     wait_for(broker_out, "listening", broker, "comet-broker")
     time.sleep(0.5)  # first registration
-    tag = f"comet {flush}"
-    print(f"{tag}: NameServer {namesrv}, broker pid {broker.pid}", file=sys.stderr)
+    print(f"comet {flush}: NameServer {namesrv}, broker pid {broker.pid}", file=sys.stderr)
     rss = RssSampler(broker.pid)
     rss.start()
-    run_matrix(namesrv, [], sizes, secs, results, tag)
-    if read_side:
-        run_read_side(namesrv, [], backlog, secs, results, tag)
-    rss.finish(f"{tag}: broker peak RSS", results)
+    for transport in transports:
+        # The SDK's default (remoting) keeps the plain tag; the gRPC A/B runs against the same broker.
+        tag = f"comet {flush}" if transport == "remoting" else f"comet {flush} {transport}"
+        extra = ["--transport", transport]
+        run_matrix(namesrv, extra, sizes, secs, results, tag)
+        if read_side:
+            run_read_side(namesrv, extra, backlog, secs, results, tag)
+    rss.finish(f"comet {flush}: broker peak RSS", results)
     servers.stop(broker)
     servers.stop(ns)
 
@@ -229,7 +234,8 @@ def table(results, sizes, backlog):
     for size in sizes:
         rows += [label for label, _ in workloads(size, 1)]
     rows += [f"consume {backlog} x 1024 B backlog"]
-    out = ["| workload | comet async | comet sync | NATS JetStream | comet async / NATS |", "|---|---|---|---|---|"]
+    out = ["| workload | comet async | comet async, gRPC transport | comet sync | NATS JetStream | comet async / NATS |",
+           "|---|---|---|---|---|---|"]
 
     def cell(r):
         if r is None:
@@ -240,17 +246,19 @@ def table(results, sizes, backlog):
         return s
 
     for row in rows:
-        a, s, n = by.get(f"comet async: {row}"), by.get(f"comet sync: {row}"), by.get(f"nats: {row}")
+        a, g, s = by.get(f"comet async: {row}"), by.get(f"comet async grpc: {row}"), by.get(f"comet sync: {row}")
+        n = by.get(f"nats: {row}")
         ratio = f"{a['msgs_per_sec'] / n['msgs_per_sec']:.2f}×" if a and n and n["msgs_per_sec"] else "-"
-        out.append(f"| {row} | {cell(a)} | {cell(s)} | {cell(n)} | {ratio} |")
-    for tag in ("comet async", "comet sync", "nats"):
+        out.append(f"| {row} | {cell(a)} | {cell(g)} | {cell(s)} | {cell(n)} | {ratio} |")
+    for tag in ("comet async", "comet async grpc", "comet sync", "nats"):
         for r in results:
             if r["label"].startswith(f"{tag}: e2e"):
                 out.append(f"| {r['label']} | p50 {r['p50_us']} µs, p99 {r['p99_us']} µs, p999 {r['p999_us']} µs, "
-                           f"lost {r['lost']} | | | |")
+                           f"lost {r['lost']} | | | | |")
     for r in results:
         if "peak_rss_mib" in r:
-            out.append(f"| {r['label']} | {r['peak_rss_mib']:.0f} MiB (anonymous {r['peak_anon_mib']:.0f} MiB) | | | |")
+            rss = f"{r['peak_rss_mib']:.0f} MiB (anonymous {r['peak_anon_mib']:.0f} MiB)"
+            out.append(f"| {r['label']} | {rss} | | | | |")
     return "\n".join(out)
 
 
@@ -261,6 +269,8 @@ def main():
     p.add_argument("--backlog", type=int, default=2_000_000)
     p.add_argument("--skip-nats", action="store_true")
     p.add_argument("--skip-sync", action="store_true")
+    p.add_argument("--transports", default="remoting,grpc",
+                   help="SDK transports the async broker is driven over (the sync one uses the first)")
     p.add_argument("--out")
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",") if s]
@@ -269,9 +279,11 @@ def main():
     servers = Servers(workdir)
     results = []
     try:
-        comet(servers, workdir, "async", sizes, a.secs, a.backlog, results, read_side=True)
+        transports = [t for t in a.transports.split(",") if t]
+        comet(servers, workdir, "async", sizes, a.secs, a.backlog, results, read_side=True, transports=transports)
         if not a.skip_sync:
-            comet(servers, workdir, "sync", sizes, a.secs, a.backlog, results, read_side=False)
+            comet(servers, workdir, "sync", sizes, a.secs, a.backlog, results, read_side=False,
+                  transports=transports[:1])
         if not a.skip_nats:
             nats(servers, workdir, sizes, a.secs, a.backlog, results)
     finally:
