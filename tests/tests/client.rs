@@ -1,12 +1,15 @@
 //! The Rust SDK (comet-client) against real processes: producer → NameServer route → broker → pull consumer,
-//! sends on cached routes while the NameServer is down, fail-over away from a killed broker, and the `comet send`
-//! / `comet consume` commands.
+//! sends on cached routes while the NameServer is down, fail-over away from a killed broker, both data-path
+//! transports (remoting and gRPC on one port) and bad input on that port, and the `comet send` / `comet consume`
+//! commands.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use comet_client::{Message, MessageQueue, Producer, ProducerConfig, PullConsumer, PullConsumerConfig, PullStatus};
+use comet_client::{
+    Message, MessageQueue, Producer, ProducerConfig, PullConsumer, PullConsumerConfig, PullStatus, Transport,
+};
 use comet_proto::comet::v1 as pb;
 use comet_tests::harness::broker_process::{BrokerOptions, BrokerProcess};
 use comet_tests::harness::nameserver::{NameServer, fast_client_config};
@@ -55,16 +58,26 @@ fn producer(ns: &NameServer) -> anyhow::Result<Producer> {
 }
 
 fn producer_refreshing_every(ns: &NameServer, route_refresh: Duration) -> anyhow::Result<Producer> {
+    producer_with(ns, route_refresh, Transport::default())
+}
+
+fn producer_with(ns: &NameServer, route_refresh: Duration, transport: Transport) -> anyhow::Result<Producer> {
     let mut config = ProducerConfig::new(vec![ns.addr()], "test-producer");
     config.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
     config.route_refresh = route_refresh;
+    config.transport = transport;
     Ok(Producer::new(config)?)
 }
 
 fn consumer(ns: &NameServer, group: &str) -> anyhow::Result<PullConsumer> {
+    consumer_over(ns, group, Transport::default())
+}
+
+fn consumer_over(ns: &NameServer, group: &str, transport: Transport) -> anyhow::Result<PullConsumer> {
     let mut config = PullConsumerConfig::new(vec![ns.addr()], group);
     config.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
     config.route_refresh = Duration::from_millis(20);
+    config.transport = transport;
     Ok(PullConsumer::new(config)?)
 }
 
@@ -410,5 +423,155 @@ async fn two_comet_consume_broadcast_runs_each_print_every_message_and_resume_fr
         stderr.starts_with("error: joining group cli-no-bcast") && stderr.contains("consume_broadcast_enable"),
         "{stderr}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_transports_carry_the_same_messages_and_report_a_refusal_the_same_way() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path()).await?;
+    create_topic(&ns, &broker, "sdk-wire", 4, 1).await?;
+    let transports = [Transport::Remoting, Transport::Grpc];
+
+    // Each transport sends singles and a batch; everything lands in one offset space.
+    let mut sent: HashMap<u32, BTreeMap<u64, String>> = HashMap::new();
+    for transport in transports {
+        let producer = producer_with(&ns, Duration::from_secs(30), transport)?;
+        for i in 0..100 {
+            let body = format!("{transport:?}-{i}");
+            let r = producer.send(Message::new("sdk-wire", body.clone()).with_key(format!("k{i}"))).await?;
+            sent.entry(r.queue.queue_id).or_default().insert(r.queue_offset, body);
+        }
+        let batch: Vec<Message> = (0..20).map(|i| Message::new("sdk-wire", format!("{transport:?}-b{i}"))).collect();
+        for (i, r) in producer.send_batch(batch).await?.iter().enumerate() {
+            sent.entry(r.queue.queue_id).or_default().insert(r.queue_offset, format!("{transport:?}-b{i}"));
+        }
+    }
+    assert_eq!(sent.values().map(BTreeMap::len).sum::<usize>(), 240, "every acknowledgement names its own slot");
+
+    // Each transport reads back exactly what was acknowledged, in offset order.
+    for transport in transports {
+        let consumer = consumer_over(&ns, "sdk-wire-readers", transport)?;
+        for queue in consumer.queues("sdk-wire").await? {
+            let expected: Vec<(u64, String)> =
+                sent.get(&queue.queue_id).cloned().unwrap_or_default().into_iter().collect();
+            let pulled = drain(&consumer, &queue, expected.len()).await?;
+            assert_eq!(pulled, expected, "{transport:?} {queue}: the acknowledged messages, nothing else");
+            let rest = consumer.pull(&queue, pulled.len() as u64, 100, Duration::ZERO).await?;
+            assert_eq!(rest.status, PullStatus::NoNewMessage, "{transport:?} {queue}: no invented message");
+        }
+    }
+
+    // A body over the broker's max-message-size (4 MiB) is refused the same way on both, and stores nothing.
+    let mut refusals = Vec::new();
+    for transport in transports {
+        let producer = producer_with(&ns, Duration::from_secs(30), transport)?;
+        let err = producer.send(Message::new("sdk-wire", vec![b'x'; 5 << 20])).await.expect_err("oversized body");
+        refusals.push((err.code(), err.kind(), err.to_string()));
+    }
+    assert_eq!(refusals[0].0, tonic::Code::InvalidArgument, "{refusals:?}");
+    assert_eq!(refusals[0].0, refusals[1].0, "same code on both transports: {refusals:?}");
+    assert_eq!(refusals[0].1, refusals[1].1, "same kind on both transports: {refusals:?}");
+    let consumer = consumer(&ns, "sdk-wire-after")?;
+    let mut stored = 0;
+    for queue in consumer.queues("sdk-wire").await? {
+        stored += consumer.queue_offsets(&queue).await?.1;
+    }
+    assert_eq!(stored, 240, "refused sends stored nothing");
+    Ok(())
+}
+
+/// Reads from `stream` until the peer closes it; fails if it is still open after `within`.
+async fn closed_by_peer(stream: &mut tokio::net::TcpStream, within: Duration) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the broker kept a bad connection open for {within:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shared_port_answers_bad_data_path_requests_and_drops_bad_connections_without_disturbing_others()
+-> anyhow::Result<()> {
+    use comet_proto::remoting as codes;
+    use comet_remoting::{ClientConfig, Command, code};
+    use prost::Message as _;
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path()).await?;
+    create_topic(&ns, &broker, "sdk-bad", 1, 1).await?;
+    let addr = broker.addr();
+
+    // A connection that never speaks is sorted by nobody and holds up nobody.
+    let _silent = tokio::net::TcpStream::connect(&addr).await?;
+
+    let remoting = comet_remoting::Client::new(ClientConfig::default());
+    let call = |code: i32, body: Vec<u8>| {
+        let (remoting, addr) = (&remoting, addr.clone());
+        async move { remoting.invoke(&addr, Command::request(code, body), Duration::from_secs(5)).await }
+    };
+    let invalid = codes::STATUS_BASE + tonic::Code::InvalidArgument as i32;
+
+    let answer = call(codes::SEND_MESSAGE, b"\xff\xff not protobuf".to_vec()).await?;
+    assert_eq!(answer.code, invalid, "undecodable body: {:?}", answer.remark);
+    assert!(answer.remark.as_deref().is_some_and(|r| r.contains("protobuf")), "{:?}", answer.remark);
+
+    let answer = call(4242, Vec::new()).await?;
+    assert_eq!(answer.code, code::REQUEST_CODE_NOT_SUPPORTED, "unknown request code");
+
+    let nameless = pb::SendMessageRequest {
+        topic: String::new(),
+        messages: vec![pb::OutgoingMessage { body: b"x".to_vec().into(), ..Default::default() }],
+        ..Default::default()
+    };
+    let answer = call(codes::SEND_MESSAGE, nameless.encode_to_vec()).await?;
+    assert_eq!(answer.code, invalid, "a send without a topic: {:?}", answer.remark);
+
+    let pull = pb::PullMessageRequest {
+        group: "sdk-bad-g".into(),
+        topic: "sdk-bad".into(),
+        queue_id: 7,
+        max_count: 10,
+        ..Default::default()
+    };
+    let answer = call(codes::PULL_MESSAGE, pull.encode_to_vec()).await?;
+    let grpc = broker.client().await?.pull_message(pull.clone()).await.expect_err("queue 7 of a 1-queue topic");
+    assert_eq!(answer.code, codes::STATUS_BASE + grpc.code() as i32, "{:?} vs {grpc:?}", answer.remark);
+    assert_eq!(answer.remark.as_deref(), Some(grpc.message()), "the same message as gRPC");
+
+    // HTTP/1 on the gRPC port goes to tonic, which refuses it; a frame longer than the limit (64 MiB) is refused
+    // by the remoting channel. Both close that connection only.
+    let mut http1 = tokio::net::TcpStream::connect(&addr).await?;
+    http1.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    closed_by_peer(&mut http1, Duration::from_secs(10)).await?;
+    let mut huge = tokio::net::TcpStream::connect(&addr).await?;
+    huge.write_all(&[0x10, 0, 0, 0, 0, 0, 0, 0]).await?;
+    closed_by_peer(&mut huge, Duration::from_secs(10)).await?;
+
+    // Both protocols still serve, on new connections and on the old remoting one.
+    let good = pb::SendMessageRequest {
+        topic: "sdk-bad".into(),
+        messages: vec![pb::OutgoingMessage { body: b"after".to_vec().into(), ..Default::default() }],
+        ..Default::default()
+    };
+    let answer = call(codes::SEND_MESSAGE, good.encode_to_vec()).await?;
+    assert_eq!(answer.code, code::SUCCESS, "{:?}", answer.remark);
+    let stored = pb::SendMessageResponse::decode(answer.body)?;
+    assert_eq!(stored.results.len(), 1);
+    assert_eq!(stored.results[0].queue_offset, 0, "the refused requests stored nothing");
+    let producer = producer(&ns)?;
+    producer.send(Message::new("sdk-bad", "sdk")).await?;
+    let consumer = consumer_over(&ns, "sdk-bad-g", Transport::Grpc)?;
+    let queue = consumer.queues("sdk-bad").await?.remove(0);
+    let bodies: Vec<String> = drain(&consumer, &queue, 2).await?.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(bodies, ["after", "sdk"]);
     Ok(())
 }
