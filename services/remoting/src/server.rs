@@ -72,9 +72,6 @@ impl Server {
     /// Serves a connection accepted elsewhere, like one this server accepted itself; after shutdown began, closes
     /// it instead.
     pub fn adopt(&self, stream: TcpStream, peer: SocketAddr) {
-        if *self.inner.stop_accepting.borrow() {
-            return;
-        }
         adopt(&self.inner, stream, peer);
     }
 
@@ -138,13 +135,20 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-/// Starts serving one accepted connection and tracks it until it closes.
+/// Starts serving one accepted connection and tracks it until it closes; drops it once shutdown has begun. The
+/// check and the insertion share the table's lock, which shutdown also takes to close what is in it, so no
+/// connection slips in after that.
 fn adopt(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    let mut connections = inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+    if *inner.stop_accepting.borrow() {
+        return;
+    }
     let conn =
         Connection::spawn(stream, peer.to_string(), inner.channel.clone(), inner.permits.clone(), inner.router.clone());
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    inner.connections.lock().unwrap_or_else(|e| e.into_inner()).insert(id, conn.clone());
+    connections.insert(id, conn.clone());
+    drop(connections);
     let weak = Arc::downgrade(inner);
     tokio::spawn(async move {
         let reason = conn.closed().await;
