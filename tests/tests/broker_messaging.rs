@@ -330,13 +330,26 @@ async fn sigterm_answers_parked_pulls_unregisters_and_exits_cleanly() -> anyhow:
 
     let mut puller = client.clone();
     let parked = tokio::spawn(async move { puller.pull_message(pull_request("stopping", 0, 0, 30_000, "*")).await });
-    // The pull must be parked before the signal: wait for the broker to report it.
-    wait_until("the pull to be parked", Duration::from_secs(10), || async { broker.log().contains("pull parked") })
-        .await?;
+    // The same long poll on the remoting data path (the SDK's default transport).
+    let remoting = comet_remoting::Client::new(comet_remoting::ClientConfig::default());
+    let body = prost::Message::encode_to_vec(&pull_request("stopping", 0, 0, 30_000, "*"));
+    let request = comet_remoting::Command::request(comet_proto::remoting::PULL_MESSAGE, body);
+    let addr = broker.addr();
+    let parked_remoting = tokio::spawn(async move { remoting.invoke(&addr, request, Duration::from_secs(60)).await });
+    // Both pulls must be parked before the signal: wait for the broker to report them.
+    wait_until("both pulls to be parked", Duration::from_secs(10), || async {
+        broker.log().matches("pull parked").count() >= 2
+    })
+    .await?;
     let started = Instant::now();
     assert!(broker.terminate().await?, "exit status after SIGTERM; stderr:\n{}", broker.log());
     let answered = tokio::time::timeout(Duration::from_secs(10), parked).await??;
     assert_eq!(answered?.into_inner().status(), pb::PullStatus::NoNewMessage);
+    let answered = tokio::time::timeout(Duration::from_secs(10), parked_remoting).await??;
+    let answered = answered?;
+    assert_eq!(answered.code, comet_remoting::code::SUCCESS, "{:?}", answered.remark);
+    let answered: pb::PullMessageResponse = prost::Message::decode(answered.body)?;
+    assert_eq!(answered.status(), pb::PullStatus::NoNewMessage, "the remoting long poll is answered too");
     assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
     assert!(ns_client.query_route("stopping").await.is_err(), "the broker unregistered");
     Ok(())
