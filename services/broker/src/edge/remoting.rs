@@ -40,6 +40,11 @@ const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for tonic to take them.
 const HANDOFF_QUEUE: usize = 128;
 
+/// A send request larger than this leaves the connection's read task before its work: the channel polls a handler
+/// once on the task that reads the connection, so a big batch decoded and appended there would hold up every
+/// request behind it on the connection (gRPC runs each call on a task of its own). Smaller ones answer in place.
+const IN_PLACE_SEND_BYTES: usize = 64 << 10;
+
 /// The remoting server of the data path: no listener of its own, fed by [`split`].
 pub fn server(broker: &Arc<Broker>, metrics: &RpcMetricsLayer, local_addr: SocketAddr, max_frame: usize) -> Server {
     let limits = &broker.config.broker;
@@ -55,6 +60,9 @@ pub fn server(broker: &Arc<Broker>, metrics: &RpcMetricsLayer, local_addr: Socke
             let (broker, metrics) = (Arc::clone(&send_broker), send_metrics.clone());
             async move {
                 let start = Instant::now();
+                if request.command.body.len() > IN_PLACE_SEND_BYTES {
+                    tokio::task::yield_now().await;
+                }
                 let born_host = request.connection.peer().parse().ok();
                 let answer = match decode::<pb::SendMessageRequest>(&request.command.body) {
                     Ok(r) => send::send(&broker, r, born_host).await,
@@ -67,6 +75,8 @@ pub fn server(broker: &Arc<Broker>, metrics: &RpcMetricsLayer, local_addr: Socke
             let (broker, metrics) = (Arc::clone(&pull_broker), pull_metrics.clone());
             async move {
                 let start = Instant::now();
+                // A pull may read and encode up to 16 MiB: always off the read task (see IN_PLACE_SEND_BYTES).
+                tokio::task::yield_now().await;
                 let answer = match decode::<pb::PullMessageRequest>(&request.command.body) {
                     Ok(r) => pull::pull(&broker, r).await,
                     Err(refused) => Err(refused),
