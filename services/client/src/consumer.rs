@@ -22,7 +22,7 @@ use crate::producer::nameserver_client;
 use crate::route::Routes;
 use comet_model::MessageQueue;
 
-/// A client of one broker member, on its shared channel.
+// A client of one broker member, on its shared connections.
 use crate::channels::BrokerClient;
 
 /// Longest a pull answered by a slave's offset correction waits before it returns (so a caller's loop does not
