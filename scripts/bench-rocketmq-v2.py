@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The RocketMQ 5 API benchmark of docs/benchmarks.md ("RocketMQ 5 API"): one release NameServer + broker (async
-flush), 1 KiB bodies, every v2 workload beside the same workload through the native comet.v1 API in the same run:
+flush), 1 KiB bodies, every v2 workload beside the same workload through the native comet.v1 API in the same run
+(the SDK over its default remoting data path, and over gRPC as the v2 API is):
   - produce, unbatched with 1 and 64 in flight, and batches of 32 with 8 in flight: native = the Rust SDK's
     send/send_batch, v2 = SendMessage as an official SDK sends it (headers, Telemetry handshake, client ids);
   - consume from a stored backlog, 32 messages per call: native = pulls of every queue (8 readers, no acks: the
@@ -22,7 +23,9 @@ bm = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bm)
 bb = bm.bb
 
-APIS = (("native", []), ("v2", ["--api", "v2"]))
+# The native API over the SDK's default remoting data path, and over gRPC like the v2 API (the transport-fair
+# baseline: what the v2 protocol costs beyond HTTP/2 itself).
+APIS = (("native", []), ("native-grpc", ["--transport", "grpc"]), ("v2", ["--api", "v2"]))
 
 
 def produce_rows(size, secs):
@@ -60,6 +63,8 @@ def run(namesrv, size, secs, backlog, results):
     for label, native, v2 in consume_rows():
         if native is not None:
             bb.bench(namesrv, "consume", ["--topic", topic, *native], results, f"{label} [native]")
+            bb.bench(namesrv, "consume", ["--topic", topic, "--transport", "grpc", *native], results,
+                     f"{label} [native-grpc]")
         bb.bench(namesrv, "consume", ["--topic", topic, *v2], results, f"{label} [v2]")
 
 
@@ -77,15 +82,19 @@ def table(results, size):
     def ratio(r, base):
         return f"{r['msgs_per_sec'] / base['msgs_per_sec']:.2f}×" if r and base and base["msgs_per_sec"] else "-"
 
-    out = [f"| {size} B workload | native comet.v1 | RocketMQ 5 API (v2) | v2 / native |", "|---|---|---|---|"]
+    out = [f"| {size} B workload | native comet.v1 (remoting) | native comet.v1 over gRPC | RocketMQ 5 API (v2) "
+           "| v2 / native | v2 / native over gRPC |", "|---|---|---|---|---|---|"]
     for label, _ in produce_rows(size, 0):
-        n, v = by.get(f"{label} [native]"), by.get(f"{label} [v2]")
-        out.append(f"| {label} | {cell(n)} | {cell(v)} | {ratio(v, n)} |")
-    base = by.get(f"{consume_rows()[0][0]} [native]")
+        n, g, v = by.get(f"{label} [native]"), by.get(f"{label} [native-grpc]"), by.get(f"{label} [v2]")
+        out.append(f"| {label} | {cell(n)} | {cell(g)} | {cell(v)} | {ratio(v, n)} | {ratio(v, g)} |")
+    first = consume_rows()[0][0]
+    base, base_grpc = by.get(f"{first} [native]"), by.get(f"{first} [native-grpc]")
     for label, native, _ in consume_rows():
         n = by.get(f"{label} [native]") if native is not None else None
+        g = by.get(f"{label} [native-grpc]") if native is not None else None
         v = by.get(f"{label} [v2]")
-        out.append(f"| {label} | {cell(n or base)} | {cell(v)} | {ratio(v, n or base)} |")
+        out.append(f"| {label} | {cell(n or base)} | {cell(g or base_grpc)} | {cell(v)} | {ratio(v, n or base)} "
+                   f"| {ratio(v, g or base_grpc)} |")
     return "\n".join(out)
 
 
