@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use comet_nameserver_client::ClientConfig;
 use comet_proto::comet::v1 as pb;
 
-use crate::channels::Channels;
+use crate::channels::{BrokerClient, Channels};
 use crate::error::ClientError;
 use crate::fault::Faults;
 use crate::member::{Member, Order, ReadPreference, choose};
@@ -21,9 +21,6 @@ use crate::message::ReceivedMessage;
 use crate::producer::nameserver_client;
 use crate::route::Routes;
 use comet_model::MessageQueue;
-
-// A client of one broker member, on its shared connections.
-use crate::channels::BrokerClient;
 
 /// Longest a pull answered by a slave's offset correction waits before it returns (so a caller's loop does not
 /// spin while the slave catches up with replication).

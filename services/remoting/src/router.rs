@@ -94,6 +94,9 @@ impl Router {
     }
 
     /// Routes `code` to `handler`, allowing at most `max_in_flight` of its requests at once (at least 1).
+    /// The handler's first poll runs on the connection's read task: one that does heavy work before its first
+    /// wait (a large decode, read or encode) should `tokio::task::yield_now()` first, so the requests behind it
+    /// on the connection are not held up (the broker's data path does, `edge/remoting.rs`).
     pub fn route(mut self, code: i32, max_in_flight: usize, handler: impl Handler) -> Router {
         self.routes.insert(code, Route::new(max_in_flight, handler));
         self
