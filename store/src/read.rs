@@ -7,6 +7,8 @@ use crate::store::{GetMessages, GetStatus, Inner, MessageFilter};
 
 /// Most consume-queue entries examined by one read, so a selective filter cannot make a read unbounded.
 const MAX_SCAN: usize = 16_000;
+/// Most messages a read allocates room for up front.
+const PRESIZE_MAX: usize = 1024;
 
 pub(crate) fn get_messages(
     inner: &Inner,
@@ -43,7 +45,9 @@ pub(crate) fn get_messages(
     if from == max {
         return Ok(answer(GetStatus::NoNewMessage, Vec::new(), max));
     }
-    let mut messages = Vec::new();
+    // Sized for the common answer, a full one, within reason (a filtered read may find far fewer).
+    let available = usize::try_from(max.0.saturating_sub(from.0)).unwrap_or(usize::MAX);
+    let mut messages = Vec::with_capacity(max_count.clamp(1, PRESIZE_MAX).min(available));
     let mut bytes = 0usize;
     let mut next = from;
     let mut scanned = 0usize;
@@ -65,7 +69,11 @@ pub(crate) fn get_messages(
         match inner.log.read(CommitLogOffset(entry.offset)) {
             // The record must be the one the entry stands for: an entry read while a truncation cuts the queue
             // may point anywhere.
-            Ok(m) if m.queue_offset() == offset && m.queue_id() == queue_id && m.topic() == topic => {
+            Ok(m)
+                if m.queue_offset() == offset
+                    && m.queue_id() == queue_id
+                    && m.text_bytes().topic == topic.as_bytes() =>
+            {
                 if filter.is_none_or(|f| f.matches(&m)) {
                     bytes += m.size();
                     messages.push(m);

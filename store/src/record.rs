@@ -521,6 +521,21 @@ impl StoredMessage {
     pub fn tags(&self) -> &str {
         self.str(&self.layout.tags)
     }
+    /// Topic, message id, tags and keys as their stored bytes (UTF-8 checked when the record was decoded): for
+    /// encoders that copy them to the wire as they are rather than check them again per message.
+    pub fn text_bytes(&self) -> TextBytes<'_> {
+        let field = |r: &Range<usize>| self.record.get(r.clone()).unwrap_or_default();
+        TextBytes {
+            topic: field(&self.layout.topic),
+            msg_id: field(&self.layout.msg_id),
+            tags: field(&self.layout.tags),
+            keys: field(&self.layout.keys),
+        }
+    }
+    /// Properties as their stored bytes, in stored order (see [`text_bytes`](Self::text_bytes)).
+    pub fn raw_properties(&self) -> RawProperties<'_> {
+        RawProperties { rest: &self.record[self.layout.properties.clone()] }
+    }
     /// Keys, space separated.
     pub fn keys(&self) -> &str {
         self.str(&self.layout.keys)
@@ -531,7 +546,7 @@ impl StoredMessage {
     }
     /// Properties in stored order.
     pub fn properties(&self) -> Properties<'_> {
-        Properties { rest: &self.record[self.layout.properties.clone()] }
+        Properties { raw: self.raw_properties() }
     }
     /// The value of one property.
     pub fn property(&self, key: &str) -> Option<&str> {
@@ -595,18 +610,45 @@ impl StoredMessage {
     }
 }
 
+/// A record's text fields as stored bytes ([`StoredMessage::text_bytes`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TextBytes<'a> {
+    /// Topic.
+    pub topic: &'a [u8],
+    /// Message id.
+    pub msg_id: &'a [u8],
+    /// Tags.
+    pub tags: &'a [u8],
+    /// Keys, space separated.
+    pub keys: &'a [u8],
+}
+
 /// Iterator over a record's properties.
 pub struct Properties<'a> {
-    rest: &'a [u8],
+    raw: RawProperties<'a>,
 }
 
 impl<'a> Iterator for Properties<'a> {
     type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut part = || -> Option<&'a str> {
+        let (k, v) = self.raw.next()?;
+        Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
+    }
+}
+
+/// Iterator over a record's properties as stored bytes ([`StoredMessage::raw_properties`]).
+pub struct RawProperties<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for RawProperties<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut part = || -> Option<&'a [u8]> {
             let len = usize::from(read_u16(self.rest, 0)?);
-            let s = std::str::from_utf8(self.rest.get(2..2 + len)?).ok()?;
+            let s = self.rest.get(2..2 + len)?;
             self.rest = &self.rest[2 + len..];
             Some(s)
         };

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
+use bytes::Bytes;
 use comet_proto::comet::v1 as pb;
 use comet_proto::comet::v1::broker_client::BrokerClient as GrpcClient;
 use comet_proto::remoting as codes;
@@ -130,7 +131,10 @@ impl BrokerClient {
         request: pb::PullMessageRequest,
     ) -> Result<tonic::Response<pb::PullMessageResponse>, Status> {
         match &self.remoting {
-            Some(remoting) => remoting.call(codes::PULL_MESSAGE, &request).await.map(tonic::Response::new),
+            Some(remoting) => {
+                let body = remoting.call_raw(codes::PULL_MESSAGE, &request).await?;
+                decode_pull(body).map(tonic::Response::new).map_err(undecodable)
+            }
             None => self.grpc.pull_message(request).await,
         }
     }
@@ -157,11 +161,54 @@ impl DerefMut for BrokerClient {
 
 impl Remoting {
     async fn call<Q: Message, A: Message + Default>(&self, request_code: i32, request: &Q) -> Result<A, Status> {
+        A::decode(self.call_raw(request_code, request).await?).map_err(undecodable)
+    }
+
+    /// The body of a successful answer, still encoded.
+    async fn call_raw<Q: Message>(&self, request_code: i32, request: &Q) -> Result<Bytes, Status> {
         let command = Command::request(request_code, request.encode_to_vec());
         let answer = self.client.invoke(&self.address, command, REMOTING_CALL_CAP).await.map_err(transport_status)?;
         answer_status(answer.code, answer.remark)?;
-        A::decode(answer.body).map_err(|e| Status::internal(format!("undecodable answer from the broker: {e}")))
+        Ok(answer.body)
     }
+}
+
+fn undecodable(e: prost::DecodeError) -> Status {
+    Status::internal(format!("undecodable answer from the broker: {e}"))
+}
+
+/// Most messages a pull answers with (the broker's cap on `max_count`).
+const PULL_MAX_MESSAGES: usize = 1024;
+
+/// Decodes a pull's answer with room for its messages reserved first: decoding pushes them one at a time, and
+/// growing the list moved up to a thousand decoded messages several times per answer.
+fn decode_pull(body: Bytes) -> Result<pb::PullMessageResponse, prost::DecodeError> {
+    let mut answer = pb::PullMessageResponse::default();
+    answer.messages.reserve(count_messages(&body).min(PULL_MAX_MESSAGES));
+    answer.merge(body)?;
+    Ok(answer)
+}
+
+/// How many `messages` (field 2) an encoded `PullMessageResponse` holds, walking its top-level keys and lengths
+/// only. A malformed answer stops the count early; decoding then reports it.
+fn count_messages(mut b: &[u8]) -> usize {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    const MESSAGES: u32 = 2;
+    let mut n = 0;
+    while !b.is_empty() {
+        let Ok((tag, wire)) = decode_key(&mut b) else { break };
+        let skip = match wire {
+            WireType::Varint => decode_varint(&mut b).map(|_| 0),
+            WireType::LengthDelimited => decode_varint(&mut b),
+            WireType::SixtyFourBit => Ok(8),
+            WireType::ThirtyTwoBit => Ok(4),
+            WireType::StartGroup | WireType::EndGroup => break,
+        };
+        let Some(rest) = skip.ok().and_then(|len| b.get(usize::try_from(len).ok()?..)) else { break };
+        b = rest;
+        n += usize::from(tag == MESSAGES && wire == WireType::LengthDelimited);
+    }
+    n
 }
 
 /// The status of a remoting answer that is not a success: the broker's gRPC status, or the channel's own refusals
@@ -226,6 +273,35 @@ pub(crate) fn never_connected(status: &Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pull_answer_is_counted_and_decoded_whole() {
+        let message = |i: u64| pb::StoredMessage {
+            topic: "t".into(),
+            queue_offset: i,
+            body: Bytes::from(vec![7u8; i as usize * 100]),
+            properties: [("k".to_owned(), i.to_string())].into(),
+            ..Default::default()
+        };
+        for n in [0u64, 1, 3, 40] {
+            let answer = pb::PullMessageResponse {
+                status: pb::PullStatus::Found.into(),
+                messages: (0..n).map(message).collect(),
+                next_offset: n,
+                min_offset: 0,
+                max_offset: 300,
+            };
+            let body = Bytes::from(answer.encode_to_vec());
+            assert_eq!(count_messages(&body), n as usize);
+            assert_eq!(decode_pull(body.clone()).unwrap(), answer);
+            // A truncated answer stops the count and fails the decode; neither panics.
+            if body.len() > 1 {
+                let cut = body.slice(..body.len() - 1);
+                assert!(count_messages(&cut) <= n as usize);
+                assert!(decode_pull(cut).is_err());
+            }
+        }
+    }
 
     #[test]
     fn remoting_refusals_read_as_the_grpc_status_the_broker_meant() {

@@ -170,8 +170,10 @@ impl ReceivedMessage {
     }
 
     pub(crate) fn from_wire(broker_name: &str, mut m: pb::StoredMessage) -> Self {
-        let topic = m.properties.remove(PROP_ORIGIN_TOPIC).unwrap_or_else(|| m.topic.clone());
-        let origin_message_id = m.properties.remove(PROP_ORIGIN_MESSAGE_ID).unwrap_or_else(|| m.message_id.clone());
+        // Most messages carry no properties: skip hashing the two names then.
+        let mut take = |name: &str| if m.properties.is_empty() { None } else { m.properties.remove(name) };
+        let topic = take(PROP_ORIGIN_TOPIC).unwrap_or_else(|| m.topic.clone());
+        let origin_message_id = take(PROP_ORIGIN_MESSAGE_ID).unwrap_or_else(|| m.message_id.clone());
         Self {
             message_id: m.message_id,
             topic,

@@ -1,7 +1,7 @@
 //! One TCP connection, symmetrical: either side sends requests and answers the other's. Three tasks per
 //! connection: a reader (decodes frames, completes pending requests, dispatches incoming ones to the router), a
-//! writer (drains a byte-bounded queue, batching small frames into one write and sending large bodies from their
-//! own buffers), and a sweeper (fails requests past their timeout).
+//! writer (drains a byte-bounded queue, batching small frames into one write and sending large bodies, and every
+//! part of a gathered body, from their own buffers), and a sweeper (fails requests past their timeout).
 //!
 //! Closing is one step under the pending-table lock: mark closed, take every pending request, fail them all at
 //! once with the reason. Whatever closed it (EOF, I/O error, an invalid frame, local shutdown), nobody waits for
@@ -40,8 +40,10 @@ use crate::router::{Router, code};
 const COPY_BODY_MAX: usize = 16 * 1024;
 /// The writer stops batching once this much is buffered.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
-/// At most this many slices per `writev` (Linux's IOV_MAX is 1024).
+/// The writer stops batching frames once it holds this many slices (one frame's `body_tail` may add more).
 const MAX_IOVECS: usize = 64;
+/// At most this many slices per `writev` (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
 /// Read buffer growth when the next frame's size is not known yet.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -111,6 +113,8 @@ enum Outbound {
     Frame {
         prefix: Bytes,
         body: Bytes,
+        /// The body's remaining parts, each written as its own slice (`Command::body_tail`).
+        tail: Vec<Bytes>,
         _budget: Option<OwnedSemaphorePermit>,
         _oneway: Option<OwnedSemaphorePermit>,
     },
@@ -250,7 +254,7 @@ impl Connection {
         request.flag = (request.flag & !FLAG_RESPONSE) | FLAG_ONEWAY;
         let (code, opaque) = (request.code, request.opaque);
         let prefix = self.encode(&request)?;
-        self.enqueue(prefix, request.body, Some(deadline), Some(permit))
+        self.enqueue(prefix, request.body, request.body_tail, Some(deadline), Some(permit))
             .await
             .map_err(|e| self.deadline_error(e, opaque, code, timeout))
     }
@@ -278,7 +282,7 @@ impl Connection {
         }
         let response = ResponseFuture { rx, guard: PendingGuard { conn: self.clone(), opaque, armed: true } };
         let code = request.code;
-        self.enqueue(prefix, request.body, Some(deadline), None)
+        self.enqueue(prefix, request.body, request.body_tail, Some(deadline), None)
             .await
             .map_err(|e| self.deadline_error(e, opaque, code, timeout))?;
         Ok((code, response))
@@ -296,10 +300,12 @@ impl Connection {
         &self,
         prefix: Bytes,
         body: Bytes,
+        tail: Vec<Bytes>,
         deadline: Option<Instant>,
         oneway: Option<OwnedSemaphorePermit>,
     ) -> Result<(), Option<Error>> {
-        let size = (prefix.len() + body.len()).clamp(1, self.shared.config.write_queue_bytes.max(1));
+        let tail_len: usize = tail.iter().map(Bytes::len).sum();
+        let size = (prefix.len() + body.len() + tail_len).clamp(1, self.shared.config.write_queue_bytes.max(1));
         let n = u32::try_from(size).unwrap_or(u32::MAX);
         let sem = &self.shared.write_budget;
         let budget = match sem.clone().try_acquire_many_owned(n) {
@@ -314,7 +320,7 @@ impl Connection {
                 acquired.map_err(|_| Some(self.closed_now()))?
             }
         };
-        let frame = Outbound::Frame { prefix, body, _budget: Some(budget), _oneway: oneway };
+        let frame = Outbound::Frame { prefix, body, tail, _budget: Some(budget), _oneway: oneway };
         self.shared.queue.send(frame).map_err(|_| Some(self.closed_now()))
     }
 
@@ -329,13 +335,13 @@ impl Connection {
                 let mut err = Command::response(code::SYSTEM_ERROR, Some(format!("response not encodable: {e}")));
                 err.opaque = opaque;
                 match self.encode(&err) {
-                    Ok(p) => return self.enqueue(p, Bytes::new(), None, None).await.unwrap_or(()),
+                    Ok(p) => return self.enqueue(p, Bytes::new(), Vec::new(), None, None).await.unwrap_or(()),
                     Err(_) => return,
                 }
             }
         };
         // A closed connection drops the response: the peer has already failed the request.
-        let _ = self.enqueue(prefix, response.body, None, None).await;
+        let _ = self.enqueue(prefix, response.body, response.body_tail, None, None).await;
     }
 
     /// Queues a small response without waiting for write budget (used from `Drop`, which cannot wait).
@@ -343,8 +349,8 @@ impl Connection {
         response.opaque = opaque;
         response.flag = (response.flag | FLAG_RESPONSE) & !FLAG_ONEWAY;
         if let Ok(prefix) = self.encode(&response) {
-            let _ =
-                self.shared.queue.send(Outbound::Frame { prefix, body: response.body, _budget: None, _oneway: None });
+            let (body, tail) = (response.body, response.body_tail);
+            let _ = self.shared.queue.send(Outbound::Frame { prefix, body, tail, _budget: None, _oneway: None });
         }
     }
 
@@ -436,7 +442,7 @@ impl Connection {
                         close_after = true;
                         break;
                     }
-                    Outbound::Frame { ref prefix, ref body, .. } => {
+                    Outbound::Frame { ref prefix, ref body, ref tail, .. } => {
                         batch.extend_from_slice(prefix);
                         size += prefix.len() + body.len();
                         if body.len() <= COPY_BODY_MAX {
@@ -444,6 +450,14 @@ impl Connection {
                         } else {
                             segments.push(batch.split().freeze());
                             segments.push(body.clone());
+                        }
+                        // Whoever split the body chose these parts: written as they are, never copied.
+                        for part in tail {
+                            if !batch.is_empty() {
+                                segments.push(batch.split().freeze());
+                            }
+                            size += part.len();
+                            segments.push(part.clone());
                         }
                     }
                 }
@@ -497,7 +511,7 @@ async fn write_all_vectored(write: &mut OwnedWriteHalf, segments: &mut Vec<Bytes
     let mut first = 0;
     while first < segments.len() {
         let n = {
-            let slices: Vec<IoSlice<'_>> = segments[first..].iter().map(|s| IoSlice::new(s)).collect();
+            let slices: Vec<IoSlice<'_>> = segments[first..].iter().take(IOV_MAX).map(|s| IoSlice::new(s)).collect();
             write.write_vectored(&slices).await?
         };
         if n == 0 {

@@ -156,6 +156,10 @@ pub struct Command {
     pub ext_fields: BTreeMap<String, String>,
     /// Opaque payload; decoding slices it out of the read buffer without copying.
     pub body: Bytes,
+    /// More payload after `body`, written from these buffers as they are (one `writev` slice each, never copied
+    /// into one buffer): for bodies assembled from memory that already holds most of their bytes, like stored
+    /// messages in a pull's answer. Decoding never fills it: a received body is whole in `body`.
+    pub body_tail: Vec<Bytes>,
 }
 
 impl Command {
@@ -173,6 +177,19 @@ impl Command {
     pub fn with_body(mut self, body: impl Into<Bytes>) -> Command {
         self.body = body.into();
         self
+    }
+
+    /// This command with its body gathered from `parts`, in order, without copying them (see `body_tail`).
+    pub fn with_body_parts(mut self, parts: Vec<Bytes>) -> Command {
+        let mut parts = parts.into_iter();
+        self.body = parts.next().unwrap_or_default();
+        self.body_tail = parts.collect();
+        self
+    }
+
+    /// Length of the whole body, `body_tail` included.
+    pub fn body_len(&self) -> usize {
+        self.body.len() + self.body_tail.iter().map(Bytes::len).sum::<usize>()
     }
 
     /// This command with one more ext field.
@@ -240,6 +257,9 @@ impl std::error::Error for FrameError {}
 pub fn encode(cmd: &Command, ty: SerializeType, max_frame: usize, dst: &mut BytesMut) -> Result<(), FrameError> {
     encode_prefix(cmd, ty, max_frame, dst)?;
     dst.extend_from_slice(&cmd.body);
+    for part in &cmd.body_tail {
+        dst.extend_from_slice(part);
+    }
     Ok(())
 }
 
@@ -254,7 +274,7 @@ pub fn encode_prefix(cmd: &Command, ty: SerializeType, max_frame: usize, dst: &m
         SerializeType::RocketMq => header::encode_binary(cmd, dst),
     };
     let header_len = dst.len() - start - 8;
-    let total = 4 + header_len + cmd.body.len();
+    let total = 4 + header_len + cmd.body_len();
     let checked = header.and_then(|()| {
         if header_len > MAX_HEADER_LEN {
             Err(FrameError::Header("header longer than 16 MiB"))
@@ -373,6 +393,7 @@ mod tests {
                 remark,
                 ext_fields,
                 body: Bytes::from(body),
+                body_tail: Vec::new(),
             })
     }
 

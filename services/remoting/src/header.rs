@@ -82,6 +82,7 @@ pub(crate) fn decode_json(head: &[u8]) -> Result<Command, FrameError> {
         remark: h.remark,
         ext_fields: h.ext_fields.unwrap_or_default(),
         body: bytes::Bytes::new(),
+        body_tail: Vec::new(),
     })
 }
 
@@ -184,6 +185,7 @@ pub(crate) fn decode_binary(head: &[u8]) -> Result<Command, FrameError> {
         remark,
         ext_fields,
         body: bytes::Bytes::new(),
+        body_tail: Vec::new(),
     })
 }
 
@@ -205,6 +207,7 @@ mod tests {
             remark: None,
             ext_fields: [("b".to_owned(), "TopicTest".to_owned())].into(),
             body: bytes::Bytes::new(),
+            body_tail: Vec::new(),
         };
         let mut buf = BytesMut::new();
         encode_json(&cmd, &mut buf).unwrap();

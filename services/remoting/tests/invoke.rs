@@ -207,3 +207,56 @@ async fn a_detached_server_serves_connections_accepted_elsewhere_and_refuses_the
     assert!(after.is_err(), "{after:?}");
     acceptor.abort();
 }
+
+#[tokio::test]
+async fn a_body_gathered_from_parts_arrives_whole_and_in_order() {
+    // A response split into more parts than one writev takes (1024), of mixed sizes, each part telling its
+    // index; several such responses interleave on one connection with plain ones.
+    const SPLIT: i32 = 2;
+    let parts = |n: u32| -> Vec<Bytes> {
+        (0..n).map(|i| Bytes::from(format!("{i}:").repeat(1 + (i as usize % 7) * 40))).collect()
+    };
+    let router = echo_router().route(SPLIT, 64, move |req: Request| async move {
+        let n: u32 = std::str::from_utf8(&req.command.body).unwrap().parse().unwrap();
+        Command::response(code::SUCCESS, None).with_body_parts(parts(n))
+    });
+    let server = Server::bind(server_config(SerializeType::RocketMq), router).await.unwrap();
+    let client = client();
+    let mut futures = Vec::new();
+    for n in [0u32, 1, 2, 3000, 5, 1500] {
+        futures.push((
+            n,
+            client.invoke_async(&addr(&server), Command::request(SPLIT, n.to_string()), LONG).await.unwrap(),
+        ));
+        futures.push((
+            u32::MAX,
+            client.invoke_async(&addr(&server), Command::request(ECHO, "plain"), LONG).await.unwrap(),
+        ));
+    }
+    for (n, f) in futures {
+        let resp = f.await.unwrap();
+        if n == u32::MAX {
+            assert_eq!(resp.body, Bytes::from_static(b"plain"));
+        } else {
+            assert_eq!(resp.body, parts(n).concat(), "{n} parts");
+            assert!(resp.body_tail.is_empty(), "a received body is whole");
+        }
+    }
+}
+
+#[test]
+fn a_gathered_body_counts_toward_the_frame_limit_and_encodes_like_one_body() {
+    let whole = Command::response(code::SUCCESS, None).with_body(Bytes::from_static(b"abcdef"));
+    let parts = Command::response(code::SUCCESS, None).with_body_parts(vec![
+        Bytes::from_static(b"ab"),
+        Bytes::new(),
+        Bytes::from_static(b"cdef"),
+    ]);
+    assert_eq!(parts.body_len(), 6);
+    let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+    frame::encode(&whole, SerializeType::RocketMq, DEFAULT_MAX_FRAME_SIZE, &mut a).unwrap();
+    frame::encode(&parts, SerializeType::RocketMq, DEFAULT_MAX_FRAME_SIZE, &mut b).unwrap();
+    assert_eq!(a, b);
+    let big = Command::response(code::SUCCESS, None).with_body_parts(vec![Bytes::from(vec![0u8; 600]); 2]);
+    assert!(frame::encode(&big, SerializeType::RocketMq, 1000, &mut BytesMut::new()).is_err());
+}

@@ -5,3 +5,4 @@ pub mod convert;
 pub mod remoting;
 pub mod server;
 pub mod status;
+pub mod wire;

@@ -9,7 +9,8 @@
 //! (A TLS ClientHello opens with 0x16, also a control character: serving TLS on this port would need the sort to
 //! look further, at the second and third bytes, 0x03 0x0N.)
 //!
-//! The request code names the method, the body is its protobuf request, a success answers the protobuf response;
+//! The request code names the method, the body is its protobuf request, a success answers the protobuf response
+//! (a pull's encoded straight from the stored records, bodies sent from the CommitLog's mapping: `edge::wire`);
 //! a refusal answers `STATUS_BASE + gRPC code` with the message as remark, so a client reports exactly what the
 //! gRPC path would have (`comet_proto::remoting`). The handlers are the gRPC ones: same checks, same bounds
 //! (`max-inflight-sends`, `max-parked-pulls`), same metrics (`protocol_type="remoting"`).
@@ -28,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
+use crate::edge::wire;
 use crate::error::{BrokerError, Result};
 use crate::handler::{pull, send};
 
@@ -65,7 +67,7 @@ pub fn server(broker: &Arc<Broker>, metrics: &RpcMetricsLayer, local_addr: Socke
                 }
                 let born_host = request.connection.peer().parse().ok();
                 let answer = match decode::<pb::SendMessageRequest>(&request.command.body) {
-                    Ok(r) => send::send(&broker, r, born_host).await,
+                    Ok(r) => send::send(&broker, r, born_host).await.map(|r| vec![Bytes::from(r.encode_to_vec())]),
                     Err(refused) => Err(refused),
                 };
                 respond(&metrics, "SendMessage", start, answer)
@@ -78,7 +80,7 @@ pub fn server(broker: &Arc<Broker>, metrics: &RpcMetricsLayer, local_addr: Socke
                 // A pull may read and encode up to 16 MiB: always off the read task (see IN_PLACE_SEND_BYTES).
                 tokio::task::yield_now().await;
                 let answer = match decode::<pb::PullMessageRequest>(&request.command.body) {
-                    Ok(r) => pull::pull(&broker, r).await,
+                    Ok(r) => pull::pull_stored(&broker, r).await.map(|pulled| wire::pull_response(&pulled)),
                     Err(refused) => Err(refused),
                 };
                 respond(&metrics, "PullMessage", start, answer)
@@ -95,10 +97,10 @@ fn decode<T: Message + Default>(body: &Bytes) -> Result<T> {
     T::decode(body.clone()).map_err(|e| BrokerError::invalid("request", format!("not a protobuf request: {e}")))
 }
 
-/// The response frame of one call, timed like its gRPC twin.
-fn respond<T: Message>(metrics: &RpcMetricsLayer, method: &str, start: Instant, answer: Result<T>) -> Command {
+/// The response frame of one call (its encoded protobuf response, in parts), timed like its gRPC twin.
+fn respond(metrics: &RpcMetricsLayer, method: &str, start: Instant, answer: Result<Vec<Bytes>>) -> Command {
     let (code, command) = match answer {
-        Ok(response) => (0, Command::response(comet_remoting::code::SUCCESS, None).with_body(response.encode_to_vec())),
+        Ok(parts) => (0, Command::response(comet_remoting::code::SUCCESS, None).with_body_parts(parts)),
         Err(err) => {
             let status = tonic::Status::from(err);
             let code = i32::from(status.code());

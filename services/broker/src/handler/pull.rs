@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use comet_model::QueueOffset;
 use comet_proto::comet::v1 as pb;
-use comet_store::{GetMessages, GetStatus};
+use comet_store::{GetMessages, GetStatus, StoredMessage};
 use tokio::time::Instant;
 
 use super::{check_group, check_topic};
@@ -22,9 +22,42 @@ const MAX_COUNT: u32 = 1024;
 const DEFAULT_MAX_BYTES: u32 = 4 << 20;
 const MAX_BYTES: u32 = 16 << 20;
 
-/// Answers a comet.v1 pull (over gRPC or the remoting data path): messages, or a status with the offsets to
-/// continue from.
+/// Answers a comet.v1 pull over gRPC: messages, or a status with the offsets to continue from.
 pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Result<pb::PullMessageResponse> {
+    Ok(pull_stored(broker, request).await?.into_proto())
+}
+
+/// A comet.v1 pull's answer before encoding: the stored records themselves, which the remoting data path writes
+/// to the wire without building a `pb::PullMessageResponse` (`edge::wire`).
+#[derive(Debug)]
+pub struct Pulled {
+    /// Outcome.
+    pub status: pb::PullStatus,
+    /// Where the next pull should start.
+    pub next_offset: u64,
+    /// The queue's first offset.
+    pub min_offset: u64,
+    /// The queue's end.
+    pub max_offset: u64,
+    /// The messages found (empty unless `status` is FOUND).
+    pub messages: Vec<StoredMessage>,
+}
+
+impl Pulled {
+    /// The answer as the gRPC API returns it.
+    pub fn into_proto(self) -> pb::PullMessageResponse {
+        pb::PullMessageResponse {
+            status: self.status.into(),
+            messages: convert::messages_to_proto(&self.messages),
+            next_offset: self.next_offset,
+            min_offset: self.min_offset,
+            max_offset: self.max_offset,
+        }
+    }
+}
+
+/// Answers a comet.v1 pull (over gRPC or the remoting data path) with the records read.
+pub async fn pull_stored(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Result<Pulled> {
     check_group(&request.group)?;
     check_topic(&request.topic)?;
     // The group's consumption-model check (the topic, queue and consume-enable checks are in `read_or_wait`).
@@ -40,7 +73,7 @@ pub async fn pull(broker: &Arc<Broker>, request: pb::PullMessageRequest) -> Resu
         group: request.group,
     };
     let (got, from) = pull_queue(broker, &query).await?;
-    Ok(response(got, from))
+    Ok(outcome(got, from))
 }
 
 /// One queue read of a consumer group, whichever API asked for it (comet.v1 PullMessage, or the RocketMQ 5
@@ -186,7 +219,7 @@ fn next_from(got: &GetMessages, from: QueueOffset) -> QueueOffset {
     }
 }
 
-fn response(got: GetMessages, from: QueueOffset) -> pb::PullMessageResponse {
+fn outcome(got: GetMessages, from: QueueOffset) -> Pulled {
     let status = match got.status {
         GetStatus::Found => pb::PullStatus::Found,
         GetStatus::NoNewMessage | GetStatus::NoMatchedMessage | GetStatus::NoSuchQueue => pb::PullStatus::NoNewMessage,
@@ -200,11 +233,11 @@ fn response(got: GetMessages, from: QueueOffset) -> pb::PullMessageResponse {
         GetStatus::NoNewMessage | GetStatus::NoMatchedMessage => (status, got.next_offset.max(from)),
         _ => (status, got.next_offset),
     };
-    pb::PullMessageResponse {
-        status: status.into(),
-        messages: convert::messages_to_proto(&got.messages),
+    Pulled {
+        status,
         next_offset: next.0,
         min_offset: got.min_offset.0,
         max_offset: got.max_offset.0,
+        messages: got.messages,
     }
 }
