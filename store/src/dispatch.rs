@@ -1,7 +1,9 @@
 //! Dispatch: follow the CommitLog and derive consume-queue and index entries from each record.
 //!
-//! One dispatcher thread, woken (unparked) by appends, never by a timer on the hot path. In sync flush mode it
-//! stops at the durable end, so a consumer never sees a message that a crash could take back.
+//! An append dispatches its own records on its thread when nobody else is dispatching (`dispatch_or_wake`);
+//! otherwise one dispatcher thread, woken (unparked) by appends, never by a timer on the hot path, does it. In
+//! sync flush mode dispatch stops at the durable end, so a consumer never sees a message that a crash could take
+//! back.
 
 use std::sync::atomic::Ordering;
 
@@ -14,7 +16,7 @@ use crate::index::IndexKey;
 use crate::store::Inner;
 
 /// Records dispatched between two wake-ups of waiting consumers.
-const BATCH: usize = 4096;
+pub(crate) const BATCH: usize = 4096;
 
 impl Inner {
     /// How far consumers may see: the durable end in sync mode, the written end otherwise.
