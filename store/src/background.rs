@@ -51,7 +51,16 @@ fn dispatch_loop(inner: &Inner) {
     }
 }
 
+/// The warmer's nice value: faulting pages in ahead of the writer is an optimisation (an unwarmed page is written
+/// with `pwrite`), so it runs behind every serving thread instead of taking turns with them.
+const WARM_NICE: libc::c_int = 10;
+
 fn warm_loop(inner: &Inner) {
+    // SAFETY: plain syscalls on this thread's own id; no memory is passed.
+    let lowered = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, WARM_NICE) };
+    if lowered != 0 {
+        tracing::debug!("cannot lower the warmer thread's priority: {}", std::io::Error::last_os_error());
+    }
     while !stopping(inner) {
         if inner.warm_requested.swap(false, Ordering::AcqRel) {
             inner.log.warm();

@@ -239,6 +239,12 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Whether the entry at `offset` goes into an existing file (a `put` of it creates none).
+    pub(crate) fn has_room(&self, offset: QueueOffset) -> bool {
+        self.max.load(Ordering::Acquire) == offset.0
+            && self.files.read().last().is_some_and(|f| offset.0 >= f.first && offset.0 < f.first + f.capacity())
+    }
+
     fn roll(&self, first: u64) -> Result<Arc<CqFile>> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("create directory", &self.dir, e))?;
         let path = self.dir.join(offset_name(first));
@@ -516,6 +522,20 @@ mod tests {
         assert_eq!(q.get(QueueOffset(25)), None);
         q.put(QueueOffset(25), e(9999))?;
         assert_eq!(q.get(QueueOffset(25)), Some(e(9999)));
+        Ok(())
+    }
+
+    #[test]
+    fn has_room_says_whether_a_put_creates_a_file() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let qs = ConsumeQueues::open(dir.path(), 16, u64::MAX, false)?;
+        let q = qs.get_or_create("T", 0);
+        for i in 0..40u64 {
+            let (room, files) = (q.has_room(QueueOffset(i)), q.files.read().len());
+            assert!(!q.has_room(QueueOffset(i + 1)), "a gap never has room");
+            q.put(QueueOffset(i), e(i * 100))?;
+            assert_eq!(room, q.files.read().len() == files, "entry {i}");
+        }
         Ok(())
     }
 

@@ -16,11 +16,21 @@ use crate::index::IndexKey;
 use crate::store::Inner;
 
 /// Records dispatched between two wake-ups of waiting consumers.
-pub(crate) const BATCH: usize = 4096;
+const BATCH: usize = 4096;
+
+/// Who dispatches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The dispatcher thread (or a caller that may block): anything goes.
+    Thread,
+    /// An appender on its own thread, often an async worker: it must not wait for a file to be created and
+    /// first touched (milliseconds on a slow disk), so it leaves records that need one to the thread.
+    Inline,
+}
 
 impl Inner {
     /// How far consumers may see: the durable end in sync mode, the written end otherwise.
-    fn visible_end(&self) -> u64 {
+    pub(crate) fn visible_end(&self) -> u64 {
         match self.config.flush_mode {
             FlushMode::Sync => self.commit.flushed().min(self.log.end()),
             FlushMode::Async => self.log.end(),
@@ -43,12 +53,13 @@ impl Inner {
     pub(crate) fn dispatch_some(&self) -> Result<usize> {
         // Held per batch: a truncation takes it to stop dispatch while it cuts the log and the derived data.
         let _dispatching = self.dispatching.lock();
-        self.dispatch_up_to(u64::MAX)
+        self.dispatch_up_to(u64::MAX, Mode::Thread)
     }
 
-    /// Dispatches up to `BATCH` records below `cap`; the caller holds the dispatcher lock.
+    /// Dispatches up to `BATCH` records below `cap`; the caller holds the dispatcher lock. `Mode::Inline` stops
+    /// before a record whose entries would need a new file.
     // Hot path: no allocation per record (touched queues are few), no logging.
-    pub(crate) fn dispatch_up_to(&self, cap: u64) -> Result<usize> {
+    pub(crate) fn dispatch_up_to(&self, cap: u64, mode: Mode) -> Result<usize> {
         let limit = self.visible_end().min(cap);
         let mut pos = self.dispatched.load(Ordering::Acquire);
         if pos >= limit {
@@ -82,13 +93,19 @@ impl Inner {
                     q
                 }
             };
+            let msg_id = std::str::from_utf8(&w.bytes[l.msg_id.clone()]).unwrap_or_default();
+            let keys = std::str::from_utf8(&w.bytes[l.keys.clone()]).unwrap_or_default();
+            if mode == Mode::Inline {
+                let index_entries = usize::from(!msg_id.is_empty()) + keys.split(' ').filter(|k| !k.is_empty()).count();
+                if !queue.has_room(QueueOffset(l.queue_offset)) || !self.index.has_room(index_entries) {
+                    break;
+                }
+            }
             let entry = CqEntry { offset: pos, size: l.size as u32, tag_hash: tag_hash(tags) };
             queue.put(QueueOffset(l.queue_offset), entry)?;
-            let msg_id = std::str::from_utf8(&w.bytes[l.msg_id.clone()]).unwrap_or_default();
             if !msg_id.is_empty() {
                 self.index.add(IndexKey::Id(msg_id), pos, l.store_timestamp)?;
             }
-            let keys = std::str::from_utf8(&w.bytes[l.keys.clone()]).unwrap_or_default();
             for key in keys.split(' ').filter(|k| !k.is_empty()) {
                 self.index.add(IndexKey::Key { topic, key }, pos, l.store_timestamp)?;
             }

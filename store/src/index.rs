@@ -350,6 +350,14 @@ impl KeyIndex {
         Ok(())
     }
 
+    /// Whether `entries` more fit in the current file, so adding them creates no file.
+    pub(crate) fn has_room(&self, entries: usize) -> bool {
+        self.files.read().last().is_some_and(|f| {
+            let next = u64::from(f.next.load(Ordering::Acquire));
+            next + entries as u64 <= u64::from(f.capacity) + 1
+        })
+    }
+
     /// Store time of the newest indexed record (0 when the index is empty).
     pub(crate) fn last_timestamp(&self) -> u64 {
         self.files.read().iter().map(|f| f.last_timestamp.load(Ordering::Acquire)).max().unwrap_or(0)
@@ -473,6 +481,19 @@ mod tests {
         assert_eq!(hits, vec![430, 330, 230, 130, 30]);
         idx.add(IndexKey::Key { topic: "T", key: "k3" }, 530, 2000)?;
         assert_eq!(idx.lookup(IndexKey::Key { topic: "T", key: "k3" }, 2, 0, u64::MAX), vec![530, 430]);
+        Ok(())
+    }
+
+    #[test]
+    fn has_room_says_whether_adding_creates_a_file() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        let idx = KeyIndex::open(dir.path(), 16, 32, u64::MAX, false)?;
+        for i in 0..100u64 {
+            let (room, files) = (idx.has_room(1), idx.files.read().len());
+            idx.add(IndexKey::Id(&format!("id{i}")), i * 10, 1000 + i)?;
+            assert_eq!(room, idx.files.read().len() == files, "entry {i}");
+        }
+        assert!(idx.files.read().len() > 2);
         Ok(())
     }
 

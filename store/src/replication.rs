@@ -59,7 +59,7 @@ impl Inner {
         }
         self.log.check_boundary(to)?;
         self.commit.wait_durable(&self.log, end)?;
-        while self.dispatch_up_to(to)? > 0 {}
+        while self.dispatch_up_to(to, crate::dispatch::Mode::Thread)? > 0 {}
         let dispatched = self.dispatched.load(Ordering::Acquire);
         if dispatched < to {
             return Err(Error::NotRecordBoundary {

@@ -693,11 +693,16 @@ impl Inner {
 
     /// Makes what was just appended visible to consumers: dispatched on the calling thread when nobody else is
     /// dispatching, so no thread wake-up sits between an append and the consumers it wakes (at 50 000 unbatched
-    /// sends/s that hand-off was a context switch per message); else, or when more than a batch is waiting or
-    /// dispatch failed (the thread retries and logs), the dispatcher thread is woken.
+    /// sends/s that hand-off was a context switch per message). The dispatcher thread is woken when that is not
+    /// possible or not finished: another dispatch under way, more than a batch waiting, a record that needs a
+    /// new consume-queue or index file (never created on an appender's thread), or a failure (the thread retries
+    /// and logs).
     pub(crate) fn dispatch_or_wake(&self) {
         let done = match self.dispatching.try_lock() {
-            Some(_dispatching) => matches!(self.dispatch_up_to(u64::MAX), Ok(n) if n < crate::dispatch::BATCH),
+            Some(_dispatching) => {
+                let dispatched = self.dispatch_up_to(u64::MAX, crate::dispatch::Mode::Inline);
+                dispatched.is_ok() && self.dispatched.load(Ordering::Acquire) >= self.visible_end()
+            }
             None => false,
         };
         if !done {

@@ -71,8 +71,9 @@ pub(crate) struct CommitLog {
 pub(crate) const DIRECT_MAX: usize = 8 * 1024;
 /// How far ahead of the write position the warmer keeps pages faulted in.
 const WARM_AHEAD: u64 = 16 << 20;
-/// Pages are faulted in this many bytes per call, so the warmer never holds up anyone for long.
-const WARM_CHUNK: u64 = 1 << 20;
+/// Pages are faulted in this many bytes per call, and the warmer yields its CPU between calls (it also runs at a
+/// lower priority, background.rs), so serving threads get a turn while it works 16 MiB ahead.
+const WARM_CHUNK: u64 = 256 << 10;
 
 /// A record found while walking the log, borrowed from its segment.
 pub(crate) struct Walked<'a> {
@@ -230,6 +231,7 @@ impl CommitLog {
                 return;
             }
             self.warmed.fetch_max(to, Ordering::AcqRel);
+            std::thread::yield_now();
         }
     }
 
