@@ -355,6 +355,58 @@ async fn comet_send_and_comet_consume_round_trip_through_the_real_binaries() -> 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn comet_consume_writes_each_body_to_a_file_and_a_failed_write_stops_the_run_without_consuming_it()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path()).await?;
+    // One queue, so the run's order is the send order.
+    create_topic(&ns, &broker, "cli-files", 1, 1).await?;
+    let producer = producer(&ns)?;
+    // Bodies that are not UTF-8 (and hold a newline): files must hold them byte for byte.
+    let mut sent = Vec::new();
+    for i in 0..8u8 {
+        let body = vec![0xff, 0x00, i, b'\n', 0x80];
+        sent.push((producer.send(Message::new("cli-files", body.clone())).await?, body));
+    }
+    let out = dir.path().join("bodies");
+    let out_arg = out.display().to_string();
+    let args = ["consume", "cli-files", "--group", "cli-files-g", "--output-dir", &out_arg];
+
+    // The file of one message cannot be created (a directory has its name): the run fails naming it, and that
+    // message is not consumed.
+    let (blocked, _) = &sent[5];
+    std::fs::create_dir_all(out.join(&blocked.message_id))?;
+    let first = ["--from", "begin", "--count", "8", "--json"];
+    let failed = comet(&ns, &[&args[..], &first[..]].concat(), b"").await.expect_err("the write fails");
+    assert!(failed.to_string().contains(&format!("writing the body of {}", blocked.message_id)), "{failed}");
+    let reader = consumer(&ns, "cli-files-g")?;
+    assert_eq!(reader.query_offset(&blocked.queue).await?, Some(blocked.queue_offset), "committed up to it");
+    for line in failed.to_string().lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        assert!(v["body"].is_null() && v["file"].as_str().is_some_and(|f| f.starts_with(&out_arg)), "{line}");
+    }
+
+    // What was written was committed, nothing else: the next run writes exactly the rest. Then every body is in
+    // the file named by its id, byte for byte, and nothing else is in the directory.
+    std::fs::remove_dir(out.join(&blocked.message_id))?;
+    assert_eq!(std::fs::read_dir(&out)?.count(), 5, "the five messages before it, no partial file");
+    let printed = comet(&ns, &[&args[..], &["--from", "committed", "--count", "3"][..]].concat(), b"").await?;
+    let expected: Vec<String> = sent[5..].iter().map(|(r, _)| out.join(&r.message_id).display().to_string()).collect();
+    assert_eq!(printed.lines().collect::<Vec<_>>(), expected, "paths printed in order");
+    let mut names: Vec<String> = std::fs::read_dir(&out)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<_>>()?;
+    names.sort();
+    let mut ids: Vec<String> = sent.iter().map(|(r, _)| r.message_id.clone()).collect();
+    ids.sort();
+    assert_eq!(names, ids);
+    for (result, body) in &sent {
+        assert_eq!(&std::fs::read(out.join(&result.message_id))?, body, "{}", result.message_id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_comet_consume_broadcast_runs_each_print_every_message_and_resume_from_their_offsets_file()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -119,6 +119,11 @@ pub struct ConsumeArgs {
     /// One JSON object per message (with queue, offset, id, tags, keys) instead of the bare body.
     #[arg(long)]
     json: bool,
+    /// Write each body, byte for byte, to a file of its own in this directory (named after the message id) and
+    /// print the file's path (with --json: the message's JSON line, `file` instead of `body`). A message whose
+    /// body cannot be written is not consumed: the run stops with the error.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
     /// Consume as a broadcasting member of the group: every message of every queue, whatever other members
     /// read, with offsets kept in a local file instead of on the brokers.
     #[arg(long)]
@@ -197,6 +202,7 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
     if args.orderly {
         return consume_orderly(args, namesrv).await;
     }
+    let output = Output::new(&args)?;
     let mut config = PullConsumerConfig::new(namesrv.to_vec(), args.group);
     config.tag_expression = args.tags;
     config.read_preference = args.read_from.into();
@@ -218,6 +224,7 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
     let mut committed: HashMap<MessageQueue, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(args.commit_interval_ms.max(1)));
     let mut consumed = 0u64;
+    let mut failure = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     while args.count.is_none_or(|n| consumed < n) {
@@ -226,7 +233,10 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
             _ = tick.tick() => commit(&consumer, &done, &mut committed).await,
             message = rx.recv() => {
                 let Some(message) = message else { break };
-                print_message(&message, args.json);
+                if let Err(e) = output.emit(&message) {
+                    failure = Some(e);
+                    break;
+                }
                 done.insert(message.queue.clone(), message.queue_offset + 1);
                 consumed += 1;
             }
@@ -235,18 +245,20 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
     let _ = stop_tx.send(true);
     commit(&consumer, &done, &mut committed).await;
     eprintln!("consumed {consumed} message(s); offsets committed");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// `comet consume --broadcast`: the SDK's push consumer in broadcasting mode (every queue, offsets in a local
 /// file), with one listener thread so messages print one at a time, in order per queue. Stops on ctrl-c or after
 /// `count` messages; the shutdown saves the offsets file.
 async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    let output = Output::new(&args)?;
     require_queues(&args, namesrv).await?;
 
     let printed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
-    let listener = printer(&args, &printed, &done);
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let listener = printer(&args, output, &printed, &done, &failure);
     let from = consume_from(args.from);
     let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
     let offset_file =
@@ -273,7 +285,7 @@ async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Res
     // The SDK only logs a failed write; say so here instead of claiming the offsets were kept.
     anyhow::ensure!(offset_file.exists(), "the offsets file {} was not written", offset_file.display());
     eprintln!("consumed {} message(s); offsets kept in {}", printed.load(Ordering::SeqCst), offset_file.display());
-    Ok(())
+    take_failure(&failure)
 }
 
 /// Fails with the route's error rather than wait on a topic that does not exist (a push consumer would).
@@ -283,26 +295,50 @@ async fn require_queues(args: &ConsumeArgs, namesrv: &[String]) -> anyhow::Resul
     Ok(())
 }
 
-/// The listener of `comet consume` with a push or orderly consumer: prints each message and signals `done` at
-/// `--count`. A message beyond the count is refused (not acknowledged: it stays for the next run). One print at
-/// a time, so load-then-add never overshoots even when queues run concurrently.
+/// The first error of a push or orderly `comet consume` run's output, which stops the run.
+type Failure = Arc<std::sync::Mutex<Option<anyhow::Error>>>;
+
+/// The listener of `comet consume` with a push or orderly consumer: outputs each message and signals `done` at
+/// `--count` or at an output error (recorded in `failure`). A message beyond the count, or whose output failed,
+/// is refused (not acknowledged: it stays for the next run). One message at a time, so load-then-add never
+/// overshoots even when queues run concurrently.
 fn printer(
     args: &ConsumeArgs,
+    output: Output,
     printed: &Arc<AtomicU64>,
     done: &Arc<Notify>,
+    failure: &Failure,
 ) -> impl Fn(&ReceivedMessage) -> ListenerResult + Send + Sync + 'static {
-    let (printed, done, count, json) = (Arc::clone(printed), Arc::clone(done), args.count, args.json);
+    let (printed, done, failure, count) = (Arc::clone(printed), Arc::clone(done), Arc::clone(failure), args.count);
     let stdout = std::sync::Mutex::new(());
     move |message: &ReceivedMessage| -> ListenerResult {
         let _one = stdout.lock().map_err(|_| "stdout lock poisoned")?;
         if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
             return Err("beyond --count; left for the next run".into());
         }
-        print_message(message, json);
+        let mut first_failure = failure.lock().map_err(|_| "failure lock poisoned")?;
+        if first_failure.is_some() {
+            return Err("the run is stopping after an output error; left for the next run".into());
+        }
+        if let Err(e) = output.emit(message) {
+            let refusal = format!("{e:#}");
+            *first_failure = Some(e);
+            done.notify_one();
+            return Err(refusal.into());
+        }
         if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
             done.notify_one();
         }
         Ok(())
+    }
+}
+
+/// The run's result once its consumer is shut down: the first output error, if any.
+fn take_failure(failure: &Failure) -> anyhow::Result<()> {
+    match failure.lock().map(|mut f| f.take()) {
+        Ok(Some(e)) => Err(e),
+        Ok(None) => Ok(()),
+        Err(_) => anyhow::bail!("failure lock poisoned"),
     }
 }
 
@@ -318,11 +354,13 @@ fn consume_from(from: StartAt) -> ConsumeFrom {
 /// `comet consume --orderly`: the SDK's orderly push consumer, printing each queue's messages one at a time in
 /// queue order. Stops on ctrl-c or after `count` messages; the shutdown commits offsets and releases the locks.
 async fn consume_orderly(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    let output = Output::new(&args)?;
     require_queues(&args, namesrv).await?;
 
     let printed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
-    let listener = printer(&args, &printed, &done);
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let listener = printer(&args, output, &printed, &done, &failure);
     let from = consume_from(args.from);
     let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
     let heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(1));
@@ -347,7 +385,7 @@ async fn consume_orderly(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Resul
     }
     consumer.shutdown().await;
     eprintln!("consumed {} message(s); offsets committed, queue locks released", printed.load(Ordering::SeqCst));
-    Ok(())
+    take_failure(&failure)
 }
 
 async fn start_offset(consumer: &PullConsumer, queue: &MessageQueue, from: StartAt) -> anyhow::Result<u64> {
@@ -411,24 +449,80 @@ async fn commit(
     }
 }
 
-fn print_message(message: &ReceivedMessage, json: bool) {
-    let body = String::from_utf8_lossy(&message.body);
-    if json {
-        let line = serde_json::json!({
-            "message_id": message.message_id,
-            "topic": message.queue.topic,
-            "broker": message.queue.broker_name,
-            "queue_id": message.queue.queue_id,
-            "queue_offset": message.queue_offset,
-            "tags": message.tags,
-            "keys": message.keys,
-            "properties": message.properties,
-            "body": body,
-        });
-        println!("{line}");
-    } else {
-        println!("{body}");
+/// Where `comet consume` puts each message: its body (or a JSON line) on stdout, or with `--output-dir` its
+/// body in a file of its own and the file's path (or the JSON line naming it) on stdout.
+#[derive(Debug, Clone)]
+struct Output {
+    json: bool,
+    dir: Option<PathBuf>,
+}
+
+impl Output {
+    /// The output of a run; creates the output directory.
+    fn new(args: &ConsumeArgs) -> anyhow::Result<Output> {
+        if let Some(dir) = &args.output_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating the output directory {}", dir.display()))?;
+        }
+        Ok(Output { json: args.json, dir: args.output_dir.clone() })
     }
+
+    /// Outputs one message. A body file is written under a temporary name and renamed, so a file named after a
+    /// message always holds its whole body.
+    fn emit(&self, message: &ReceivedMessage) -> anyhow::Result<()> {
+        let file = match &self.dir {
+            None => None,
+            Some(dir) => {
+                let path = dir.join(body_file_name(message));
+                let partial = dir.join(format!(".{}.partial", body_file_name(message)));
+                let written = std::fs::write(&partial, &message.body).and_then(|()| std::fs::rename(&partial, &path));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                written.with_context(|| format!("writing the body of {} to {}", message.message_id, path.display()))?;
+                Some(path)
+            }
+        };
+        if self.json {
+            let mut line = serde_json::json!({
+                "message_id": message.message_id,
+                "topic": message.queue.topic,
+                "broker": message.queue.broker_name,
+                "queue_id": message.queue.queue_id,
+                "queue_offset": message.queue_offset,
+                "tags": message.tags,
+                "keys": message.keys,
+                "properties": message.properties,
+            });
+            line["body"] = match &file {
+                None => String::from_utf8_lossy(&message.body).into(),
+                Some(_) => serde_json::Value::Null,
+            };
+            if let Some(path) = &file {
+                line["file"] = path.display().to_string().into();
+            }
+            println!("{line}");
+        } else if let Some(path) = &file {
+            println!("{}", path.display());
+        } else {
+            println!("{}", String::from_utf8_lossy(&message.body));
+        }
+        Ok(())
+    }
+}
+
+/// A body file's name: the message id where it is a plain file name (ids are hex), else the message's place
+/// (topic, broker, queue, offset) with anything but letters, digits, `-` and `_` replaced.
+fn body_file_name(message: &ReceivedMessage) -> String {
+    let id = &message.message_id;
+    let plain = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !id.is_empty() && id.len() <= 128 && plain(id) {
+        return id.clone();
+    }
+    let place = format!(
+        "{}-{}-{}-{}",
+        message.queue.topic, message.queue.broker_name, message.queue.queue_id, message.queue_offset
+    );
+    place.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// `t` as ms since the epoch.
@@ -439,6 +533,30 @@ fn epoch_millis(t: std::time::SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_files_are_named_by_plain_message_ids_else_by_the_message_place() {
+        let message = |id: &str| ReceivedMessage {
+            message_id: id.to_owned(),
+            topic: "orders".into(),
+            queue: MessageQueue { topic: "orders".into(), broker_name: "broker/a".into(), queue_id: 3 },
+            queue_offset: 42,
+            commit_log_offset: 0,
+            tags: String::new(),
+            keys: Vec::new(),
+            properties: HashMap::new(),
+            body: Vec::new().into(),
+            flag: 0,
+            born_timestamp_millis: 0,
+            store_timestamp_millis: 0,
+            reconsume_times: 0,
+            origin_message_id: id.to_owned(),
+        };
+        assert_eq!(body_file_name(&message("7F0000010001ABCD")), "7F0000010001ABCD");
+        assert_eq!(body_file_name(&message("../../etc/passwd")), "orders-broker_a-3-42");
+        assert_eq!(body_file_name(&message("")), "orders-broker_a-3-42");
+        assert_eq!(body_file_name(&message(&"x".repeat(200))), "orders-broker_a-3-42");
+    }
 
     #[test]
     fn delays_take_a_unit_and_bare_numbers_are_milliseconds() {
