@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use comet_client::{
@@ -403,6 +404,109 @@ async fn comet_consume_writes_each_body_to_a_file_and_a_failed_write_stops_the_r
     for (result, body) in &sent {
         assert_eq!(&std::fs::read(out.join(&result.message_id))?, body, "{}", result.message_id);
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn comet_consume_clustering_members_share_the_queues_and_a_count_stop_leaves_the_rest_unretried()
+-> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path()).await?;
+    create_topic(&ns, &broker, "cli-cl", 4, 1).await?;
+    let producer = producer(&ns)?;
+    let bin = tokio::task::spawn_blocking(|| comet_tests::harness::binary::cargo_bin("comet", "comet")).await??;
+
+    // Two members of one group, running until interrupted; messages are sent once both have joined.
+    let printed = Arc::new(parking_lot::Mutex::new(Vec::<(usize, String)>::new()));
+    let mut members = Vec::new();
+    for member in 0..2 {
+        let mut child = tokio::process::Command::new(&bin)
+            .args(["--namesrv", &ns.addr(), "consume", "cli-cl", "--group", "cli-cl-g", "--clustering"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let printed = Arc::clone(&printed);
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                printed.lock().push((member, line));
+            }
+        });
+        members.push(child);
+    }
+    let reader = consumer(&ns, "cli-cl-g")?;
+    let admin = broker.client().await?;
+    wait_until("both members registered", Duration::from_secs(20), || {
+        let mut admin = admin.clone();
+        async move {
+            let request = pb::GetConsumerListRequest { group: "cli-cl-g".into() };
+            admin.get_consumer_list(request).await.is_ok_and(|r| r.into_inner().client_ids.len() == 2)
+        }
+    })
+    .await?;
+    // Both members see each other within their 1 s membership poll and split the 4 queues 2 + 2.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent: Vec<String> = (0..40).map(|i| format!("c-{i}")).collect();
+    for body in &sent {
+        producer.send(Message::new("cli-cl", body.clone())).await?;
+    }
+    wait_until("40 messages printed", Duration::from_secs(20), || {
+        let n = printed.lock().len();
+        async move { n >= 40 }
+    })
+    .await?;
+    for child in &mut members {
+        let pid = child.id().ok_or_else(|| anyhow::anyhow!("member exited early"))?;
+        std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status()?;
+    }
+    for mut child in members {
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await??;
+        anyhow::ensure!(status.success(), "member exit: {status}");
+    }
+    let printed = printed.lock().clone();
+    let mut bodies: Vec<String> = printed.iter().map(|(_, b)| b.clone()).collect();
+    bodies.sort();
+    let mut expected = sent.clone();
+    expected.sort();
+    assert_eq!(bodies, expected, "every message printed exactly once across the group");
+    for member in 0..2 {
+        let n = printed.iter().filter(|(m, _)| *m == member).count();
+        assert_eq!(n, 20, "member {member} printed the messages of its two queues");
+    }
+
+    // A --count stop: exactly that many printed and committed; the messages beyond it stay in their queues
+    // (nothing sent back to the retry topic) for the next run, which prints exactly the rest.
+    let more: Vec<String> = (0..12).map(|i| format!("m-{i}")).collect();
+    for body in &more {
+        producer.send(Message::new("cli-cl", body.clone())).await?;
+    }
+    let run = |count: &str| {
+        let count = count.to_owned();
+        let ns = &ns;
+        async move {
+            let args = ["consume", "cli-cl", "--group", "cli-cl-g", "--clustering", "--count", &count];
+            comet(ns, &args, b"").await
+        }
+    };
+    let first: Vec<String> = run("5").await?.lines().map(str::to_owned).collect();
+    assert_eq!(first.len(), 5, "{first:?}");
+    let mut committed = 0;
+    for q in reader.queues("cli-cl").await? {
+        committed += reader.query_offset(&q).await?.unwrap_or(0);
+    }
+    assert_eq!(committed, 40 + 5);
+    for q in reader.queues("%RETRY%cli-cl-g").await.unwrap_or_default() {
+        assert_eq!(reader.queue_offsets(&q).await?.1, 0, "nothing was sent back to {q}");
+    }
+    let second: Vec<String> = run("7").await?.lines().map(str::to_owned).collect();
+    let mut all: Vec<String> = first.into_iter().chain(second).collect();
+    all.sort();
+    let mut expected = more.clone();
+    expected.sort();
+    assert_eq!(all, expected, "the two runs printed the 12 new messages once between them");
     Ok(())
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comet_client::{
-    ConsumeFrom, ListenerResult, Message, MessageModel, MessageQueue, OrderlyConsumer, Producer, ProducerConfig,
-    PullConsumer, PullConsumerConfig, PushConsumer, ReadPreference, ReceivedMessage,
+    ConsumeFrom, ListenerResult, Message, MessageModel, MessageQueue, OrderlyConsumer, Postpone, Producer,
+    ProducerConfig, PullConsumer, PullConsumerConfig, PushConsumer, ReadPreference, ReceivedMessage,
 };
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -72,9 +72,11 @@ pub(crate) fn parse_delay(text: &str) -> Result<Duration, String> {
 pub enum StartAt {
     /// The group's committed offset; the queue's end where the group never committed.
     Committed,
-    /// The oldest stored message, ignoring committed offsets (with --broadcast: where the file has none).
+    /// The oldest stored message, ignoring committed offsets (with --broadcast, --clustering or --orderly: only
+    /// where nothing is committed).
     Begin,
-    /// Only messages sent from now on, ignoring committed offsets (with --broadcast: where the file has none).
+    /// Only messages sent from now on, ignoring committed offsets (with --broadcast, --clustering or --orderly:
+    /// only where nothing is committed).
     End,
 }
 
@@ -139,6 +141,10 @@ pub struct ConsumeArgs {
     /// while this member holds the queue's broker lock; a message the consumer fails is retried in place.
     #[arg(long, conflicts_with = "broadcast")]
     orderly: bool,
+    /// Consume as a clustering member of the group: the group's live members share its queues (re-balanced as
+    /// members come and go), offsets are committed on the brokers; without it `consume` reads every queue.
+    #[arg(long, conflicts_with_all = ["broadcast", "orderly"])]
+    clustering: bool,
     /// With --orderly: how often the member heartbeats, in ms (it must stay below the broker's
     /// `broker.client-expiry-ms`).
     #[arg(long, default_value_t = 30_000, requires = "orderly")]
@@ -201,6 +207,9 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
     }
     if args.orderly {
         return consume_orderly(args, namesrv).await;
+    }
+    if args.clustering {
+        return consume_clustering(args, namesrv).await;
     }
     let output = Output::new(&args)?;
     let mut config = PullConsumerConfig::new(namesrv.to_vec(), args.group);
@@ -288,6 +297,41 @@ async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Res
     take_failure(&failure)
 }
 
+/// `comet consume --clustering`: the SDK's push consumer in clustering mode, sharing the group's queues with its
+/// other live members, one listener thread so messages print one at a time, in order per queue. Stops on ctrl-c
+/// or after `count` messages; the shutdown commits offsets up to what was printed.
+async fn consume_clustering(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
+    let output = Output::new(&args)?;
+    require_queues(&args, namesrv).await?;
+
+    let printed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let listener = printer(&args, output, &printed, &done, &failure);
+    let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
+    let consumer = PushConsumer::builder(namesrv.to_vec(), args.group.clone())
+        .subscribe(args.topic.clone(), args.tags.clone())
+        .model(MessageModel::Clustering)
+        .consume_from(consume_from(args.from))
+        .threads(1)
+        .read_preference(args.read_from.into())
+        .configure(|c| c.commit_interval = commit_interval)
+        .listener(listener)
+        .start()
+        .await
+        .with_context(|| format!("joining group {} as a clustering member", args.group))?;
+    eprintln!("clustering consumer {} started", consumer.client_id());
+    if args.count != Some(0) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = done.notified() => {}
+        }
+    }
+    consumer.shutdown().await;
+    eprintln!("consumed {} message(s); offsets committed", printed.load(Ordering::SeqCst));
+    take_failure(&failure)
+}
+
 /// Fails with the route's error rather than wait on a topic that does not exist (a push consumer would).
 async fn require_queues(args: &ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
     let probe = PullConsumer::new(PullConsumerConfig::new(namesrv.to_vec(), args.group.clone()))?;
@@ -300,8 +344,8 @@ type Failure = Arc<std::sync::Mutex<Option<anyhow::Error>>>;
 
 /// The listener of `comet consume` with a push or orderly consumer: outputs each message and signals `done` at
 /// `--count` or at an output error (recorded in `failure`). A message beyond the count, or whose output failed,
-/// is refused (not acknowledged: it stays for the next run). One message at a time, so load-then-add never
-/// overshoots even when queues run concurrently.
+/// is postponed (`Postpone`: not acknowledged, not sent back to the retry topic; it stays for the next run).
+/// One message at a time, so load-then-add never overshoots even when queues run concurrently.
 fn printer(
     args: &ConsumeArgs,
     output: Output,
@@ -314,17 +358,16 @@ fn printer(
     move |message: &ReceivedMessage| -> ListenerResult {
         let _one = stdout.lock().map_err(|_| "stdout lock poisoned")?;
         if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
-            return Err("beyond --count; left for the next run".into());
+            return Err(Box::new(Postpone));
         }
         let mut first_failure = failure.lock().map_err(|_| "failure lock poisoned")?;
         if first_failure.is_some() {
-            return Err("the run is stopping after an output error; left for the next run".into());
+            return Err(Box::new(Postpone));
         }
         if let Err(e) = output.emit(message) {
-            let refusal = format!("{e:#}");
             *first_failure = Some(e);
             done.notify_one();
-            return Err(refusal.into());
+            return Err(Box::new(Postpone));
         }
         if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
             done.notify_one();

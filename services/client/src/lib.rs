@@ -50,8 +50,8 @@ pub const LANGUAGE: &str = "RUST";
 /// The SDK's version in heartbeats: brokers count connections by it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use push::{
-    ConsumeFrom, Listener, ListenerResult, MessageModel, PushConsumer, PushConsumerBuilder, PushConsumerConfig,
-    QueueStats,
+    ConsumeFrom, Listener, ListenerResult, MessageModel, Postpone, PushConsumer, PushConsumerBuilder,
+    PushConsumerConfig, QueueStats,
 };
 pub use rebalance::{OffsetWindow, allocate_averagely};
 

@@ -12,6 +12,8 @@
 //! again after `suspend`, up to `max_attempts` calls, then sent to the group's dead-letter queue
 //! (ConsumerSendBack with `dead_letter`), and only once that succeeded does the queue move on, so order is kept.
 //! The blocked message and its attempts show in [`QueueStats::blocked_on`], and every failed attempt is logged.
+//! A message the listener answers with [`Postpone`] blocks its queue the same way but is no failure: offered
+//! again after `suspend`, never counted as an attempt, never dead-lettered.
 //! Offsets are committed only past processed messages; a queue taken away by a re-balance is released only after
 //! its message in progress finished (its lock renewed meanwhile) and its offset was committed (then unlocked), so
 //! the next owner continues exactly where this one stopped. A member killed without unlocking leaves some
@@ -33,7 +35,7 @@ use crate::consumer::{PullConsumer, PullStatus};
 use crate::error::ClientError;
 use crate::message::ReceivedMessage;
 use crate::push::{
-    ConsumeFrom, Listener, ListenerResult, PushConsumerConfig, QueueStats, heartbeat_members, live_members,
+    ConsumeFrom, Listener, ListenerResult, Postpone, PushConsumerConfig, QueueStats, heartbeat_members, live_members,
     topic_pullers, unregister_members,
 };
 use crate::rebalance::allocate_averagely;
@@ -649,7 +651,9 @@ impl Shared {
             } else {
                 match self.call_listener(message.clone()).await {
                     Ok(()) => true,
-                    Err(reason) => {
+                    // Offered again after `suspend`, not counted as an attempt.
+                    Err(Refusal::Postponed) => false,
+                    Err(Refusal::Failed(reason)) => {
                         attempts = attempts.saturating_add(1);
                         tracing::warn!(queue = %q.queue, offset = message.queue_offset, message_id = %message.message_id,
                             attempts, max_attempts = self.max_attempts, %reason, suspend = ?self.suspend,
@@ -703,18 +707,21 @@ impl Shared {
     }
 
     /// Calls the listener on the blocking pool (at most `threads` at once); a panic counts as a failure.
-    async fn call_listener(&self, message: ReceivedMessage) -> Result<(), String> {
+    async fn call_listener(&self, message: ReceivedMessage) -> Result<(), Refusal> {
         let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else {
-            return Err("consumer stopping".into());
+            return Err(Refusal::Failed("consumer stopping".into()));
         };
         let listener = Arc::clone(&self.listener);
         let outcome = tokio::task::spawn_blocking(move || {
-            std::panic::catch_unwind(AssertUnwindSafe(|| listener(&message).map_err(|e| e.to_string())))
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                listener(&message)
+                    .map_err(|e| if e.is::<Postpone>() { Refusal::Postponed } else { Refusal::Failed(e.to_string()) })
+            }))
         })
         .await;
         match outcome {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Err("the listener panicked".into()),
+            Ok(Err(_)) | Err(_) => Err(Refusal::Failed("the listener panicked".into())),
         }
     }
 
@@ -751,6 +758,14 @@ impl Shared {
             }
         }
     }
+}
+
+/// Why the listener did not take a message.
+enum Refusal {
+    /// It returned [`Postpone`]: offered again, not an attempt.
+    Postponed,
+    /// It failed (or panicked): one attempt more.
+    Failed(String),
 }
 
 #[cfg(test)]

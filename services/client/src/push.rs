@@ -36,8 +36,25 @@ use crate::message::ReceivedMessage;
 use crate::rebalance::{OffsetWindow, allocate_averagely};
 
 /// What a listener returns: `Ok` acknowledges the message; an error (like a panic) has it delivered again later
-/// (clustering: by the broker, through the group's retry topic, with growing delays).
+/// (clustering: by the broker, through the group's retry topic, with growing delays); [`Postpone`] has it
+/// offered again without counting as a failure.
 pub type ListenerResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// The listener's answer for a message it did not handle and wants offered again, not failed (RocketMQ's
+/// "suspend a moment"): `Err(Box::new(Postpone))`. The message is not sent back to the retry topic and its
+/// delivery count does not grow; this member offers it again after `retry_backoff`, and one still unhandled at
+/// shutdown (or when its queue moves to another member) stays unacknowledged, so the queue's next reader gets it
+/// from the committed offset. For a listener that must stop taking messages for a while, say at a quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Postpone;
+
+impl std::fmt::Display for Postpone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("postponed by the listener")
+    }
+}
+
+impl std::error::Error for Postpone {}
 
 /// The application's message handler, called concurrently from the worker threads.
 pub type Listener = Arc<dyn Fn(&ReceivedMessage) -> ListenerResult + Send + Sync>;
@@ -513,6 +530,7 @@ fn worker(shared: &Arc<Shared>, receiver: &Mutex<mpsc::Receiver<Task>>) {
         }
         match outcome {
             Ok(Ok(())) => task.queue.acknowledge(offset),
+            Ok(Err(error)) if error.is::<Postpone>() => shared.retry_later(task, false),
             Ok(Err(error)) => {
                 tracing::warn!(queue = %task.message.queue, offset, message_id = %task.message.message_id,
                     reconsume_times = task.message.reconsume_times, %error, "listener failed");
@@ -567,7 +585,7 @@ impl Shared {
                         tracing::warn!(queue = %message.queue, offset = message.queue_offset,
                             message_id = %message.message_id, %error, retry_in = ?self.config.retry_backoff,
                             "send-back failed; retrying the message locally");
-                        self.retry_later(task);
+                        self.retry_later(task, true);
                     }
                 }
             }
@@ -577,7 +595,7 @@ impl Shared {
                     "broadcasting: the listener failed the message on every attempt; skipped");
                 task.queue.acknowledge(message.queue_offset);
             }
-            MessageModel::Broadcasting => self.retry_later(task),
+            MessageModel::Broadcasting => self.retry_later(task, true),
         }
     }
 
@@ -603,8 +621,12 @@ impl Shared {
         }
     }
 
-    fn retry_later(self: &Arc<Self>, mut task: Task) {
-        task.message.reconsume_times += 1;
+    /// Offers `task` again after `retry_backoff` (`failed`: as one more delivery attempt), unless its queue is
+    /// dropped by then (shutdown, re-balance): it then stays unacknowledged for the queue's next reader.
+    fn retry_later(self: &Arc<Self>, mut task: Task, failed: bool) {
+        if failed {
+            task.message.reconsume_times += 1;
+        }
         let shared = Arc::clone(self);
         self.runtime.spawn(async move {
             tokio::time::sleep(shared.config.retry_backoff).await;
