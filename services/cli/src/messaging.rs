@@ -203,13 +203,13 @@ pub async fn send(args: SendArgs, namesrv: &[String]) -> anyhow::Result<()> {
 /// every `commit_interval_ms` and at exit; stops on ctrl-c or after `count` messages.
 pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
     if args.broadcast {
-        return consume_broadcast(args, namesrv).await;
+        return consume_push(args, namesrv, MessageModel::Broadcasting).await;
     }
     if args.orderly {
         return consume_orderly(args, namesrv).await;
     }
     if args.clustering {
-        return consume_clustering(args, namesrv).await;
+        return consume_push(args, namesrv, MessageModel::Clustering).await;
     }
     let output = Output::new(&args)?;
     let mut config = PullConsumerConfig::new(namesrv.to_vec(), args.group);
@@ -257,79 +257,43 @@ pub async fn consume(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()
     failure.map_or(Ok(()), Err)
 }
 
-/// `comet consume --broadcast`: the SDK's push consumer in broadcasting mode (every queue, offsets in a local
-/// file), with one listener thread so messages print one at a time, in order per queue. Stops on ctrl-c or after
-/// `count` messages; the shutdown saves the offsets file.
-async fn consume_broadcast(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
-    let output = Output::new(&args)?;
-    require_queues(&args, namesrv).await?;
-
-    let printed = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(Notify::new());
-    let failure = Arc::new(std::sync::Mutex::new(None));
-    let listener = printer(&args, output, &printed, &done, &failure);
-    let from = consume_from(args.from);
+/// `comet consume --broadcast` / `--clustering`: the SDK's push consumer in that mode (broadcasting: every
+/// queue, offsets in a local file; clustering: the queues this member is allocated, offsets on the brokers), with
+/// one listener thread so messages print one at a time, in order per queue. Stops on ctrl-c or after `count`
+/// messages; the shutdown saves the offsets (file or brokers) up to what was printed.
+async fn consume_push(args: ConsumeArgs, namesrv: &[String], model: MessageModel) -> anyhow::Result<()> {
+    let (run, listener) = Run::start(&args, namesrv).await?;
+    let broadcasting = matches!(model, MessageModel::Broadcasting);
+    let offset_file = broadcasting.then(|| {
+        args.offset_file.clone().unwrap_or_else(|| PathBuf::from(format!("comet-offsets-{}.txt", args.group)))
+    });
     let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
-    let offset_file =
-        args.offset_file.clone().unwrap_or_else(|| PathBuf::from(format!("comet-offsets-{}.txt", args.group)));
-    let consumer = PushConsumer::builder(namesrv.to_vec(), args.group.clone())
+    let mut builder = PushConsumer::builder(namesrv.to_vec(), args.group.clone())
         .subscribe(args.topic.clone(), args.tags.clone())
-        .model(MessageModel::Broadcasting)
-        .offset_file(offset_file.clone())
-        .consume_from(from)
-        .threads(1)
-        .read_preference(args.read_from.into())
-        .configure(|c| c.commit_interval = commit_interval)
-        .listener(listener)
-        .start()
-        .await
-        .with_context(|| format!("joining group {} as a broadcasting member", args.group))?;
-    if args.count != Some(0) {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = done.notified() => {}
-        }
-    }
-    consumer.shutdown().await;
-    // The SDK only logs a failed write; say so here instead of claiming the offsets were kept.
-    anyhow::ensure!(offset_file.exists(), "the offsets file {} was not written", offset_file.display());
-    eprintln!("consumed {} message(s); offsets kept in {}", printed.load(Ordering::SeqCst), offset_file.display());
-    take_failure(&failure)
-}
-
-/// `comet consume --clustering`: the SDK's push consumer in clustering mode, sharing the group's queues with its
-/// other live members, one listener thread so messages print one at a time, in order per queue. Stops on ctrl-c
-/// or after `count` messages; the shutdown commits offsets up to what was printed.
-async fn consume_clustering(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
-    let output = Output::new(&args)?;
-    require_queues(&args, namesrv).await?;
-
-    let printed = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(Notify::new());
-    let failure = Arc::new(std::sync::Mutex::new(None));
-    let listener = printer(&args, output, &printed, &done, &failure);
-    let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
-    let consumer = PushConsumer::builder(namesrv.to_vec(), args.group.clone())
-        .subscribe(args.topic.clone(), args.tags.clone())
-        .model(MessageModel::Clustering)
+        .model(model)
         .consume_from(consume_from(args.from))
         .threads(1)
         .read_preference(args.read_from.into())
         .configure(|c| c.commit_interval = commit_interval)
-        .listener(listener)
-        .start()
-        .await
-        .with_context(|| format!("joining group {} as a clustering member", args.group))?;
-    eprintln!("clustering consumer {} started", consumer.client_id());
-    if args.count != Some(0) {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = done.notified() => {}
-        }
+        .listener(listener);
+    if let Some(file) = &offset_file {
+        builder = builder.offset_file(file.clone());
     }
+    let role = if broadcasting { "broadcasting" } else { "clustering" };
+    let consumer = builder.start().await.with_context(|| format!("joining group {} as a {role} member", args.group))?;
+    eprintln!("{role} consumer {} started", consumer.client_id());
+    run.wait(args.count).await;
     consumer.shutdown().await;
-    eprintln!("consumed {} message(s); offsets committed", printed.load(Ordering::SeqCst));
-    take_failure(&failure)
+    let printed = run.printed.load(Ordering::SeqCst);
+    match &offset_file {
+        Some(file) => {
+            // The SDK only logs a failed write; say so here instead of claiming the offsets were kept.
+            anyhow::ensure!(file.exists(), "the offsets file {} was not written", file.display());
+            eprintln!("consumed {printed} message(s); offsets kept in {}", file.display());
+        }
+        None => eprintln!("consumed {printed} message(s); offsets committed"),
+    }
+    run.finish()
 }
 
 /// Fails with the route's error rather than wait on a topic that does not exist (a push consumer would).
@@ -339,49 +303,80 @@ async fn require_queues(args: &ConsumeArgs, namesrv: &[String]) -> anyhow::Resul
     Ok(())
 }
 
-/// The first error of a push or orderly `comet consume` run's output, which stops the run.
-type Failure = Arc<std::sync::Mutex<Option<anyhow::Error>>>;
-
-/// The listener of `comet consume` with a push or orderly consumer: outputs each message and signals `done` at
-/// `--count` or at an output error (recorded in `failure`). A message beyond the count, or whose output failed,
-/// is postponed (`Postpone`: not acknowledged, not sent back to the retry topic; it stays for the next run).
-/// One message at a time, so load-then-add never overshoots even when queues run concurrently.
-fn printer(
-    args: &ConsumeArgs,
-    output: Output,
-    printed: &Arc<AtomicU64>,
-    done: &Arc<Notify>,
-    failure: &Failure,
-) -> impl Fn(&ReceivedMessage) -> ListenerResult + Send + Sync + 'static {
-    let (printed, done, failure, count) = (Arc::clone(printed), Arc::clone(done), Arc::clone(failure), args.count);
-    let stdout = std::sync::Mutex::new(());
-    move |message: &ReceivedMessage| -> ListenerResult {
-        let _one = stdout.lock().map_err(|_| "stdout lock poisoned")?;
-        if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
-            return Err(Box::new(Postpone));
-        }
-        let mut first_failure = failure.lock().map_err(|_| "failure lock poisoned")?;
-        if first_failure.is_some() {
-            return Err(Box::new(Postpone));
-        }
-        if let Err(e) = output.emit(message) {
-            *first_failure = Some(e);
-            done.notify_one();
-            return Err(Box::new(Postpone));
-        }
-        if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
-            done.notify_one();
-        }
-        Ok(())
-    }
+/// What a push or orderly `comet consume` run keeps besides its consumer: how many messages its listener printed,
+/// the signal that it is done (`--count` reached, or an output error), and the first output error.
+struct Run {
+    printed: Arc<AtomicU64>,
+    done: Arc<Notify>,
+    failure: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
 }
 
-/// The run's result once its consumer is shut down: the first output error, if any.
-fn take_failure(failure: &Failure) -> anyhow::Result<()> {
-    match failure.lock().map(|mut f| f.take()) {
-        Ok(Some(e)) => Err(e),
-        Ok(None) => Ok(()),
-        Err(_) => anyhow::bail!("failure lock poisoned"),
+impl Run {
+    /// Checks the topic and the output directory, and makes the run's listener.
+    async fn start(
+        args: &ConsumeArgs,
+        namesrv: &[String],
+    ) -> anyhow::Result<(Run, impl Fn(&ReceivedMessage) -> ListenerResult + Send + Sync + 'static + use<>)> {
+        let output = Output::new(args)?;
+        require_queues(args, namesrv).await?;
+        let run = Run {
+            printed: Arc::new(AtomicU64::new(0)),
+            done: Arc::new(Notify::new()),
+            failure: Arc::new(std::sync::Mutex::new(None)),
+        };
+        let listener = run.printer(output, args.count);
+        Ok((run, listener))
+    }
+
+    /// The listener: outputs each message and signals `done` at `count` or at an output error (recorded in
+    /// `failure`). A message beyond the count, or whose output failed, is postponed (`Postpone`: not
+    /// acknowledged, not sent back to the retry topic; it stays for the next run). One message at a time, so
+    /// load-then-add never overshoots even when queues run concurrently.
+    fn printer(
+        &self,
+        output: Output,
+        count: Option<u64>,
+    ) -> impl Fn(&ReceivedMessage) -> ListenerResult + Send + Sync + 'static + use<> {
+        let (printed, done, failure) = (Arc::clone(&self.printed), Arc::clone(&self.done), Arc::clone(&self.failure));
+        let stdout = std::sync::Mutex::new(());
+        move |message: &ReceivedMessage| -> ListenerResult {
+            let _one = stdout.lock().map_err(|_| "stdout lock poisoned")?;
+            if count.is_some_and(|n| printed.load(Ordering::SeqCst) >= n) {
+                return Err(Box::new(Postpone));
+            }
+            let mut first_failure = failure.lock().map_err(|_| "failure lock poisoned")?;
+            if first_failure.is_some() {
+                return Err(Box::new(Postpone));
+            }
+            if let Err(e) = output.emit(message) {
+                *first_failure = Some(e);
+                done.notify_one();
+                return Err(Box::new(Postpone));
+            }
+            if count == Some(printed.fetch_add(1, Ordering::SeqCst) + 1) {
+                done.notify_one();
+            }
+            Ok(())
+        }
+    }
+
+    /// Waits for ctrl-c or the listener's `done` (at once for `--count 0`).
+    async fn wait(&self, count: Option<u64>) {
+        if count != Some(0) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = self.done.notified() => {}
+            }
+        }
+    }
+
+    /// The run's result once its consumer is shut down: the first output error, if any.
+    fn finish(&self) -> anyhow::Result<()> {
+        match self.failure.lock().map(|mut f| f.take()) {
+            Ok(Some(e)) => Err(e),
+            Ok(None) => Ok(()),
+            Err(_) => anyhow::bail!("failure lock poisoned"),
+        }
     }
 }
 
@@ -397,13 +392,7 @@ fn consume_from(from: StartAt) -> ConsumeFrom {
 /// `comet consume --orderly`: the SDK's orderly push consumer, printing each queue's messages one at a time in
 /// queue order. Stops on ctrl-c or after `count` messages; the shutdown commits offsets and releases the locks.
 async fn consume_orderly(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Result<()> {
-    let output = Output::new(&args)?;
-    require_queues(&args, namesrv).await?;
-
-    let printed = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(Notify::new());
-    let failure = Arc::new(std::sync::Mutex::new(None));
-    let listener = printer(&args, output, &printed, &done, &failure);
+    let (run, listener) = Run::start(&args, namesrv).await?;
     let from = consume_from(args.from);
     let commit_interval = Duration::from_millis(args.commit_interval_ms.max(1));
     let heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms.max(1));
@@ -420,15 +409,10 @@ async fn consume_orderly(args: ConsumeArgs, namesrv: &[String]) -> anyhow::Resul
         .await
         .with_context(|| format!("joining group {} as an orderly member", args.group))?;
     eprintln!("orderly consumer {} started", consumer.client_id());
-    if args.count != Some(0) {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = done.notified() => {}
-        }
-    }
+    run.wait(args.count).await;
     consumer.shutdown().await;
-    eprintln!("consumed {} message(s); offsets committed, queue locks released", printed.load(Ordering::SeqCst));
-    take_failure(&failure)
+    eprintln!("consumed {} message(s); offsets committed, queue locks released", run.printed.load(Ordering::SeqCst));
+    run.finish()
 }
 
 async fn start_offset(consumer: &PullConsumer, queue: &MessageQueue, from: StartAt) -> anyhow::Result<u64> {
