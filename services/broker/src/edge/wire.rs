@@ -51,7 +51,11 @@ const MAP_VALUE: u32 = 2;
 // Hot path (every pull on the data path): one buffer for everything but the referenced bodies; no allocation
 // per message beyond the parts list.
 pub fn pull_response(pulled: &Pulled) -> Vec<Bytes> {
-    let estimate: usize = pulled.messages.iter().map(|m| m.size() + 64).sum::<usize>() + 32;
+    // Everything but the referenced bodies goes into `buf`: the record's size less those, plus the hosts as text.
+    let inline = |m: &StoredMessage| {
+        if m.body_len() >= BODY_BY_REFERENCE { m.size().saturating_sub(m.body_len()) } else { m.size() }
+    };
+    let estimate: usize = pulled.messages.iter().map(|m| inline(m) + 64).sum::<usize>() + 32;
     let mut buf = BytesMut::with_capacity(estimate);
     let mut parts = Vec::new();
     varint_field(RESPONSE_STATUS, pulled.status as i32 as u64, &mut buf);
