@@ -352,10 +352,11 @@ impl KeyIndex {
 
     /// Whether `entries` more fit in the current file, so adding them creates no file.
     pub(crate) fn has_room(&self, entries: usize) -> bool {
-        self.files.read().last().is_some_and(|f| {
-            let next = u64::from(f.next.load(Ordering::Acquire));
-            next + entries as u64 <= u64::from(f.capacity) + 1
-        })
+        entries == 0
+            || self.files.read().last().is_some_and(|f| {
+                let next = u64::from(f.next.load(Ordering::Acquire));
+                next + entries as u64 <= u64::from(f.capacity) + 1
+            })
     }
 
     /// Store time of the newest indexed record (0 when the index is empty).
@@ -488,6 +489,7 @@ mod tests {
     fn has_room_says_whether_adding_creates_a_file() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
         let idx = KeyIndex::open(dir.path(), 16, 32, u64::MAX, false)?;
+        assert!(idx.has_room(0), "adding nothing never needs a file");
         for i in 0..100u64 {
             let (room, files) = (idx.has_room(1), idx.files.read().len());
             idx.add(IndexKey::Id(&format!("id{i}")), i * 10, 1000 + i)?;
