@@ -1,8 +1,9 @@
 //! The push consumer (comet-client) against a real NameServer and broker: clustering shares 8 queues among three
 //! members with every one of 100 000 messages consumed exactly once; a member leaving and another joining while
 //! 100 000 messages are produced and consumed loses nothing; broadcasting members each get everything; a restarted
-//! member resumes from the committed offsets; a message the listener failed is delivered again; a slow listener
-//! makes the consumer pause pulls at the cache limits (messages and bytes) and still gets everything.
+//! member resumes from the committed offsets; a message the listener failed is delivered again; a postponed one is
+//! offered again without counting and left for the next member at shutdown; a slow listener makes the consumer
+//! pause pulls at the cache limits (messages and bytes) and still gets everything.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -457,6 +458,70 @@ async fn a_message_the_listener_failed_is_delivered_again_and_never_skipped() ->
         assert_eq!(attempts.get(body).copied(), Some(expected), "{body}");
     }
     assert_eq!(panics.load(Ordering::SeqCst), 100);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postponed_message_is_offered_again_uncounted_and_a_shutdown_leaves_it_for_the_next_member()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ns, broker) = cluster(dir.path(), "push-later").await?;
+    let start = |postpone_all: bool, seen: &Seen, reconsumed: &Arc<AtomicUsize>| {
+        let (seen, reconsumed) = (Arc::clone(seen), Arc::clone(reconsumed));
+        let offers = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+        let listener = move |m: &ReceivedMessage| -> comet_client::ListenerResult {
+            let body = String::from_utf8_lossy(&m.body).into_owned();
+            let offer = {
+                let mut offers = offers.lock();
+                let n = offers.entry(body.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            // Every message is postponed twice (or always), then taken.
+            if postpone_all || offer <= 2 {
+                return Err(Box::new(comet_client::Postpone));
+            }
+            reconsumed.fetch_add(usize::from(m.reconsume_times > 0 || m.is_retry()), Ordering::SeqCst);
+            *seen.lock().entry(body).or_default() += 1;
+            Ok(())
+        };
+        PushConsumer::builder(vec![ns.addr()], "push-later-g")
+            .subscribe("push-later", "*")
+            .consume_from(ConsumeFrom::FirstOffset)
+            .threads(2)
+            .configure(|c| {
+                c.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
+                c.rebalance_interval = Duration::from_millis(200);
+                c.commit_interval = Duration::from_millis(200);
+                c.pull_wait = Duration::from_millis(500);
+                c.retry_backoff = Duration::from_millis(50);
+            })
+            .listener(listener)
+            .start()
+    };
+    let (seen, reconsumed): (Seen, _) = (Arc::default(), Arc::new(AtomicUsize::new(0)));
+
+    // A member that postpones everything consumes nothing and commits nothing; its shutdown leaves it all.
+    let idle = start(true, &seen, &reconsumed).await?;
+    let bodies = send(&ns, "push-later", "p", 200).await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    idle.shutdown().await;
+    assert!(seen.lock().is_empty());
+
+    // The next member gets every message, each offered twice more without counting as a failure: all taken
+    // once, none redelivered through the retry topic.
+    let member = start(false, &seen, &reconsumed).await?;
+    wait_all_seen(&seen, &bodies, "every postponed message taken").await?;
+    member.shutdown().await;
+    assert!(seen.lock().values().all(|&n| n == 1), "each taken exactly once");
+    assert_eq!(reconsumed.load(Ordering::SeqCst), 0, "no delivery counted as a retry");
+    let mut admin = broker.client().await?;
+    for queue_id in 0..8 {
+        let request = pb::GetQueueOffsetsRequest { topic: "%RETRY%push-later-g".into(), queue_id };
+        if let Ok(offsets) = admin.get_queue_offsets(request).await {
+            assert_eq!(offsets.into_inner().max_offset, 0, "retry queue {queue_id} is empty");
+        }
+    }
     Ok(())
 }
 
