@@ -95,11 +95,13 @@ impl Inner {
             };
             let msg_id = std::str::from_utf8(&w.bytes[l.msg_id.clone()]).unwrap_or_default();
             let keys = std::str::from_utf8(&w.bytes[l.keys.clone()]).unwrap_or_default();
-            if mode == Mode::Inline {
-                let index_entries = usize::from(!msg_id.is_empty()) + keys.split(' ').filter(|k| !k.is_empty()).count();
-                if !queue.has_room(QueueOffset(l.queue_offset)) || !self.index.has_room(index_entries) {
-                    break;
-                }
+            // Room for the index entries the record may add (its id; at most MAX_KEYS keys): no split per record.
+            let index_entries =
+                usize::from(!msg_id.is_empty()) + if keys.is_empty() { 0 } else { crate::record::MAX_KEYS };
+            if mode == Mode::Inline
+                && (!queue.has_room(QueueOffset(l.queue_offset)) || !self.index.has_room(index_entries))
+            {
+                break;
             }
             let entry = CqEntry { offset: pos, size: l.size as u32, tag_hash: tag_hash(tags) };
             queue.put(QueueOffset(l.queue_offset), entry)?;

@@ -115,6 +115,31 @@ async fn consumer(
     Ok(builder.start().await?)
 }
 
+/// A clustering push consumer from the first offset whose `listener` may fail or postpone, with test-speed
+/// intervals (a message comes back after 100 ms).
+async fn fallible_consumer(
+    ns: &NameServer,
+    group: &str,
+    topic: &str,
+    listener: impl Fn(&ReceivedMessage) -> comet_client::ListenerResult + Send + Sync + 'static,
+) -> anyhow::Result<PushConsumer> {
+    let consumer = PushConsumer::builder(vec![ns.addr()], group)
+        .subscribe(topic, "*")
+        .consume_from(ConsumeFrom::FirstOffset)
+        .threads(2)
+        .configure(|c| {
+            c.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
+            c.rebalance_interval = Duration::from_millis(200);
+            c.commit_interval = Duration::from_millis(200);
+            c.pull_wait = Duration::from_millis(500);
+            c.retry_backoff = Duration::from_millis(100);
+        })
+        .listener(listener)
+        .start()
+        .await?;
+    Ok(consumer)
+}
+
 /// Waits until every body in `expected` was seen at least once.
 async fn wait_all_seen(seen: &Seen, expected: &[String], what: &str) -> anyhow::Result<()> {
     let result = wait_until(what, Duration::from_secs(60), || async {
@@ -435,20 +460,7 @@ async fn a_message_the_listener_failed_is_delivered_again_and_never_skipped() ->
             Ok(())
         }
     };
-    let consumer = PushConsumer::builder(vec![ns.addr()], "push-retry-g")
-        .subscribe("push-retry", "*")
-        .consume_from(ConsumeFrom::FirstOffset)
-        .threads(2)
-        .configure(|c| {
-            c.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
-            c.rebalance_interval = Duration::from_millis(200);
-            c.commit_interval = Duration::from_millis(200);
-            c.pull_wait = Duration::from_millis(500);
-            c.retry_backoff = Duration::from_millis(100);
-        })
-        .listener(listener)
-        .start()
-        .await?;
+    let consumer = fallible_consumer(&ns, "push-retry-g", "push-retry", listener).await?;
     let bodies = send(&ns, "push-retry", "m", 1_000).await?;
     wait_all_seen(&succeeded, &bodies, "every message succeeded eventually").await?;
     consumer.shutdown().await;
@@ -485,19 +497,7 @@ async fn a_postponed_message_is_offered_again_uncounted_and_a_shutdown_leaves_it
             *seen.lock().entry(body).or_default() += 1;
             Ok(())
         };
-        PushConsumer::builder(vec![ns.addr()], "push-later-g")
-            .subscribe("push-later", "*")
-            .consume_from(ConsumeFrom::FirstOffset)
-            .threads(2)
-            .configure(|c| {
-                c.nameserver_client = Some(fast_client_config(vec![ns.addr()]));
-                c.rebalance_interval = Duration::from_millis(200);
-                c.commit_interval = Duration::from_millis(200);
-                c.pull_wait = Duration::from_millis(500);
-                c.retry_backoff = Duration::from_millis(50);
-            })
-            .listener(listener)
-            .start()
+        fallible_consumer(&ns, "push-later-g", "push-later", listener)
     };
     let (seen, reconsumed): (Seen, _) = (Arc::default(), Arc::new(AtomicUsize::new(0)));
 

@@ -1,6 +1,8 @@
 //! Wire ↔ domain conversion for the Broker service: the only code that knows both the proto types and the
 //! domain/store types.
 
+use std::net::SocketAddr;
+
 use comet_model::{MessageType, Permission, TopicConfig};
 use comet_proto::comet::v1 as pb;
 use comet_store::StoredMessage;
@@ -18,18 +20,7 @@ pub fn message_to_proto(m: &StoredMessage) -> pb::StoredMessage {
 // Hot path (pull): one allocation per string field, none for the body. Hosts repeat from message to message
 // (one broker, few producers): each distinct address is formatted once per call, not once per message.
 pub fn messages_to_proto(messages: &[StoredMessage]) -> Vec<pb::StoredMessage> {
-    let mut hosts: Vec<(std::net::SocketAddr, String)> = Vec::new();
-    let mut host = |addr: std::net::SocketAddr| -> String {
-        if let Some((_, s)) = hosts.iter().find(|(a, _)| *a == addr) {
-            return s.clone();
-        }
-        let s = addr.to_string();
-        // A handful of distinct hosts is the norm; past that, stop caching rather than scan a long list.
-        if hosts.len() < 8 {
-            hosts.push((addr, s.clone()));
-        }
-        s
-    };
+    let (mut born_hosts, mut store_hosts) = (HostText::default(), HostText::default());
     messages
         .iter()
         .map(|m| pb::StoredMessage {
@@ -45,11 +36,36 @@ pub fn messages_to_proto(messages: &[StoredMessage]) -> Vec<pb::StoredMessage> {
             flag: m.flag(),
             born_timestamp_millis: m.born_timestamp(),
             store_timestamp_millis: m.store_timestamp(),
-            born_host: host(m.born_host()),
-            store_host: host(m.store_host()),
+            born_host: born_hosts.get(m.born_host()).to_owned(),
+            store_host: store_hosts.get(m.store_host()).to_owned(),
             reconsume_times: m.reconsume_times(),
         })
         .collect()
+}
+
+/// Host addresses as text, each distinct one formatted once per answer: answers come from one broker and
+/// usually from few producers.
+#[derive(Default)]
+pub(crate) struct HostText(Vec<(SocketAddr, String)>);
+
+/// Distinct addresses a [`HostText`] keeps; past that it recycles its last slot rather than scan a long list.
+const HOSTS_CACHED: usize = 8;
+
+impl HostText {
+    /// `addr` as text.
+    pub(crate) fn get(&mut self, addr: SocketAddr) -> &str {
+        let at = match self.0.iter().position(|(a, _)| *a == addr) {
+            Some(at) => at,
+            None => {
+                if self.0.len() == HOSTS_CACHED {
+                    self.0.pop();
+                }
+                self.0.push((addr, addr.to_string()));
+                self.0.len() - 1
+            }
+        };
+        self.0.get(at).map_or("", |(_, s)| s.as_str())
+    }
 }
 
 /// A topic config from the wire; zero queue counts take `default_queues`, permission 0 is read+write.

@@ -10,12 +10,11 @@
 //! protobuf decoders accept fields in any order. Defaults are omitted as proto3 does. The gRPC path still
 //! encodes `convert::messages_to_proto`; a test holds the two to the same decoded answer.
 
-use std::net::SocketAddr;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use comet_store::StoredMessage;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
+use crate::edge::convert::HostText;
 use crate::handler::pull::Pulled;
 
 /// Bodies at least this long are written from the CommitLog's memory; shorter ones are cheaper to copy than to
@@ -179,32 +178,10 @@ fn len_field_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
-/// Host addresses as text, each distinct one formatted once per answer: answers come from one broker and
-/// usually from few producers.
-#[derive(Default)]
-struct HostText(Vec<(SocketAddr, String)>);
-
-/// Distinct addresses a [`HostText`] keeps; past that it recycles its last slot rather than scan a long list.
-const HOSTS_CACHED: usize = 8;
-
-impl HostText {
-    fn get(&mut self, addr: SocketAddr) -> &str {
-        let at = match self.0.iter().position(|(a, _)| *a == addr) {
-            Some(at) => at,
-            None => {
-                if self.0.len() == HOSTS_CACHED {
-                    self.0.pop();
-                }
-                self.0.push((addr, addr.to_string()));
-                self.0.len() - 1
-            }
-        };
-        self.0.get(at).map_or("", |(_, s)| s.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
     use comet_model::{CommitLogOffset, QueueOffset};
     use comet_proto::comet::v1 as pb;
