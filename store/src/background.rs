@@ -75,11 +75,52 @@ pub(crate) const RESIDENT_WINDOW: u64 = 128 << 20;
 /// How often pages below the window are unmapped: bounds what a fast writer or a backlog reader adds meanwhile.
 const RELEASE_EVERY: Duration = Duration::from_millis(200);
 
+/// How often the page cache is trimmed over the whole CommitLog again, not only over what newly fell behind: pages
+/// a lagging reader fetched back in leave again.
+const RETRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps the CommitLog's page-cache footprint to `log-cache-bytes` below its flushed end (0: the kernel decides).
+/// On a machine with memory to spare the kernel would otherwise cache every byte ever written, and a sustained
+/// writer would claim never-used memory for each new page; on virtual machines that hand free memory back to
+/// their host, that first touch is several times dearer than reusing a page (docs/benchmarks.md).
+struct CacheTrim {
+    budget: u64,
+    /// Everything below was dropped at least once.
+    dropped_to: u64,
+    next_full: Instant,
+}
+
+impl CacheTrim {
+    fn new(budget: u64) -> Self {
+        Self { budget, dropped_to: 0, next_full: Instant::now() + RETRIM_EVERY }
+    }
+
+    fn pass(&mut self, inner: &Inner, now: Instant) {
+        if self.budget == 0 {
+            return;
+        }
+        // Flushed bytes only (dirty pages would stay anyway), and never the mapped resident window.
+        let below = inner.commit.flushed().min(inner.log.end().saturating_sub(RESIDENT_WINDOW));
+        let to = below.saturating_sub(self.budget);
+        let from = if now >= self.next_full {
+            self.next_full = now + RETRIM_EVERY;
+            inner.log.min_offset()
+        } else {
+            self.dropped_to.max(inner.log.min_offset())
+        };
+        if to > from {
+            inner.log.drop_cached(from, to);
+        }
+        self.dropped_to = self.dropped_to.max(to);
+    }
+}
+
 fn flush_loop(inner: &Inner) {
     let flush_every = inner.config.flush_interval();
     let checkpoint_every = inner.config.checkpoint_interval();
     let mut next_flush = Instant::now() + flush_every;
     let mut next_checkpoint = Instant::now() + checkpoint_every;
+    let mut trim = CacheTrim::new(inner.config.log_cache_bytes);
     while !stopping(inner) {
         let now = Instant::now();
         if inner.config.flush_mode == FlushMode::Async && now >= next_flush {
@@ -101,6 +142,7 @@ fn flush_loop(inner: &Inner) {
         // Bound resident memory: only the last RESIDENT_WINDOW of the CommitLog stays mapped in (dirty pages
         // included: unmapping a shared mapping's page hands its dirty state to the page cache).
         inner.log.release_below(inner.log.end().saturating_sub(RESIDENT_WINDOW));
+        trim.pass(inner, now);
         let wake =
             if inner.config.flush_mode == FlushMode::Async { next_flush.min(next_checkpoint) } else { next_checkpoint };
         std::thread::park_timeout(wake.saturating_duration_since(Instant::now()).min(RELEASE_EVERY));

@@ -55,6 +55,10 @@ pub struct StoreConfig {
     /// When set, usage is CommitLog bytes divided by this capacity instead of the filesystem's usage. For quota'd
     /// volumes whose free space `statvfs` does not reflect, and for tests.
     pub disk_capacity_bytes: Option<u64>,
+    /// CommitLog bytes below its flushed end left in the page cache (default 4 GiB). Flushed data older than that
+    /// is dropped from the cache, so a sustained writer recycles page-cache memory instead of claiming fresh memory
+    /// for every byte it writes; readers more than this far behind read from disk. 0 leaves it to the kernel.
+    pub log_cache_bytes: u64,
     /// The broker address written into every record as its store host.
     pub store_host: SocketAddr,
 }
@@ -73,6 +77,7 @@ impl Default for StoreConfig {
             index_entries: 4 << 20,
             retention_hours: 72,
             clean_interval_ms: 10_000,
+            log_cache_bytes: 4 << 30,
             disk_clean_ratio: 0.75,
             disk_force_clean_ratio: 0.85,
             disk_full_ratio: 0.90,

@@ -159,6 +159,22 @@ impl MappedFile {
         let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
     }
 
+    /// Drops the page-cache pages of `[from, to)` (`POSIX_FADV_DONTNEED`): clean ones that no process maps leave
+    /// memory; dirty or mapped ones stay. The file's bytes are unchanged: a later read fetches them from disk.
+    pub(crate) fn drop_cached(&self, from: usize, to: usize) {
+        use std::os::fd::AsRawFd;
+        let to = to.min(self.len);
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(to.saturating_sub(from)))
+        else {
+            return;
+        };
+        if len == 0 {
+            return;
+        }
+        // SAFETY: a plain syscall on a descriptor this file owns; it changes no memory of this process.
+        let _ = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    }
+
     /// Raw pointer to the start of the mapping, for atomics placed in the file (index slots).
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.map.as_mut_ptr()

@@ -289,3 +289,63 @@ fn only_the_last_128_mib_of_the_log_and_a_queues_end_count_as_resident() {
     assert!(store.is_resident("T", 0, QueueOffset(67)), "the newest message");
     assert!(store.is_resident("T", 0, QueueOffset(68)), "the queue's end: only new arrivals");
 }
+
+/// How many of `path`'s pages are in the page cache (`mincore` over a read-only mapping of it).
+fn cached_pages(path: &std::path::Path) -> usize {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a read-only mapping used only for `mincore`; nobody reads through it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let mut resident = vec![0u8; map.len().div_ceil(4096)];
+    // SAFETY: the range is the whole mapping and the vector has one byte per page of it.
+    let r = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, map.len(), resident.as_mut_ptr()) };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    resident.iter().filter(|b| **b & 1 == 1).count()
+}
+
+/// True when `path` lies on tmpfs, whose pages are the file itself and cannot be dropped.
+fn on_tmpfs(path: &std::path::Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `statfs` is plain data; all zeroes is a valid value of it.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a struct to fill.
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut s) }, 0);
+    s.f_type == libc::TMPFS_MAGIC
+}
+
+#[test]
+fn flushed_log_data_beyond_the_cache_budget_leaves_the_page_cache_and_still_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = comet_store::StoreConfig {
+        segment_size: 8 << 20,
+        max_message_size: 3 << 20,
+        consume_queue_file_entries: 1024,
+        flush_interval_ms: 20,
+        log_cache_bytes: 4 << 20,
+        ..config(dir.path())
+    };
+    let store = Store::open(cfg).unwrap();
+    // 140 MiB in 2 MiB messages: the first segments lie beyond the 128 MiB resident window plus the budget.
+    let mut big = message("T", 0, 0);
+    let mut offsets = Vec::new();
+    for seq in 0..70u8 {
+        big.body = bytes::Bytes::from(vec![seq; 2 << 20]);
+        offsets.push(store.append(&big).unwrap().offset);
+    }
+    let first = dir.path().join("commitlog").join(format!("{:020}", 0));
+    if on_tmpfs(dir.path()) {
+        eprintln!("temp dir on tmpfs: its pages cannot leave the page cache; checking the data only");
+    } else {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while cached_pages(&first) > 0 {
+            assert!(std::time::Instant::now() < deadline, "{} pages still cached", cached_pages(&first));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let newest =
+            dir.path().join("commitlog").join(format!("{:020}", store.stats().max_offset.0 / (8 << 20) * (8 << 20)));
+        assert!(cached_pages(&newest) > 0, "the resident window stays cached");
+    }
+    for (seq, off) in offsets.iter().enumerate() {
+        let m = store.read(*off).unwrap();
+        assert!(m.body().len() == 2 << 20 && m.body().iter().all(|b| *b == seq as u8), "message {seq}");
+    }
+}

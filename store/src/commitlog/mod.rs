@@ -348,6 +348,17 @@ impl CommitLog {
         }
     }
 
+    /// Drops `[from, to)` from the page cache, segment by segment (see `MappedFile::drop_cached`).
+    pub(crate) fn drop_cached(&self, from: u64, to: u64) {
+        let segs: Vec<Arc<Segment>> =
+            self.segments.read().iter().filter(|s| s.base() < to && s.limit() > from).cloned().collect();
+        for s in segs {
+            let a = from.max(s.base()) - s.base();
+            let b = to.min(s.limit()) - s.base();
+            s.file().drop_cached(a as usize, b as usize);
+        }
+    }
+
     /// Installs the queue-offset table rebuilt from the consume queues at start-up.
     pub(crate) fn set_queue_offsets(&self, table: QueueOffsetTable) {
         self.writer.lock().queue_offsets = table;
