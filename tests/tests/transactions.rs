@@ -300,6 +300,20 @@ async fn the_same_message_id_sent_twice_is_stored_once_also_after_a_restart() ->
     let status = client.send_message(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
+    // A batch mixing a retried id with new ones: answers in request order, only the new ones stored.
+    let request = pb::SendMessageRequest {
+        topic: TOPIC.into(),
+        queue_id: Some(0),
+        messages: vec![outgoing("ORDER-3", "c"), outgoing("ORDER-1", "payload"), outgoing("ORDER-4", "d")],
+        ..Default::default()
+    };
+    let results = client.send_message(request).await?.into_inner().results;
+    let flags: Vec<(&str, bool)> = results.iter().map(|r| (r.message_id.as_str(), r.duplicate)).collect();
+    assert_eq!(flags, [("ORDER-3", false), ("ORDER-1", true), ("ORDER-4", false)]);
+    assert_eq!(results[1].commit_log_offset, first.commit_log_offset, "the first copy's place");
+    assert_eq!(results[2].queue_offset, results[0].queue_offset + 1, "the new ones stored side by side");
+    exactly(&mut client, 5).await?;
+
     let broker = broker.restart().await?;
     let mut client = broker.client().await?;
     let third = send_plain(&mut client, "ORDER-1", "payload").await?;
@@ -308,7 +322,7 @@ async fn the_same_message_id_sent_twice_is_stored_once_also_after_a_restart() ->
     let broker = broker.crash_and_restart().await?;
     let mut client = broker.client().await?;
     assert!(send_plain(&mut client, "ORDER-1", "payload").await?.duplicate, "and after a crash");
-    exactly(&mut client, 3).await?;
+    exactly(&mut client, 5).await?;
     assert!(metric(&broker, "rocketmq_send_duplicates_total").await? >= 1);
     Ok(())
 }

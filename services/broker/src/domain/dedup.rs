@@ -10,7 +10,7 @@
 //! store's message-id index (restarts keep the guarantee; a broker whose store held nothing recent pays nothing).
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque, hash_map};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -161,16 +161,19 @@ impl Dedup {
         keys.iter().map(|k| k.map(|k| Self::reserve_in(&mut state, k, now_ms))).collect()
     }
 
+    // One probe of the table per key: it is large and its slots are random, so each probe is a cache miss.
     fn reserve_in(state: &mut State, key: Key, now_ms: u64) -> Reservation {
-        if let Some(slot) = state.map.get(&key) {
-            return match slot.entry {
+        match state.map.entry(key) {
+            hash_map::Entry::Occupied(slot) => match slot.get().entry {
                 Entry::Reserved => Reservation::InFlight,
                 Entry::Stored(s) => Reservation::Duplicate(s),
-            };
+            },
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(Slot { at_ms: now_ms, entry: Entry::Reserved });
+                state.order.push_back((now_ms, key));
+                Reservation::Fresh
+            }
         }
-        state.order.push_back((now_ms, key));
-        state.map.insert(key, Slot { at_ms: now_ms, entry: Entry::Reserved });
-        Reservation::Fresh
     }
 
     /// Records where a reserved id was stored (or, after an index hit, where its first copy is).
@@ -227,14 +230,14 @@ impl Dedup {
             }
             let Some((at, k)) = state.order.pop_front() else { break };
             // A stale order entry (the key was released and reserved again later) leaves the newer slot alone.
-            let current = state.map.get(&k).is_some_and(|s| s.at_ms == at);
-            if !current {
+            let hash_map::Entry::Occupied(slot) = state.map.entry(k) else { continue };
+            if slot.get().at_ms != at {
                 continue;
             }
             if at >= cutoff {
                 self.evicted_early.fetch_add(1, Ordering::Relaxed);
             }
-            state.map.remove(&k);
+            slot.remove();
         }
         // Stale order entries of released keys are bounded by the map's own bound plus the releases since.
         if state.order.len() > self.max_entries.saturating_mul(2) {

@@ -172,15 +172,32 @@ async fn finish(broker: &Arc<Broker>, batch: Batch) -> Result<pb::SendMessageRes
     } else {
         Vec::new()
     };
-    let (fresh, duplicates): (Vec<Indexed>, Vec<Indexed>) =
-        messages.into_iter().enumerate().partition(|(i, _)| !matches!(reserved.get(*i), Some(Reserved::Duplicate(_))));
-    let stored = match append(broker, fresh).await {
-        Ok(stored) => stored,
+    // Messages are large structs and batches hold up to thousands: split only when there are duplicates.
+    let is_duplicate = |i: usize| matches!(reserved.get(i), Some(Reserved::Duplicate(_)));
+    let (indexes, fresh, duplicates): (Vec<usize>, Vec<NewMessage>, Vec<Indexed>) =
+        if (0..messages.len()).any(is_duplicate) {
+            let (mut indexes, mut fresh, mut duplicates) = (Vec::new(), Vec::with_capacity(messages.len()), Vec::new());
+            for (i, m) in messages.into_iter().enumerate() {
+                if is_duplicate(i) {
+                    duplicates.push((i, m));
+                } else {
+                    indexes.push(i);
+                    fresh.push(m);
+                }
+            }
+            (indexes, fresh, duplicates)
+        } else {
+            ((0..messages.len()).collect(), messages, Vec::new())
+        };
+    let (fresh, appended) = match append(broker, fresh).await {
+        Ok(done) => done,
         Err(e) => {
             release(broker, &reserved);
             return Err(e);
         }
     };
+    // (request index, message, where it was stored) of every fresh message.
+    let stored = || indexes.iter().copied().zip(&fresh).zip(&appended).map(|((i, m), r)| (i, m, r));
     let due = |i: usize| deliver_at.as_ref().and_then(|d| d.get(i).copied()).unwrap_or(0);
     // The real queue: a delayed or half message's record sits in queue 0 of a system topic.
     let at = |i: usize, r: &AppendResult| Stored {
@@ -191,19 +208,19 @@ async fn finish(broker: &Arc<Broker>, batch: Batch) -> Result<pb::SendMessageRes
     };
     // Recorded before anything else can fail: from here on the messages are stored.
     if !reserved.is_empty() {
-        broker.dedup.complete_all(stored.iter().filter_map(|(i, _, r)| match reserved.get(*i) {
-            Some(Reserved::Fresh(key)) => Some((*key, at(*i, r))),
+        broker.dedup.complete_all(stored().filter_map(|(i, _, r)| match reserved.get(i) {
+            Some(Reserved::Fresh(key)) => Some((*key, at(i, r))),
             _ => None,
         }));
     }
     if transactional {
-        for (_, m, r) in &stored {
+        for (_, m, r) in stored() {
             transaction::added(broker, r.offset.0, &m.msg_id, &producer_group, now);
         }
     }
-    let body_bytes: u64 = stored.iter().map(|(_, m, _)| m.body.len() as u64).sum();
-    if !stored.is_empty() && !transactional {
-        broker.metrics.sent(&topic, message_type, stored.len() as u64, body_bytes);
+    let body_bytes: u64 = fresh.iter().map(|m| m.body.len() as u64).sum();
+    if !fresh.is_empty() && !transactional {
+        broker.metrics.sent(&topic, message_type, fresh.len() as u64, body_bytes);
     }
     if !duplicates.is_empty() {
         broker.metrics.send_duplicates(duplicates.len() as u64);
@@ -211,8 +228,8 @@ async fn finish(broker: &Arc<Broker>, batch: Batch) -> Result<pb::SendMessageRes
     // Sync replication: acknowledged only once enough slaves hold the whole batch — and a duplicate only once
     // they hold its first copy (its first send may have failed exactly there).
     if broker.ha.is_sync() {
-        let first = stored.first().map(|(_, _, r)| r.offset.0);
-        let mut end = stored.last().map(|(_, _, r)| r.offset.0 + u64::from(r.size));
+        let first = appended.first().map(|r| r.offset.0);
+        let mut end = appended.last().map(|r| r.offset.0 + u64::from(r.size));
         for (i, _) in &duplicates {
             if let Some(Reserved::Duplicate(d)) = reserved.get(*i) {
                 end = Some(end.unwrap_or(0).max(d.commit_log_offset + 1));
@@ -222,10 +239,9 @@ async fn finish(broker: &Arc<Broker>, batch: Batch) -> Result<pb::SendMessageRes
             broker.ha.wait_replicated(end, first.unwrap_or(end - 1)).await?;
         }
     }
-    let mut results: Vec<(usize, pb::SendResult)> = Vec::with_capacity(stored.len() + duplicates.len());
-    for (i, m, r) in stored {
-        let stored = at(i, &r);
-        results.push((i, result(m.msg_id, stored, false, transactional)));
+    let mut results: Vec<(usize, pb::SendResult)> = Vec::with_capacity(fresh.len() + duplicates.len());
+    for ((i, m), r) in indexes.into_iter().zip(fresh).zip(&appended) {
+        results.push((i, result(m.msg_id, at(i, r), false, transactional)));
     }
     for (i, m) in duplicates {
         if let Some(Reserved::Duplicate(stored)) = reserved.get(i) {
@@ -412,16 +428,12 @@ async fn dedup_reserve(
     Ok(reserved)
 }
 
-/// Appends the fresh messages (all one topic and queue) under a send permit. Answers each with its request
-/// index and store result. (The sync-replication wait is the caller's, after its bookkeeping.)
-async fn append(
-    broker: &Arc<Broker>,
-    fresh: Vec<(usize, NewMessage)>,
-) -> Result<Vec<(usize, NewMessage, AppendResult)>> {
-    if fresh.is_empty() {
-        return Ok(Vec::new());
+/// Appends the fresh messages (all one topic and queue) under a send permit. Gives them back with their store
+/// results, in order. (The sync-replication wait is the caller's, after its bookkeeping.)
+async fn append(broker: &Arc<Broker>, messages: Vec<NewMessage>) -> Result<(Vec<NewMessage>, Vec<AppendResult>)> {
+    if messages.is_empty() {
+        return Ok((messages, Vec::new()));
     }
-    let (indexes, messages): (Vec<usize>, Vec<NewMessage>) = fresh.into_iter().unzip();
     // Back-pressure: a full broker answers at once with the one retryable busy status rather than queueing.
     let permit = Arc::clone(&broker.sends).try_acquire_owned().map_err(|_| BrokerError::Busy {
         reason: format!("{} sends in flight", broker.config.broker.max_inflight_sends),
@@ -447,7 +459,7 @@ async fn append(
     };
     // Parked slave fetches learn of the new bytes now rather than after the dispatcher's pass.
     broker.ha.on_appended();
-    Ok(indexes.into_iter().zip(messages).zip(results).map(|((i, m), r)| (i, m, r)).collect())
+    Ok((messages, results))
 }
 
 /// Largest batch (body bytes) an async-flush send appends in place on the async worker.
