@@ -230,6 +230,65 @@ async fn long_polls_beyond_the_parking_limit_get_the_retryable_busy_status() -> 
     Ok(())
 }
 
+/// Opens a TCP connection to `addr` and reports whether the broker kept it open (true) or closed it at once.
+async fn admitted(addr: &str) -> anyhow::Result<(tokio::net::TcpStream, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut byte = [0u8; 1];
+    // An admitted connection stays silent (the broker waits for the client's first bytes).
+    let open = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await.is_err();
+    Ok((stream, open))
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_at_once_and_a_freed_slot_serves_again() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = BrokerOptions { broker_extra: "  max-connections: 3\n".into(), ..Default::default() };
+    let broker = BrokerProcess::start(dir.path(), &options).await?;
+    // The harness's readiness probe may still hold a slot for a moment: probe until three are held.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.clear();
+        let mut refused = false;
+        while !refused && held.len() <= 3 {
+            let (stream, open) = admitted(&broker.addr()).await?;
+            if open {
+                held.push(stream);
+            } else {
+                refused = true;
+            }
+        }
+        assert!(held.len() <= 3, "{} connections admitted with max-connections 3", held.len());
+        if held.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(held.len(), 3, "three connections admitted, the next refused");
+    // A client cannot get in while all slots are taken, and gets an error rather than a hang.
+    let full = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut c = broker.client().await?;
+        c.list_topics(pb::ListBrokerTopicsRequest::default()).await.map_err(anyhow::Error::from)
+    })
+    .await?;
+    assert!(full.is_err(), "a call while every slot is taken");
+    // Closing one frees its slot for the next client.
+    held.pop();
+    let mut served = false;
+    for _ in 0..50 {
+        if let Ok(mut c) = broker.client().await
+            && c.list_topics(pb::ListBrokerTopicsRequest::default()).await.is_ok()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "a freed slot serves a new client");
+    assert!(broker.log().contains("broker.max-connections"), "refusals are logged");
+    Ok(())
+}
+
 #[tokio::test]
 async fn grpcurl_lists_the_broker_service_and_sends_a_message() -> anyhow::Result<()> {
     let grpcurl = comet_tests::harness::binary::grpcurl()?;

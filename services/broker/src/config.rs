@@ -270,6 +270,9 @@ pub struct BrokerSection {
     pub offset_flush_interval_ms: u64,
     /// After SIGTERM, how long in-flight calls and connections may drain.
     pub shutdown_grace_ms: u64,
+    /// Client connections open at once on the broker's port (gRPC and remoting together). One beyond it is
+    /// closed as soon as it is accepted (logged): what clients can hold in descriptors and buffers stays bounded.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -305,6 +308,7 @@ impl Default for BrokerSection {
             client_expiry_ms: 120_000,
             offset_flush_interval_ms: 5_000,
             shutdown_grace_ms: 5_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -360,6 +364,9 @@ impl Config {
         }
         if b.max_inflight_sends == 0 {
             return bad("broker.max-inflight-sends", "must be > 0".into());
+        }
+        if b.max_connections == 0 {
+            return bad("broker.max-connections", "must be > 0".into());
         }
         if self.messaging.queue_lock_lease_ms < 1_000 {
             // Orderly consumers renew every third of the lease and give a lock up after half of it unrenewed.

@@ -72,7 +72,13 @@ impl Server {
     /// Serves a connection accepted elsewhere, like one this server accepted itself; after shutdown began, closes
     /// it instead.
     pub fn adopt(&self, stream: TcpStream, peer: SocketAddr) {
-        adopt(&self.inner, stream, peer);
+        adopt(&self.inner, stream, peer, ());
+    }
+
+    /// [`Server::adopt`], keeping `guard` until the connection closes (a slot of the acceptor's connection
+    /// limit, for instance); dropped at once if the connection is refused.
+    pub fn adopt_with(&self, stream: TcpStream, peer: SocketAddr, guard: impl Send + 'static) {
+        adopt(&self.inner, stream, peer, guard);
     }
 
     /// The bound address (the real port when `listen` asked for port 0).
@@ -131,14 +137,14 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 continue;
             }
         };
-        adopt(&inner, stream, peer);
+        adopt(&inner, stream, peer, ());
     }
 }
 
 /// Starts serving one accepted connection and tracks it until it closes; drops it once shutdown has begun. The
 /// check and the insertion share the table's lock, which shutdown also takes to close what is in it, so no
 /// connection slips in after that.
-fn adopt(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
+fn adopt(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr, guard: impl Send + 'static) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
     let mut connections = inner.connections.lock().unwrap_or_else(|e| e.into_inner());
     if *inner.stop_accepting.borrow() {
@@ -151,6 +157,7 @@ fn adopt(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
     drop(connections);
     let weak = Arc::downgrade(inner);
     tokio::spawn(async move {
+        let _guard = guard;
         let reason = conn.closed().await;
         tracing::debug!(peer = conn.peer(), "connection closed: {reason}");
         if let Some(inner) = weak.upgrade() {

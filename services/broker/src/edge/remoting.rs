@@ -25,8 +25,12 @@ use comet_proto::remoting as codes;
 use comet_remoting::{ChannelConfig, Command, Request, Router, Server, ServerConfig};
 use comet_telemetry::RpcMetricsLayer;
 use prost::Message;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::broker::Broker;
 use crate::edge::wire;
@@ -111,15 +115,22 @@ fn respond(metrics: &RpcMetricsLayer, method: &str, start: Instant, answer: Resu
     command
 }
 
+/// How often a refused connection is logged at most (with the number refused since the last line).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts on `listener` and sorts connections by their first byte: remoting ones to `remoting`, the rest into the
-/// returned stream for tonic (which stops accepting when the stream's receiver is dropped). Ends when the
-/// listener fails for good or the receiver is gone.
+/// returned stream for tonic (which stops accepting when the stream's receiver is dropped). At most
+/// `max_connections` are open at once: one beyond is closed as soon as it is accepted. Ends when the listener
+/// fails for good or the receiver is gone.
 pub fn split(
     listener: TcpListener,
     remoting: Server,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TcpStream>> {
+    max_connections: usize,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Admitted>> {
     let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+    let slots = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
+        let (mut refused, mut logged_at) = (0u64, None::<Instant>);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -133,6 +144,19 @@ pub fn split(
                 },
                 () = tx.closed() => return,
             };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                drop(stream);
+                refused += 1;
+                if logged_at.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                    tracing::warn!(
+                        %peer,
+                        refused,
+                        "{max_connections} connections open (broker.max-connections): new ones are closed at once"
+                    );
+                    (refused, logged_at) = (0, Some(Instant::now()));
+                }
+                continue;
+            };
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
             }
@@ -140,9 +164,9 @@ pub fn split(
             tokio::spawn(async move {
                 let mut first = [0u8; 1];
                 match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
-                    Ok(Ok(1)) if first[0] < 0x20 => remoting.adopt(stream, peer),
+                    Ok(Ok(1)) if first[0] < 0x20 => remoting.adopt_with(stream, peer, slot),
                     Ok(Ok(1)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx.send(Ok(Admitted { stream, _slot: slot })).await;
                     }
                     Ok(Ok(_)) => tracing::debug!(%peer, "connection closed before its first byte"),
                     Ok(Err(e)) => tracing::debug!(%peer, "connection failed before its first byte: {e}"),
@@ -152,4 +176,50 @@ pub fn split(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A connection handed to tonic, holding its slot of `broker.max-connections` until it is dropped.
+pub struct Admitted {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Admitted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }

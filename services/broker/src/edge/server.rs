@@ -131,7 +131,7 @@ impl Bound {
 
         // The SDK's send and pull on the remoting channel, sharing the port (edge/remoting.rs).
         let data_path = super::remoting::server(&broker, &rpc_metrics, local_addr, max_grpc);
-        let incoming = super::remoting::split(listener, data_path.clone());
+        let incoming = super::remoting::split(listener, data_path.clone(), broker.config.broker.max_connections);
 
         let background = spawn_background(&broker);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
