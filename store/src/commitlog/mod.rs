@@ -322,17 +322,22 @@ impl CommitLog {
         }
     }
 
+    /// The segments overlapping `[from, to)`, each with the overlap as positions within it.
+    fn spans(&self, from: u64, to: u64) -> Vec<(Arc<Segment>, usize, usize)> {
+        if to <= from {
+            return Vec::new();
+        }
+        let segs = self.segments.read();
+        segs.iter()
+            .filter(|s| s.limit() > from && s.base() < to)
+            .map(|s| (s.clone(), (from.max(s.base()) - s.base()) as usize, (to.min(s.limit()) - s.base()) as usize))
+            .collect()
+    }
+
     /// Makes `[from, to)` durable, segment by segment.
     pub(crate) fn flush(&self, from: u64, to: u64) -> std::io::Result<()> {
-        if to <= from {
-            return Ok(());
-        }
-        let segs: Vec<Arc<Segment>> =
-            self.segments.read().iter().filter(|s| s.limit() > from && s.base() < to).cloned().collect();
-        for s in segs {
-            let a = from.max(s.base()) - s.base();
-            let b = to.min(s.limit()) - s.base();
-            s.file().flush_range(a as usize, b as usize)?;
+        for (s, a, b) in self.spans(from, to) {
+            s.file().flush_range(a, b)?;
         }
         Ok(())
     }
@@ -341,21 +346,15 @@ impl CommitLog {
     /// to the recent window readers and the writer touch. Re-released each pass, so pages a lagging reader faulted
     /// back in are dropped again.
     pub(crate) fn release_below(&self, keep_from: u64) {
-        let segs: Vec<Arc<Segment>> = self.segments.read().iter().filter(|s| s.base() < keep_from).cloned().collect();
-        for s in segs {
-            let to = keep_from.min(s.limit()) - s.base();
-            s.file().release(0, to as usize);
+        for (s, a, b) in self.spans(0, keep_from) {
+            s.file().release(a, b);
         }
     }
 
     /// Drops `[from, to)` from the page cache, segment by segment (see `MappedFile::drop_cached`).
     pub(crate) fn drop_cached(&self, from: u64, to: u64) {
-        let segs: Vec<Arc<Segment>> =
-            self.segments.read().iter().filter(|s| s.base() < to && s.limit() > from).cloned().collect();
-        for s in segs {
-            let a = from.max(s.base()) - s.base();
-            let b = to.min(s.limit()) - s.base();
-            s.file().drop_cached(a as usize, b as usize);
+        for (s, a, b) in self.spans(from, to) {
+            s.file().drop_cached(a, b);
         }
     }
 

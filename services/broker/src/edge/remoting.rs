@@ -16,7 +16,9 @@
 //! (`max-inflight-sends`, `max-parked-pulls`), same metrics (`protocol_type="remoting"`).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,9 +27,6 @@ use comet_proto::remoting as codes;
 use comet_remoting::{ChannelConfig, Command, Request, Router, Server, ServerConfig};
 use comet_telemetry::RpcMetricsLayer;
 use prost::Message;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
