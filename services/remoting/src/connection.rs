@@ -11,7 +11,8 @@
 //! `max-frame-size` on the read side (the read buffer grows to one frame at most). Known limits, on purpose for
 //! now: responses and BUSY answers wait for write-queue room without a deadline, so a peer that stops reading
 //! stalls this connection's reader (TCP back-pressure) and keeps its handlers' in-flight slots until it is
-//! closed; there is no idle-connection timeout yet. Two peers that both flood each other with requests while
+//! closed; there is no idle-connection timeout (a live peer that stays silent keeps its connection; one that
+//! vanished without closing is found by TCP keepalive probes, `tcp-keepalive-ms`). Two peers that both flood each other with requests while
 //! neither reads could stall each other; the channel's users (request/response, replication streams) do not.
 
 use std::collections::HashMap;
@@ -122,6 +123,19 @@ enum Outbound {
     Close,
 }
 
+/// Socket options of every connection: no Nagle delay (frames are written whole), and keepalive probes so a
+/// vanished peer's connection does not live forever.
+fn tune(stream: &TcpStream, peer: &str, config: &ChannelConfig) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "set_nodelay: {e}");
+    }
+    if let Some(keepalive) = config.keepalive()
+        && let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+    {
+        tracing::debug!(%peer, "TCP keepalive: {e}");
+    }
+}
+
 impl Connection {
     /// Takes over `stream` and starts its reader, writer and sweeper tasks.
     pub(crate) fn spawn(
@@ -131,9 +145,7 @@ impl Connection {
         permits: Arc<Permits>,
         router: Arc<Router>,
     ) -> Connection {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, "set_nodelay: {e}");
-        }
+        tune(&stream, &peer, &config);
         let (read, write) = stream.into_split();
         let (queue, rx) = mpsc::unbounded_channel();
         let budget = config.write_queue_bytes.clamp(1, Semaphore::MAX_PERMITS);
@@ -597,5 +609,33 @@ impl Future for ResponseFuture {
         };
         self.guard.armed = false;
         Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn connections_probe_a_silent_peer_and_the_probe_can_be_turned_off() {
+        let (a, b) = pair().await;
+        tune(&a, "test", &ChannelConfig::default());
+        let sock = socket2::SockRef::from(&a);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+        assert!(a.nodelay().unwrap());
+
+        tune(&b, "test", &ChannelConfig { tcp_keepalive_ms: 0, ..ChannelConfig::default() });
+        assert!(!socket2::SockRef::from(&b).keepalive().unwrap());
     }
 }

@@ -55,10 +55,12 @@ impl BrokerProcess {
     pub async fn start(dir: &Path, options: &BrokerOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let nameservers = options.nameservers.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+        // `disk-capacity-bytes`: disk usage counts the CommitLog against 1 TiB, so the host disk's own fill level
+        // (a developer machine above the 75 % clean ratio) never deletes a test's segments or refuses its writes.
         let yaml = format!(
             "broker:\n  listen: 127.0.0.1:0\n  nameserver-addresses: [{nameservers}]\n  auto-create-topics: {}\n\
              {}store:\n  dir: {}\n  segment-size: 16777216\n  index-slots: 4096\n  index-entries: 65536\n  \
-             consume-queue-file-entries: 100000\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}ha:\n{}messaging:\n{}rocketmq-v2:\n{}",
+             consume-queue-file-entries: 100000\n  disk-capacity-bytes: 1099511627776\n  flush-mode: {}\nmetrics:\n  enabled: true\n{}ha:\n{}messaging:\n{}rocketmq-v2:\n{}",
             !options.no_auto_create,
             options.broker_extra,
             dir.join("store").display(),
