@@ -22,7 +22,7 @@ pub struct ChannelConfig {
     pub sweep_interval_ms: u64,
     /// TCP keepalive: a connection silent this long is probed by the kernel, every sixth of it (at least 1 s),
     /// and closed after three unanswered probes, so a peer that vanished without closing (power loss, a dropped
-    /// NAT entry) is noticed within 1.5× this (default 60 s: 90 s). 0 turns probing off.
+    /// NAT entry) is noticed (default 60 s: within 90 s). 0 turns probing off.
     pub tcp_keepalive_ms: u64,
 }
 

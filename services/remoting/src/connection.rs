@@ -12,8 +12,9 @@
 //! now: responses and BUSY answers wait for write-queue room without a deadline, so a peer that stops reading
 //! stalls this connection's reader (TCP back-pressure) and keeps its handlers' in-flight slots until it is
 //! closed; there is no idle-connection timeout (a live peer that stays silent keeps its connection; one that
-//! vanished without closing is found by TCP keepalive probes, `tcp-keepalive-ms`). Two peers that both flood each other with requests while
-//! neither reads could stall each other; the channel's users (request/response, replication streams) do not.
+//! vanished without closing is found by TCP keepalive probes, `tcp-keepalive-ms`). Two peers that both flood each
+//! other with requests while neither reads could stall each other; the channel's users (request/response,
+//! replication streams) do not.
 
 use std::collections::HashMap;
 use std::future::Future;
