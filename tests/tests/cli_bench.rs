@@ -48,19 +48,7 @@ async fn bench_produce_consume_and_e2e_report_exact_counts_as_json() -> anyhow::
 
     // An acknowledged message reaches its consume queue a moment later (dispatch): the backlog counted at the
     // consume run's start is what its queues show then, so wait until they show every message.
-    let client = broker.client().await?;
-    comet_tests::harness::wait_until("3000 messages dispatched", std::time::Duration::from_secs(10), || {
-        let mut client = client.clone();
-        async move {
-            let mut total = 0;
-            for queue_id in 0..4 {
-                let request = comet_proto::comet::v1::GetQueueOffsetsRequest { topic: "bench-t".into(), queue_id };
-                total += client.get_queue_offsets(request).await.map(|r| r.into_inner().max_offset).unwrap_or(0);
-            }
-            total == 3000
-        }
-    })
-    .await?;
+    comet_tests::harness::broker_process::dispatched(&broker.client().await?, "bench-t", 0..4, 3000).await?;
     // The whole backlog, every message exactly: the run ends when it has read what was stored at its start.
     let out = comet(&ns, &["bench", "consume"].iter().chain(&common).copied().collect::<Vec<_>>()).await?;
     let consumed = report(&out)?;

@@ -499,8 +499,8 @@ impl Output {
         let file = match &self.dir {
             None => None,
             Some(dir) => {
-                let path = dir.join(body_file_name(message));
-                let partial = dir.join(format!(".{}.partial", body_file_name(message)));
+                let name = body_file_name(message);
+                let (path, partial) = (dir.join(&name), dir.join(format!(".{name}.partial")));
                 let written = std::fs::write(&partial, &message.body).and_then(|()| std::fs::rename(&partial, &path));
                 if written.is_err() {
                     let _ = std::fs::remove_file(&partial);

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use comet_proto::comet::v1 as pb;
 use comet_proto::comet::v1::broker_client::BrokerClient;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -16,6 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::binary::cargo_bin;
 use super::process::Process;
+use super::wait_until;
 
 /// How a test broker is configured.
 #[derive(Debug, Clone, Default)]
@@ -207,4 +209,26 @@ impl BrokerProcess {
     pub fn log(&self) -> String {
         self.process.log()
     }
+}
+
+/// Waits until the queues `queues` of `topic` hold `n` messages together, dispatched (visible to pulls): a send is
+/// acknowledged when stored, and the store makes it pullable a moment later.
+pub async fn dispatched(
+    client: &BrokerClient<Channel>,
+    topic: &str,
+    queues: std::ops::Range<u32>,
+    n: u64,
+) -> anyhow::Result<()> {
+    wait_until(&format!("{n} messages dispatched in {topic}:{queues:?}"), Duration::from_secs(10), || async {
+        let mut total = 0;
+        for queue_id in queues.clone() {
+            let request = pb::GetQueueOffsetsRequest { topic: topic.into(), queue_id };
+            match client.clone().get_queue_offsets(request).await {
+                Ok(answer) => total += answer.into_inner().max_offset,
+                Err(_) => return false,
+            }
+        }
+        total >= n
+    })
+    .await
 }
