@@ -12,11 +12,13 @@ use comet_model::{QueueId, QueueOffset, tag_hash};
 use crate::config::FlushMode;
 use crate::consume_queue::CqEntry;
 use crate::error::Result;
-use crate::index::IndexKey;
+use crate::index::{IndexKey, Pending};
 use crate::store::Inner;
 
 /// Records dispatched between two wake-ups of waiting consumers.
 const BATCH: usize = 4096;
+/// Index entries gathered before they are added together (their cache misses overlap).
+const INDEX_GROUP: usize = 32;
 
 /// Who dispatches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,9 @@ impl Inner {
             return Ok(0);
         }
         let mut touched: Vec<(String, QueueId, QueueOffset)> = Vec::new();
+        // Index entries are added a group at a time (see `KeyIndex::add_all`); `dispatched` moves past a record
+        // only once its entries are in, so a checkpoint never claims more than is dispatched.
+        let mut pending: Vec<Pending> = Vec::with_capacity(INDEX_GROUP + crate::record::MAX_KEYS + 1);
         let mut count = 0;
         let mut seg = self.log.segment_for(pos);
         let mut last_queue: Option<(String, QueueId, std::sync::Arc<crate::consume_queue::ConsumeQueue>)> = None;
@@ -99,17 +104,17 @@ impl Inner {
             let index_entries =
                 usize::from(!msg_id.is_empty()) + if keys.is_empty() { 0 } else { crate::record::MAX_KEYS };
             if mode == Mode::Inline
-                && (!queue.has_room(QueueOffset(l.queue_offset)) || !self.index.has_room(index_entries))
+                && (!queue.has_room(QueueOffset(l.queue_offset)) || !self.index.has_room(pending.len() + index_entries))
             {
                 break;
             }
             let entry = CqEntry { offset: pos, size: l.size as u32, tag_hash: tag_hash(tags) };
             queue.put(QueueOffset(l.queue_offset), entry)?;
             if !msg_id.is_empty() {
-                self.index.add(IndexKey::Id(msg_id), pos, l.store_timestamp)?;
+                pending.push(Pending::new(IndexKey::Id(msg_id), pos, l.store_timestamp));
             }
             for key in keys.split(' ').filter(|k| !k.is_empty()) {
-                self.index.add(IndexKey::Key { topic, key }, pos, l.store_timestamp)?;
+                pending.push(Pending::new(IndexKey::Key { topic, key }, pos, l.store_timestamp));
             }
             let end = QueueOffset(l.queue_offset + 1);
             match touched.iter_mut().find(|(t, id, _)| t == topic && *id == l.queue_id) {
@@ -118,9 +123,17 @@ impl Inner {
             }
             pos += l.size as u64;
             count += 1;
-            // Publish progress per record so a checkpoint never claims more than is dispatched.
-            self.dispatched.store(pos, Ordering::Release);
+            if pending.len() >= INDEX_GROUP {
+                // On failure the group's records are dispatched again later: consume-queue puts of existing
+                // offsets are no-ops, and a repeated index entry only repeats a candidate.
+                self.index.add_all(&pending)?;
+                pending.clear();
+            }
+            if pending.is_empty() {
+                self.dispatched.store(pos, Ordering::Release);
+            }
         }
+        self.index.add_all(&pending)?;
         self.dispatched.store(pos, Ordering::Release);
         if !touched.is_empty() {
             self.notify_arrivals(&touched);
