@@ -24,6 +24,9 @@ pub struct ChannelConfig {
     /// and closed after three unanswered probes, so a peer that vanished without closing (power loss, a dropped
     /// NAT entry) is noticed (default 60 s: within 90 s). 0 turns probing off.
     pub tcp_keepalive_ms: u64,
+    /// A connection with no frame read or written for this long is closed (RocketMQ closes idle channels after
+    /// 120 s): it bounds what silent peers hold. Off (0) by default: long-lived clients may be idle for hours.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ChannelConfig {
@@ -34,6 +37,7 @@ impl Default for ChannelConfig {
             write_queue_bytes: 64 * 1024 * 1024,
             sweep_interval_ms: 100,
             tcp_keepalive_ms: 60_000,
+            idle_timeout_ms: 0,
         }
     }
 }
@@ -41,6 +45,11 @@ impl Default for ChannelConfig {
 impl ChannelConfig {
     pub(crate) fn sweep_interval(&self) -> Duration {
         Duration::from_millis(self.sweep_interval_ms.max(1))
+    }
+
+    /// The idle timeout, `None` when off.
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
     }
 
     /// The kernel's keepalive settings for a connection, `None` when off.
@@ -99,6 +108,12 @@ pub struct ServerConfig {
     pub async_permits: usize,
     /// Oneway requests to clients queued but not yet written (RocketMQ's server default: 256).
     pub oneway_permits: usize,
+    /// Connections open at once (0 = unlimited); one beyond is closed as soon as it is accepted, so a flood of
+    /// connections costs this server no more than this many descriptors. (A [`Server::detached`] server's
+    /// acceptor applies its own limit.)
+    ///
+    /// [`Server::detached`]: crate::Server::detached
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +123,7 @@ impl Default for ServerConfig {
             channel: ChannelConfig::default(),
             async_permits: 64,
             oneway_permits: 256,
+            max_connections: 0,
         }
     }
 }

@@ -11,8 +11,9 @@
 //! `max-frame-size` on the read side (the read buffer grows to one frame at most). Known limits, on purpose for
 //! now: responses and BUSY answers wait for write-queue room without a deadline, so a peer that stops reading
 //! stalls this connection's reader (TCP back-pressure) and keeps its handlers' in-flight slots until it is
-//! closed; there is no idle-connection timeout (a live peer that stays silent keeps its connection; one that
-//! vanished without closing is found by TCP keepalive probes, `tcp-keepalive-ms`). Two peers that both flood each
+//! closed; a live peer that stays silent keeps its connection unless `idle-timeout-ms` is set (off by default;
+//! the HA listener sets it), and one that vanished without closing is found by TCP keepalive probes,
+//! `tcp-keepalive-ms`. Two peers that both flood each
 //! other with requests while neither reads could stall each other; the channel's users (request/response,
 //! replication streams) do not.
 
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -95,6 +96,10 @@ struct Shared {
     write_budget: Arc<Semaphore>,
     pending: Mutex<PendingTable>,
     closed: watch::Sender<Option<String>>,
+    /// When the connection started; `last_active` counts from it.
+    born: Instant,
+    /// Milliseconds after `born` of the last frame read or written (kept only with an idle timeout).
+    last_active: AtomicU64,
 }
 
 struct PendingTable {
@@ -159,6 +164,8 @@ impl Connection {
             write_budget: Arc::new(Semaphore::new(budget)),
             pending: Mutex::new(PendingTable { closed: None, map: HashMap::new() }),
             closed: watch::Sender::new(None),
+            born: Instant::now(),
+            last_active: AtomicU64::new(0),
             config,
         });
         let conn = Connection { shared };
@@ -397,6 +404,14 @@ impl Connection {
         }
     }
 
+    /// Notes traffic, for the idle timeout.
+    fn active(&self) {
+        if self.shared.config.idle_timeout_ms > 0 {
+            let ms = self.shared.born.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
+            self.shared.last_active.store(ms, Ordering::Relaxed);
+        }
+    }
+
     async fn read_loop(self, mut read: OwnedReadHalf) {
         let decoder = FrameDecoder::new(self.shared.config.max_frame_size);
         let mut closed = self.shared.closed.subscribe();
@@ -424,7 +439,7 @@ impl Connection {
             tokio::select! {
                 r = read.read_buf(&mut buf) => match r {
                     Ok(0) => break "closed by peer".to_owned(),
-                    Ok(_) => {}
+                    Ok(_) => self.active(),
                     Err(e) => break format!("read error: {e}"),
                 },
                 _ = closed.wait_for(Option::is_some) => return,
@@ -486,6 +501,7 @@ impl Connection {
             if let Err(e) = write_all_vectored(&mut write, &mut segments).await {
                 break 'outer format!("write error: {e}");
             }
+            self.active();
             // Written: release write budget and oneway permits.
             held.clear();
             if close_after {
@@ -506,6 +522,14 @@ impl Connection {
                 _ = closed.wait_for(Option::is_some) => return,
             }
             let now = Instant::now();
+            if let Some(idle) = self.shared.config.idle_timeout() {
+                let last = self.shared.born + Duration::from_millis(self.shared.last_active.load(Ordering::Relaxed));
+                if now.saturating_duration_since(last) >= idle {
+                    tracing::debug!(peer = self.peer(), "closing connection: idle for {idle:?}");
+                    self.close(&format!("idle for {idle:?} (idle-timeout-ms)"));
+                    return;
+                }
+            }
             let expired: Vec<(i32, Pending)> = {
                 let mut table = self.lock_pending();
                 let ids: Vec<i32> = table.map.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Permits};
@@ -46,8 +46,9 @@ impl Server {
             .await
             .map_err(|source| Error::Bind { addr: config.listen.clone(), source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen.clone(), source })?;
+        let max_connections = config.max_connections;
         let server = Server::detached(config, router, local_addr);
-        let acceptor = tokio::spawn(accept_loop(server.inner.clone(), listener));
+        let acceptor = tokio::spawn(accept_loop(server.inner.clone(), listener, max_connections));
         *server.inner.acceptor.lock().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
         Ok(server)
     }
@@ -121,8 +122,13 @@ impl Server {
     }
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+/// How often refused connections are logged at most (with the number refused since the last line).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, max_connections: usize) {
     let mut stop = inner.stop_accepting.subscribe();
+    let slots = (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
+    let (mut refused, mut logged_at) = (0u64, None::<std::time::Instant>);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -137,7 +143,23 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 continue;
             }
         };
-        adopt(&inner, stream, peer, ());
+        let slot = match &slots {
+            None => None,
+            Some(slots) => match Arc::clone(slots).try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    drop(stream);
+                    refused += 1;
+                    if logged_at.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                        tracing::warn!(addr = %inner.local_addr, %peer, refused,
+                            "{max_connections} connections open (max-connections): new ones are closed at once");
+                        (refused, logged_at) = (0, Some(std::time::Instant::now()));
+                    }
+                    continue;
+                }
+            },
+        };
+        adopt(&inner, stream, peer, slot);
     }
 }
 

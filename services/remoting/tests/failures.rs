@@ -142,3 +142,70 @@ async fn client_reconnects_after_server_restart() {
     assert_eq!(resp.body, Bytes::from_static(b"2"));
     restarted.shutdown(LONG).await;
 }
+
+#[tokio::test]
+async fn a_connection_idle_past_the_idle_timeout_is_closed_and_a_busy_one_is_kept() {
+    logs();
+    let idle = Duration::from_millis(300);
+    let mut config = server_config(SerializeType::RocketMq);
+    config.channel.idle_timeout_ms = idle.as_millis() as u64;
+    let server = Server::bind(config, echo_router()).await.unwrap();
+
+    // Connected and silent: closed once the timeout passed, not before.
+    let t = Instant::now();
+    let silent = TcpStream::connect(server.local_addr()).await.unwrap();
+    assert_closed_by_server(silent).await;
+    assert!(t.elapsed() >= idle, "closed after {:?}, before the idle timeout", t.elapsed());
+
+    // A client calling every 100 ms keeps its one connection for three times the timeout.
+    let client = client();
+    let conn = client.connection(&addr(&server), LONG).await.unwrap();
+    for i in 0..9 {
+        let answer = client.invoke(&addr(&server), Command::request(ECHO, format!("{i}")), LONG).await.unwrap();
+        assert_eq!(answer.body, Bytes::from(format!("{i}")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!conn.is_closed(), "a connection with traffic is never idle");
+
+    // Once it falls silent, it goes too; the client's next call connects again.
+    let reason = tokio::time::timeout(LONG, conn.closed()).await.expect("closed within the test's patience");
+    assert!(reason.contains("closed by peer"), "{reason}");
+    let again = client.invoke(&addr(&server), Command::request(ECHO, "again"), LONG).await.unwrap();
+    assert_eq!(again.body, Bytes::from("again"));
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once_and_a_freed_slot_serves_again() {
+    logs();
+    let mut config = server_config(SerializeType::RocketMq);
+    config.max_connections = 2;
+    let server = Server::bind(config, echo_router()).await.unwrap();
+    let client = client();
+    let answer = client.invoke(&addr(&server), Command::request(ECHO, "first"), LONG).await.unwrap();
+    assert_eq!(answer.body, Bytes::from("first"));
+    let held = TcpStream::connect(server.local_addr()).await.unwrap();
+
+    // Two are open (the client's and `held`): a third is closed without an answer.
+    let t = Instant::now();
+    assert_closed_by_server(TcpStream::connect(server.local_addr()).await.unwrap()).await;
+    assert!(t.elapsed() < Duration::from_secs(5), "closed at accept, not by a timeout: {:?}", t.elapsed());
+    let answer = client.invoke(&addr(&server), Command::request(ECHO, "still"), LONG).await.unwrap();
+    assert_eq!(answer.body, Bytes::from("still"), "the connections within the limit keep working");
+
+    // Freeing a slot lets a new connection in.
+    drop(held);
+    let other = common::client();
+    let deadline = Instant::now() + LONG;
+    loop {
+        match other.invoke(&addr(&server), Command::request(ECHO, "new"), Duration::from_secs(1)).await {
+            Ok(answer) => {
+                assert_eq!(answer.body, Bytes::from("new"));
+                break;
+            }
+            // The server may not have seen `held` close yet.
+            Err(e) if Instant::now() < deadline => tracing::debug!("retrying: {e}"),
+            Err(e) => panic!("a freed slot never served: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -21,6 +21,12 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(30);
 const MAX_CHALLENGES: usize = 256;
 /// Longest a fetch may be parked, whatever the slave asks.
 const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+/// Most connections the HA listener keeps open: a group has a few slaves, so this only bounds what strangers
+/// (or a reconnect storm) can hold; one beyond is closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+/// An HA connection with no traffic this long is closed: a slave fetches at least every `MAX_FETCH_WAIT`, so only
+/// connections that never authenticated, or whose slave stopped, go silent this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A fetch this far behind the end reads on the blocking pool (its pages are likely not resident).
 const COLD_READ_DISTANCE: u64 = 64 << 20;
 
@@ -43,8 +49,10 @@ pub async fn start(broker: &Arc<Broker>) -> Result<Option<Server>> {
     if ha.listen.is_empty() {
         return Ok(None);
     }
-    let mut config = ServerConfig { listen: ha.listen.clone(), ..ServerConfig::default() };
+    let mut config =
+        ServerConfig { listen: ha.listen.clone(), max_connections: MAX_CONNECTIONS, ..ServerConfig::default() };
     config.channel.max_frame_size = comet_remoting::frame::DEFAULT_MAX_FRAME_SIZE;
+    config.channel.idle_timeout_ms = IDLE_TIMEOUT.as_millis() as u64;
     let master = Arc::new(Master { broker: Arc::clone(broker), challenges: Mutex::new(HashMap::new()) });
     let route = |f: fn(Arc<Master>, Request) -> BoxAnswer| {
         let master = Arc::clone(&master);
