@@ -13,9 +13,8 @@
 //! stalls this connection's reader (TCP back-pressure) and keeps its handlers' in-flight slots until it is
 //! closed; a live peer that stays silent keeps its connection unless `idle-timeout-ms` is set (off by default;
 //! the HA listener sets it), and one that vanished without closing is found by TCP keepalive probes,
-//! `tcp-keepalive-ms`. Two peers that both flood each
-//! other with requests while neither reads could stall each other; the channel's users (request/response,
-//! replication streams) do not.
+//! `tcp-keepalive-ms`. Two peers that both flood each other with requests while neither reads could stall each
+//! other; the channel's users (request/response, replication streams) do not.
 
 use std::collections::HashMap;
 use std::future::Future;
