@@ -239,9 +239,10 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Whether the entry at `offset` goes into an existing file (a `put` of it creates none).
-    pub(crate) fn has_room(&self, offset: QueueOffset) -> bool {
-        self.max.load(Ordering::Acquire) == offset.0
+    /// Whether the entry at `offset` goes into an existing file (a `put` of it creates none), once the `queued`
+    /// puts before it (not made yet) are.
+    pub(crate) fn has_room(&self, offset: QueueOffset, queued: u64) -> bool {
+        self.max.load(Ordering::Acquire) + queued == offset.0
             && self.files.read().last().is_some_and(|f| offset.0 >= f.first && offset.0 < f.first + f.capacity())
     }
 
@@ -531,8 +532,10 @@ mod tests {
         let qs = ConsumeQueues::open(dir.path(), 16, u64::MAX, false)?;
         let q = qs.get_or_create("T", 0);
         for i in 0..40u64 {
-            let (room, files) = (q.has_room(QueueOffset(i)), q.files.read().len());
-            assert!(!q.has_room(QueueOffset(i + 1)), "a gap never has room");
+            let (room, files) = (q.has_room(QueueOffset(i), 0), q.files.read().len());
+            assert!(!q.has_room(QueueOffset(i + 1), 0), "a gap never has room");
+            let in_last_file = q.files.read().last().is_some_and(|f| i + 1 >= f.first && i + 1 < f.first + 16);
+            assert_eq!(q.has_room(QueueOffset(i + 1), 1), in_last_file, "entry {} after one queued put", i + 1);
             q.put(QueueOffset(i), e(i * 100))?;
             assert_eq!(room, q.files.read().len() == files, "entry {i}");
         }

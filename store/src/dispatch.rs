@@ -5,20 +5,39 @@
 //! sync flush mode dispatch stops at the durable end, so a consumer never sees a message that a crash could take
 //! back.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use comet_model::{QueueId, QueueOffset, tag_hash};
 
 use crate::config::FlushMode;
-use crate::consume_queue::CqEntry;
+use crate::consume_queue::{ConsumeQueue, CqEntry};
 use crate::error::Result;
 use crate::index::{IndexKey, Pending};
 use crate::store::Inner;
 
 /// Records dispatched between two wake-ups of waiting consumers.
 const BATCH: usize = 4096;
-/// Index entries gathered before they are added together (their cache misses overlap).
-const INDEX_GROUP: usize = 32;
+/// Records whose index entries are added together (their slots' cache misses overlap, see `KeyIndex::add_all`).
+const GROUP_RECORDS: usize = 32;
+
+/// Records walked but not yet published (see `Inner::publish`).
+struct Group {
+    index: Vec<Pending>,
+    puts: Vec<(Arc<ConsumeQueue>, QueueOffset, CqEntry)>,
+}
+
+impl Group {
+    fn new() -> Self {
+        // Sized for a group whose records carry an id and a key each; more keys grow it once per pass.
+        Self { index: Vec::with_capacity(2 * GROUP_RECORDS), puts: Vec::with_capacity(GROUP_RECORDS) }
+    }
+
+    /// Puts queued for `queue` (same queue object) in this group.
+    fn queued_for(&self, queue: &Arc<ConsumeQueue>) -> u64 {
+        self.puts.iter().filter(|(q, _, _)| Arc::ptr_eq(q, queue)).count() as u64
+    }
+}
 
 /// Who dispatches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +87,10 @@ impl Inner {
             return Ok(0);
         }
         let mut touched: Vec<(String, QueueId, QueueOffset)> = Vec::new();
-        // Index entries are added a group at a time (see `KeyIndex::add_all`); `dispatched` moves past a record
-        // only once its entries are in, so a checkpoint never claims more than is dispatched.
-        let mut pending: Vec<Pending> = Vec::with_capacity(INDEX_GROUP + crate::record::MAX_KEYS + 1);
+        let mut group = Group::new();
         let mut count = 0;
         let mut seg = self.log.segment_for(pos);
-        let mut last_queue: Option<(String, QueueId, std::sync::Arc<crate::consume_queue::ConsumeQueue>)> = None;
+        let mut last_queue: Option<(String, QueueId, Arc<ConsumeQueue>)> = None;
         while pos < limit && count < BATCH {
             let Some(s) = seg.as_ref() else { break };
             let (step, walked) = self.log.step(s, pos)?;
@@ -104,17 +121,18 @@ impl Inner {
             let index_entries =
                 usize::from(!msg_id.is_empty()) + if keys.is_empty() { 0 } else { crate::record::MAX_KEYS };
             if mode == Mode::Inline
-                && (!queue.has_room(QueueOffset(l.queue_offset)) || !self.index.has_room(pending.len() + index_entries))
+                && (!queue.has_room(QueueOffset(l.queue_offset), group.queued_for(&queue))
+                    || !self.index.has_room(group.index.len() + index_entries))
             {
                 break;
             }
             let entry = CqEntry { offset: pos, size: l.size as u32, tag_hash: tag_hash(tags) };
-            queue.put(QueueOffset(l.queue_offset), entry)?;
+            group.puts.push((queue, QueueOffset(l.queue_offset), entry));
             if !msg_id.is_empty() {
-                pending.push(Pending::new(IndexKey::Id(msg_id), pos, l.store_timestamp));
+                group.index.push(Pending::new(IndexKey::Id(msg_id), pos, l.store_timestamp));
             }
             for key in keys.split(' ').filter(|k| !k.is_empty()) {
-                pending.push(Pending::new(IndexKey::Key { topic, key }, pos, l.store_timestamp));
+                group.index.push(Pending::new(IndexKey::Key { topic, key }, pos, l.store_timestamp));
             }
             let end = QueueOffset(l.queue_offset + 1);
             match touched.iter_mut().find(|(t, id, _)| t == topic && *id == l.queue_id) {
@@ -123,22 +141,30 @@ impl Inner {
             }
             pos += l.size as u64;
             count += 1;
-            if pending.len() >= INDEX_GROUP {
-                // On failure the group's records are dispatched again later: consume-queue puts of existing
-                // offsets are no-ops, and a repeated index entry only repeats a candidate.
-                self.index.add_all(&pending)?;
-                pending.clear();
-            }
-            if pending.is_empty() {
+            if group.puts.len() >= GROUP_RECORDS {
+                self.publish(&mut group)?;
                 self.dispatched.store(pos, Ordering::Release);
             }
         }
-        self.index.add_all(&pending)?;
+        self.publish(&mut group)?;
         self.dispatched.store(pos, Ordering::Release);
         if !touched.is_empty() {
             self.notify_arrivals(&touched);
         }
         Ok(count)
+    }
+
+    /// Adds a group's index entries, then its consume-queue entries: a consumer never sees a message that a
+    /// lookup by id or key would not find yet. On failure the group's records are dispatched again later
+    /// (`dispatched` has not moved past them): consume-queue puts of existing offsets are no-ops, and a repeated
+    /// index entry only repeats a candidate.
+    fn publish(&self, group: &mut Group) -> Result<()> {
+        self.index.add_all(&group.index)?;
+        group.index.clear();
+        for (queue, offset, entry) in group.puts.drain(..) {
+            queue.put(offset, entry)?;
+        }
+        Ok(())
     }
 
     fn notify_arrivals(&self, touched: &[(String, QueueId, QueueOffset)]) {

@@ -103,6 +103,12 @@ fn keys_ids_and_times_are_searchable() {
     wait_dispatched(&store, "T", 2, 100);
     let by_id = store.query_by_id("id-1-100").unwrap().expect("found by id");
     assert_eq!(by_id.body(), body(1, 100));
+    // Every id, across index files (256 entries each here) and the groups the dispatcher adds them in.
+    for seq in 0..300u64 {
+        let writer = seq as u32 % 3;
+        let found = store.query_by_id(&format!("id-{writer}-{seq}")).unwrap();
+        assert_eq!(found.map(|m| m.body()), Some(body(writer, seq)), "id-{writer}-{seq}");
+    }
     assert!(store.query_by_id("id-9-9").unwrap().is_none());
     let by_key = store.query_by_key("T", "w2", 1000, 0, u64::MAX).unwrap();
     assert_eq!(by_key.len(), 100, "every message of writer 2 carries key w2");
@@ -120,6 +126,40 @@ fn keys_ids_and_times_are_searchable() {
     assert_eq!(store.store_time_at("T", 0, QueueOffset(100)), None, "the end holds no message yet");
     assert_eq!(store.store_time_at("Other", 0, QueueOffset(0)), None);
     assert_eq!(store.oldest_store_time(), Some(results[0].store_timestamp));
+}
+
+#[test]
+fn a_message_a_consumer_can_read_is_already_found_by_its_id_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    const N: u64 = 3000;
+    let writer = {
+        let s = store.clone();
+        std::thread::spawn(move || {
+            for first in (0..N).step_by(50) {
+                let batch: Vec<_> = (first..first + 50).map(|seq| message("T", 0, seq)).collect();
+                s.append_batch(&batch).unwrap();
+            }
+        })
+    };
+    // Follow the queue as a consumer does; each message it sees must already be indexed (index entries are
+    // published before consume-queue entries, a group at a time).
+    let mut next = QueueOffset(0);
+    while next.0 < N {
+        if !store.wait_for_messages("T", 0, next, Duration::from_secs(20)) {
+            panic!("the queue stopped at {next:?}");
+        }
+        let got = store.get_messages("T", 0, next, 64, 1 << 20, None).unwrap();
+        for m in &got.messages {
+            let seq = m.queue_offset().0;
+            let by_id = store.query_by_id(&format!("id-0-{seq}")).unwrap();
+            assert_eq!(by_id.map(|f| f.queue_offset()), Some(m.queue_offset()), "id-0-{seq} visible but not indexed");
+            let by_key = store.query_by_key("T", &format!("k-0-{seq}"), 2, 0, u64::MAX).unwrap();
+            assert_eq!(by_key.len(), 1, "k-0-{seq} visible but not indexed");
+        }
+        next = got.next_offset;
+    }
+    writer.join().unwrap();
 }
 
 #[test]
