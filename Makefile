@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging bench-v2 fuzz-remoting clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging bench-v2 bench-ab fuzz-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -137,6 +137,13 @@ bench-messaging:
 bench-v2:
 	$(CARGO) build --release -p comet-nameserver -p comet-broker -p comet
 	CARGO_TARGET_DIR=$(TARGET_DIR) python3 scripts/bench-rocketmq-v2.py $(V2_BENCH_ARGS)
+
+## bench-ab: one `comet bench produce` workload against two broker builds, a fresh broker per run, alternating;
+## prints throughput and broker CPU per message per run and their medians. AB_ARGS needs --a PATH or --a-rev REV
+## (built in a worktree under target/ab), e.g. AB_ARGS="--a-rev HEAD~1 --runs 4 -- --batch 64 --concurrency 8"
+bench-ab:
+	$(CARGO) build --release -p comet-nameserver -p comet-broker -p comet
+	CARGO_TARGET_DIR=$(TARGET_DIR) python3 scripts/bench-ab.py $(AB_ARGS)
 
 clean:
 	$(CARGO) clean
