@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location("bench_broker", os.path.join(HERE, "bench-broker.py"))
@@ -58,6 +59,18 @@ def build_rev(rev):
     return os.path.join(target, "release", "comet-broker")
 
 
+def registered(namesrv, address, label, timeout=20.0):
+    """Waits until the NameServer lists the broker (it logs "listening" before its first registration)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = subprocess.run([os.path.join(bb.BIN, "comet"), "--namesrv", namesrv, "cluster"], capture_output=True,
+                             text=True)
+        if run.returncode == 0 and address in run.stdout:
+            return
+        time.sleep(0.1)
+    sys.exit(f"{label}: the broker at {address} never registered with {namesrv}")
+
+
 def one_run(binary, flush, bench_args, label):
     with tempfile.TemporaryDirectory(prefix="comet-ab-") as workdir:
         servers = bb.Servers(workdir)
@@ -71,7 +84,8 @@ def one_run(binary, flush, bench_args, label):
                 "COMET_BROKER_LISTEN": f"127.0.0.1:{bb.free_port()}", "COMET_BROKER_NAMESERVER_ADDRESSES": namesrv,
                 "COMET_STORE_DIR": os.path.join(workdir, "store"), "COMET_STORE_FLUSH_MODE": flush,
                 "COMET_LOG_LEVEL": "warn", "COMET_METRICS_LISTEN": "127.0.0.1:0"})
-            bb.wait_for(broker_out, "listening", broker, label)
+            address = bb.wait_for(broker_out, "listening", broker, label)
+            registered(namesrv, address, label)
             before = cpu_seconds(broker.pid)
             results = []
             result = bb.bench(namesrv, "produce", ["--topic", "ab", *bench_args, "--warmup-secs", "0"], results, label)
@@ -96,6 +110,7 @@ def main():
     bench_args = [x for x in args.bench if x != "--"] or DEFAULT_ARGS
     binary_a = args.a or build_rev(args.a_rev)
     builds = {"A": binary_a, "B": args.b}
+    names = {"A": f"A ({args.a_rev})" if args.a_rev else f"A: {binary_a}", "B": f"B: {args.b}"}
     rows = {"A": [], "B": []}
     for i in range(args.runs):
         for name, binary in builds.items():
@@ -103,10 +118,10 @@ def main():
     print(f"\nproduce {' '.join(bench_args)}, {args.flush} flush, a fresh broker per run\n")
     print("| build | msg/s per run | median msg/s | broker µs/msg per run | median µs/msg |")
     print("|---|---|---|---|---|")
-    for name, binary in builds.items():
+    for name, label in names.items():
         rates = [r for r, _ in rows[name]]
         cpu = [c for _, c in rows[name]]
-        print(f"| {name}: {binary} | {', '.join(f'{r:,.0f}' for r in rates)} | {statistics.median(rates):,.0f} "
+        print(f"| {label} | {', '.join(f'{r:,.0f}' for r in rates)} | {statistics.median(rates):,.0f} "
               f"| {', '.join(f'{c:.2f}' for c in cpu)} | {statistics.median(cpu):.2f} |")
 
 
