@@ -308,16 +308,20 @@ fn wait_dispatched(store: &Store, topic: &str, queue: u32, n: u64) {
     );
 }
 
-#[test]
-fn only_the_last_128_mib_of_the_log_and_a_queues_end_count_as_resident() {
-    let dir = tempfile::tempdir().unwrap();
-    let large = comet_store::StoreConfig {
+/// The test store for 2 MiB messages: 8 MiB segments, so a few dozen messages span many of them.
+fn large_messages(dir: &std::path::Path) -> comet_store::StoreConfig {
+    comet_store::StoreConfig {
         segment_size: 8 << 20,
         max_message_size: 3 << 20,
         consume_queue_file_entries: 1024,
-        ..config(dir.path())
-    };
-    let store = Store::open(large).unwrap();
+        ..config(dir)
+    }
+}
+
+#[test]
+fn only_the_last_128_mib_of_the_log_and_a_queues_end_count_as_resident() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(large_messages(dir.path())).unwrap();
     assert!(store.is_resident("T", 0, QueueOffset(0)), "an unknown queue has nothing to wait for");
     // 136 MiB in 2 MiB messages: the first few fall out of the resident window.
     let mut big = message("T", 0, 0);
@@ -355,14 +359,8 @@ fn on_tmpfs(path: &std::path::Path) -> bool {
 #[test]
 fn flushed_log_data_beyond_the_cache_budget_leaves_the_page_cache_and_still_reads_back() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = comet_store::StoreConfig {
-        segment_size: 8 << 20,
-        max_message_size: 3 << 20,
-        consume_queue_file_entries: 1024,
-        flush_interval_ms: 20,
-        log_cache_bytes: 4 << 20,
-        ..config(dir.path())
-    };
+    let cfg =
+        comet_store::StoreConfig { flush_interval_ms: 20, log_cache_bytes: 4 << 20, ..large_messages(dir.path()) };
     let store = Store::open(cfg).unwrap();
     // 140 MiB in 2 MiB messages: the first segments lie beyond the 128 MiB resident window plus the budget.
     let mut big = message("T", 0, 0);

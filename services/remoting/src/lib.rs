@@ -30,4 +30,4 @@ pub use connection::{Connection, ResponseFuture};
 pub use error::{Error, Result};
 pub use frame::{Command, FrameDecoder, FrameError, Language, SerializeType};
 pub use router::{Handler, Request, Router, code};
-pub use server::Server;
+pub use server::{ConnectionLimit, Server};

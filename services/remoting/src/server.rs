@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::ServerConfig;
 use crate::connection::{Connection, Permits};
@@ -125,10 +125,43 @@ impl Server {
 /// How often refused connections are logged at most (with the number refused since the last line).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// At most so many connections open at once on one acceptor: [`ConnectionLimit::admit`] hands out a slot per
+/// accepted connection, held until the connection closes; one beyond the limit gets none and is to be closed at
+/// once. Refusals are logged at most every 10 s, with the count since the last line and the setting to raise.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    slots: Arc<Semaphore>,
+    max: usize,
+    /// The configuration key the warning names.
+    key: &'static str,
+    refused: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` connections, configured by `key`.
+    pub fn new(max: usize, key: &'static str) -> Self {
+        Self { slots: Arc::new(Semaphore::new(max)), max, key, refused: 0, logged_at: None }
+    }
+
+    /// A slot for the connection just accepted from `peer`, or `None` (then close it).
+    pub fn admit(&mut self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(slot);
+        }
+        self.refused += 1;
+        if self.logged_at.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+            tracing::warn!(%peer, refused = self.refused,
+                "{} connections open ({}): new ones are closed at once", self.max, self.key);
+            (self.refused, self.logged_at) = (0, Some(std::time::Instant::now()));
+        }
+        None
+    }
+}
+
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, max_connections: usize) {
     let mut stop = inner.stop_accepting.subscribe();
-    let slots = (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
-    let (mut refused, mut logged_at) = (0u64, None::<std::time::Instant>);
+    let mut limit = (max_connections > 0).then(|| ConnectionLimit::new(max_connections, "max-connections"));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -143,20 +176,11 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, max_connections: 
                 continue;
             }
         };
-        let slot = match &slots {
+        let slot = match &mut limit {
             None => None,
-            Some(slots) => match Arc::clone(slots).try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) => {
-                    drop(stream);
-                    refused += 1;
-                    if logged_at.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
-                        tracing::warn!(addr = %inner.local_addr, %peer, refused,
-                            "{max_connections} connections open (max-connections): new ones are closed at once");
-                        (refused, logged_at) = (0, Some(std::time::Instant::now()));
-                    }
-                    continue;
-                }
+            Some(limit) => match limit.admit(peer) {
+                Some(slot) => Some(slot),
+                None => continue, // dropping `stream` closes it
             },
         };
         adopt(&inner, stream, peer, slot);

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use comet_proto::comet::v1 as pb;
 use comet_proto::remoting as codes;
-use comet_remoting::{ChannelConfig, Command, Request, Router, Server, ServerConfig};
+use comet_remoting::{ChannelConfig, Command, ConnectionLimit, Request, Router, Server, ServerConfig};
 use comet_telemetry::RpcMetricsLayer;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::broker::Broker;
 use crate::edge::wire;
@@ -114,9 +114,6 @@ fn respond(metrics: &RpcMetricsLayer, method: &str, start: Instant, answer: Resu
     command
 }
 
-/// How often a refused connection is logged at most (with the number refused since the last line).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
 /// Accepts on `listener` and sorts connections by their first byte: remoting ones to `remoting`, the rest into the
 /// returned stream for tonic (which stops accepting when the stream's receiver is dropped). At most
 /// `max_connections` are open at once: one beyond is closed as soon as it is accepted. Ends when the listener
@@ -127,9 +124,8 @@ pub fn split(
     max_connections: usize,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Admitted>> {
     let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut limit = ConnectionLimit::new(max_connections, "broker.max-connections");
     tokio::spawn(async move {
-        let (mut refused, mut logged_at) = (0u64, None::<Instant>);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -143,19 +139,7 @@ pub fn split(
                 },
                 () = tx.closed() => return,
             };
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                drop(stream);
-                refused += 1;
-                if logged_at.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
-                    tracing::warn!(
-                        %peer,
-                        refused,
-                        "{max_connections} connections open (broker.max-connections): new ones are closed at once"
-                    );
-                    (refused, logged_at) = (0, Some(Instant::now()));
-                }
-                continue;
-            };
+            let Some(slot) = limit.admit(peer) else { continue }; // dropping `stream` closes it
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
             }
