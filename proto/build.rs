@@ -38,8 +38,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".comet.v1")
         .bytes(".apache.rocketmq.v2.Message.body")
+        .bytes(".apache.rocketmq.v2.ReceiveMessageResponse")
+        .bytes(".apache.rocketmq.v2.PullMessageResponse")
         .build_server(true)
         .build_client(true)
-        .compile_fds(fds)?;
+        .compile_fds(pre_encoded_messages(fds))?;
     Ok(())
+}
+
+/// The stream items that deliver messages (`ReceiveMessageResponse`, `PullMessageResponse`) as generated code
+/// sees them: their `message` field is `bytes` holding an encoded `Message` (the same bytes on the wire: both are
+/// length-delimited field 2), so the broker writes a delivered message straight from the stored record instead of
+/// building and encoding a `Message` of owned strings per message. Readers decode it with `Message::decode`. The
+/// descriptor set served by reflection (`descriptor.bin`) keeps the real type.
+fn pre_encoded_messages(mut fds: prost_types::FileDescriptorSet) -> prost_types::FileDescriptorSet {
+    use prost_types::field_descriptor_proto::Type;
+    for file in fds.file.iter_mut().filter(|f| f.package() == "apache.rocketmq.v2") {
+        for message in file.message_type.iter_mut() {
+            if !matches!(message.name(), "ReceiveMessageResponse" | "PullMessageResponse") {
+                continue;
+            }
+            for field in message.field.iter_mut().filter(|f| f.name() == "message") {
+                field.set_type(Type::Bytes);
+                field.type_name = None;
+            }
+        }
+    }
+    fds
 }

@@ -93,7 +93,7 @@ async fn pull(client: &mut MessagingServiceClient<Channel>, p: Pull<'_>) -> anyh
                 out.layout.push('s');
             }
             Some(Content::Message(m)) => {
-                out.messages.push(m);
+                out.messages.push(prost::Message::decode(m)?);
                 out.layout.push('m');
             }
             Some(Content::NextOffset(n)) => {

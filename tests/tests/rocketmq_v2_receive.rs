@@ -136,7 +136,7 @@ async fn receive(
                 anyhow::ensure!(code.is_none(), "two statuses");
                 code = Some(code_of(Some(&s)));
             }
-            Some(v2::receive_message_response::Content::Message(m)) => messages.push(m),
+            Some(v2::receive_message_response::Content::Message(m)) => messages.push(prost::Message::decode(m)?),
             Some(v2::receive_message_response::Content::DeliveryTimestamp(_)) => timestamp = true,
             None => anyhow::bail!("an item without content"),
         }
@@ -519,7 +519,9 @@ async fn auto_renewal_lasts_while_the_client_lives() -> anyhow::Result<()> {
     let bodies: Vec<String> = items
         .iter()
         .filter_map(|i| match &i.content {
-            Some(v2::receive_message_response::Content::Message(m)) => Some(body(m)),
+            Some(v2::receive_message_response::Content::Message(m)) => {
+                Some(body(&prost::Message::decode(m.clone()).expect("a delivered message decodes")))
+            }
             _ => None,
         })
         .collect();

@@ -146,30 +146,30 @@ fn entry_len(k: &[u8], v: &[u8]) -> usize {
     str_field_len(MAP_KEY, k) + str_field_len(MAP_VALUE, v)
 }
 
-fn varint_field(tag: u32, value: u64, buf: &mut BytesMut) {
+pub(crate) fn varint_field(tag: u32, value: u64, buf: &mut BytesMut) {
     if value != 0 {
         encode_key(tag, WireType::Varint, buf);
         encode_varint(value, buf);
     }
 }
 
-fn varint_field_len(tag: u32, value: u64) -> usize {
+pub(crate) fn varint_field_len(tag: u32, value: u64) -> usize {
     if value == 0 { 0 } else { key_len(tag) + encoded_len_varint(value) }
 }
 
-fn str_field(tag: u32, value: &[u8], buf: &mut BytesMut) {
+pub(crate) fn str_field(tag: u32, value: &[u8], buf: &mut BytesMut) {
     if !value.is_empty() {
         len_prefix(tag, value.len(), buf);
         buf.put_slice(value);
     }
 }
 
-fn str_field_len(tag: u32, value: &[u8]) -> usize {
+pub(crate) fn str_field_len(tag: u32, value: &[u8]) -> usize {
     if value.is_empty() { 0 } else { len_field_len(tag, value.len()) }
 }
 
 /// Key and length of a length-delimited field whose `len` bytes follow.
-fn len_prefix(tag: u32, len: usize, buf: &mut BytesMut) {
+pub(crate) fn len_prefix(tag: u32, len: usize, buf: &mut BytesMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(len as u64, buf);
 }

@@ -66,46 +66,7 @@ pub fn std_duration(d: &prost_types::Duration) -> Option<Duration> {
 
 /// The body digest the proxy sends and the SDKs verify: MD5, upper-case hex.
 pub fn md5_digest(body: &[u8]) -> pb::Digest {
-    digest_of(&Md5::digest(body).into())
-}
-
-/// The `Digest` of an MD5 sum (computed for a batch by [`crate::v2::digest::md5_each`]).
-pub fn digest_of(md5: &[u8; 16]) -> pb::Digest {
-    pb::Digest { r#type: pb::DigestType::Md5.into(), checksum: crate::v2::digest::upper_hex(md5) }
-}
-
-/// [`to_v2_message`] of each message, their MD5 digests computed side by side.
-pub fn to_v2_messages<'a>(messages: impl IntoIterator<Item = &'a StoredMessage>) -> Vec<pb::Message> {
-    let messages: Vec<&StoredMessage> = messages.into_iter().collect();
-    let bodies: Vec<bytes::Bytes> = messages.iter().map(|m| m.body()).collect();
-    let slices: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
-    let sums = crate::v2::digest::md5_each(&slices);
-    let mut hosts = Hosts::default();
-    messages.into_iter().zip(&sums).map(|(m, sum)| to_v2_message_with(m, digest_of(sum), &mut hosts)).collect()
-}
-
-/// The host strings of the last message converted: a batch mostly shares them (one store host, few producers),
-/// and formatting an address costs more than copying its text.
-#[derive(Default)]
-struct Hosts {
-    born: Option<(std::net::IpAddr, String)>,
-    store: Option<(std::net::SocketAddr, String)>,
-}
-
-impl Hosts {
-    fn born(&mut self, ip: std::net::IpAddr) -> String {
-        match &self.born {
-            Some((last, text)) if *last == ip => text.clone(),
-            _ => self.born.insert((ip, ip.to_string())).1.clone(),
-        }
-    }
-
-    fn store(&mut self, addr: std::net::SocketAddr) -> String {
-        match &self.store {
-            Some((last, text)) if *last == addr => text.clone(),
-            _ => self.store.insert((addr, addr.to_string())).1.clone(),
-        }
-    }
+    pb::Digest { r#type: pb::DigestType::Md5.into(), checksum: crate::v2::digest::upper_hex(&Md5::digest(body).into()) }
 }
 
 /// What kind of message a stored record is, by the properties a send left on it.
@@ -122,21 +83,18 @@ pub fn message_type_of(m: &StoredMessage) -> pb::MessageType {
 }
 
 /// True for the properties the broker keeps for itself (never shown as user properties).
-fn is_internal_property(key: &str) -> bool {
+pub(crate) fn is_internal_property(key: &str) -> bool {
     RESERVED_PROPERTIES.contains(&key) || key == PROP_SHARDING_KEY
 }
 
 /// A stored message as the v2 API delivers it: user properties, tag, keys, the client's id, an MD5 digest,
 /// IDENTITY encoding, store and born times and hosts, queue id and offset, message group and delivery time. A
 /// retry copy shows its original topic and id. The receipt handle, invisible duration and delivery attempt are
-/// the receiver's to set.
+/// the receiver's to set. Deliveries write the same message encoded ([`crate::v2::wire`]); this form serves the
+/// transaction check-back and is the reference the encoder is tested against.
 pub fn to_v2_message(m: &StoredMessage) -> pb::Message {
-    to_v2_message_with(m, md5_digest(&m.body()), &mut Hosts::default())
-}
-
-/// [`to_v2_message`] with the body's digest given.
-fn to_v2_message_with(m: &StoredMessage, body_digest: pb::Digest, hosts: &mut Hosts) -> pb::Message {
     let body = m.body();
+    let body_digest = md5_digest(&body);
     let topic = m.property(PROP_ORIGIN_TOPIC).unwrap_or_else(|| m.topic()).to_owned();
     let message_id = m.property(PROP_ORIGIN_MESSAGE_ID).unwrap_or_else(|| m.msg_id()).to_owned();
     let user_properties =
@@ -150,9 +108,9 @@ fn to_v2_message_with(m: &StoredMessage, body_digest: pb::Digest, hosts: &mut Ho
         body_encoding: pb::Encoding::Identity.into(),
         message_type: message_type_of(m).into(),
         born_timestamp: Some(timestamp(m.born_timestamp())),
-        born_host: hosts.born(m.born_host().ip()),
+        born_host: m.born_host().ip().to_string(),
         store_timestamp: Some(timestamp(m.store_timestamp())),
-        store_host: hosts.store(m.store_host()),
+        store_host: m.store_host().to_string(),
         delivery_timestamp,
         queue_id: i32::try_from(m.queue_id()).unwrap_or(i32::MAX),
         queue_offset: Some(i64::try_from(m.queue_offset().0).unwrap_or(i64::MAX)),
@@ -176,34 +134,6 @@ mod tests {
         let d = md5_digest(b"hello");
         assert_eq!(d.checksum, "5D41402ABC4B2A76B9719D911017C592");
         assert_eq!(d.r#type, i32::from(pb::DigestType::Md5));
-    }
-
-    #[test]
-    fn a_batch_converts_as_each_message_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = comet_store::Store::open(comet_store::StoreConfig::new(dir.path())).unwrap();
-        let mut stored = Vec::new();
-        for i in 0..11u8 {
-            let msg = comet_store::NewMessage {
-                topic: "t".into(),
-                queue_id: 0,
-                msg_id: format!("id{i}"),
-                tags: "tag".into(),
-                keys: "k1 k2".into(),
-                properties: vec![("user".into(), "v".into())],
-                body: bytes::Bytes::from(vec![i; 100 * usize::from(i)]),
-                flag: 0,
-                sys_flag: 0,
-                born_timestamp: 1,
-                born_host: format!("10.0.0.{}:1", i % 3).parse().unwrap(),
-                reconsume_times: 0,
-                prepared_transaction_offset: 0,
-            };
-            stored.push(store.read(store.append(&msg).unwrap().offset).unwrap());
-        }
-        let one_by_one: Vec<pb::Message> = stored.iter().map(to_v2_message).collect();
-        assert_eq!(to_v2_messages(stored.iter()), one_by_one);
-        assert_eq!(one_by_one[4].system_properties.as_ref().unwrap().born_host, "10.0.0.1");
     }
 
     #[test]

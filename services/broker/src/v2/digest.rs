@@ -26,6 +26,12 @@ pub fn md5_each(bodies: &[&[u8]]) -> Vec<[u8; 16]> {
     bodies.iter().map(|b| Md5::digest(b).into()).collect()
 }
 
+/// The MD5 of each message's body ([`md5_each`]).
+pub fn md5_bodies<'a>(messages: impl IntoIterator<Item = &'a comet_store::StoredMessage>) -> Vec<[u8; 16]> {
+    let bodies: Vec<bytes::Bytes> = messages.into_iter().map(comet_store::StoredMessage::body).collect();
+    md5_each(&bodies.iter().map(|b| &b[..]).collect::<Vec<_>>())
+}
+
 /// Upper-case hex of a digest (the proxy's format, which the SDKs compare as a string).
 pub fn upper_hex(sum: &[u8; 16]) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";

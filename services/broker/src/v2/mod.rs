@@ -18,6 +18,7 @@ pub mod send;
 pub mod sessions;
 pub mod status;
 pub mod telemetry;
+pub mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;

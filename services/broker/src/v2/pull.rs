@@ -22,7 +22,8 @@ use crate::domain::filter::TagFilter;
 use crate::error::{BrokerError, Result};
 use crate::handler::{offset, pull, query};
 use crate::v2::context::Caller;
-use crate::v2::{BoxStream, convert, status};
+use crate::v2::digest::md5_bodies;
+use crate::v2::{BoxStream, convert, status, wire};
 
 /// Taken off the client's deadline so a long poll answers before the client gives up.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
@@ -79,7 +80,10 @@ fn items(got: GetMessages, from: QueueOffset) -> Vec<Content> {
         GetStatus::Found => {
             let mut items = Vec::with_capacity(got.messages.len() + 2);
             items.push(Content::Status(status::ok()));
-            items.extend(convert::to_v2_messages(got.messages.iter()).into_iter().map(Content::Message));
+            let sums = md5_bodies(&got.messages);
+            let mut encoder = wire::Encoder::for_messages(&got.messages);
+            items
+                .extend(got.messages.iter().zip(&sums).map(|(m, sum)| Content::Message(encoder.message(m, sum, None))));
             items.push(next(got.next_offset));
             items
         }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use comet_model::system::{
     PROP_ORIGIN_MESSAGE_ID, PROP_ORIGIN_TOPIC, PROP_SHARDING_KEY, RECEIVE_JOURNAL_TOPIC, dlq_topic,
 };
@@ -40,8 +41,10 @@ use crate::error::{BrokerError, Result};
 use crate::v2::BoxStream;
 use crate::v2::context::Caller;
 use crate::v2::convert::{self, resource_name};
+use crate::v2::digest::md5_bodies;
 use crate::v2::sessions::Sessions;
 use crate::v2::status;
+use crate::v2::wire;
 
 /// Kept between the end of a long-poll hold and the client's deadline, for the answer to travel.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(300);
@@ -177,11 +180,7 @@ struct Ask {
 }
 
 /// Checks the request, then takes messages, parking while there are none.
-async fn receive(
-    broker: &Arc<Broker>,
-    caller: &Caller,
-    req: pb::ReceiveMessageRequest,
-) -> Result<(Vec<pb::Message>, Taken)> {
+async fn receive(broker: &Arc<Broker>, caller: &Caller, req: pb::ReceiveMessageRequest) -> Result<(Vec<Bytes>, Taken)> {
     let arrived = Instant::now();
     let config = &broker.config.rocketmq_v2;
     let group = resource_name(req.group.as_ref(), "group")?;
@@ -284,7 +283,7 @@ pub fn hold(
 }
 
 /// Takes messages; with none, parks until something may have changed, and tries again until `until`.
-async fn take_or_wait(broker: &Arc<Broker>, ask: Arc<Ask>, until: Instant) -> Result<(Vec<pb::Message>, Taken)> {
+async fn take_or_wait(broker: &Arc<Broker>, ask: Arc<Ask>, until: Instant) -> Result<(Vec<Bytes>, Taken)> {
     // The common case first: something to deliver, no interest to register.
     let (messages, _, taken) = look(broker, &ask).await?;
     if !messages.is_empty() || broker.waiters.is_stopping() || Instant::now() >= until {
@@ -321,7 +320,7 @@ async fn take_or_wait(broker: &Arc<Broker>, ask: Arc<Ask>, until: Instant) -> Re
 /// One [`take`]: in place when nothing in it can wait for the disk (see [`hot`]), otherwise on the blocking pool.
 /// The guard is made with the deliveries: if the request goes away during the look, dropping the look's result
 /// undoes them.
-async fn look(broker: &Arc<Broker>, ask: &Arc<Ask>) -> Result<(Vec<pb::Message>, Option<u64>, Taken)> {
+async fn look(broker: &Arc<Broker>, ask: &Arc<Ask>) -> Result<(Vec<Bytes>, Option<u64>, Taken)> {
     let inline = hot(broker, ask);
     let (ask, owner) = (Arc::clone(ask), Arc::clone(broker));
     let run = move |b: &Broker| {
@@ -366,11 +365,12 @@ async fn any<F: Future<Output = ()>>(mut futures: Vec<Pin<Box<F>>>) {
     .await;
 }
 
-/// One look at every queue of the ask: the messages delivered (as the v2 API shows them) and the earliest time
+/// One look at every queue of the ask: the messages delivered (encoded as the v2 API shows them) and the earliest time
 /// an invisible message of these queues becomes visible again. Blocking.
-fn take(b: &Broker, ask: &Ask) -> Result<(Vec<pb::Message>, Option<u64>, Vec<Handle>)> {
+fn take(b: &Broker, ask: &Ask) -> Result<(Vec<Bytes>, Option<u64>, Vec<Handle>)> {
     let now = now_ms();
     let mut out = Vec::new();
+    let mut body_bytes = 0;
     let mut handles = Vec::new();
     let mut next_deadline: Option<u64> = None;
     let n = ask.queues.len();
@@ -380,7 +380,7 @@ fn take(b: &Broker, ask: &Ask) -> Result<(Vec<pb::Message>, Option<u64>, Vec<Han
             break;
         }
         let queue_id = ask.queues[(start + i) % n];
-        match take_queue(b, ask, queue_id, now, &mut out, &mut handles) {
+        match take_queue(b, ask, queue_id, now, &mut out, &mut body_bytes, &mut handles) {
             Ok(Some(d)) => next_deadline = Some(next_deadline.map_or(d, |n| n.min(d))),
             Ok(None) => {}
             // What earlier queues delivered goes out (their handles are the caller's to undo or answer);
@@ -393,8 +393,7 @@ fn take(b: &Broker, ask: &Ask) -> Result<(Vec<pb::Message>, Option<u64>, Vec<Han
         }
     }
     if !out.is_empty() {
-        let bytes: usize = out.iter().map(|m| m.body.len()).sum();
-        b.metrics.pulled(&ask.group, &ask.topic, out.len() as u64, bytes as u64);
+        b.metrics.pulled(&ask.group, &ask.topic, out.len() as u64, body_bytes);
     }
     Ok((out, next_deadline, handles))
 }
@@ -436,13 +435,15 @@ fn open_window(b: &Broker, group: &str, topic: &str, queue_id: QueueId) -> Resul
     Ok(w)
 }
 
-/// Takes from one queue into `out` (up to the batch); answers the queue's next invisible deadline.
+/// Takes from one queue into `out` (up to the batch; their bodies' bytes added to `body_bytes`); answers the
+/// queue's next invisible deadline.
 fn take_queue(
     b: &Broker,
     ask: &Ask,
     queue_id: QueueId,
     now: u64,
-    out: &mut Vec<pb::Message>,
+    out: &mut Vec<Bytes>,
+    body_bytes: &mut u64,
     handles: &mut Vec<Handle>,
 ) -> Result<Option<u64>> {
     let config = &b.config.rocketmq_v2;
@@ -513,14 +514,18 @@ fn take_queue(
     if !dead.is_empty() {
         dead_letter(b, &ask.group, &ask.topic, &mut w, dead)?;
     }
-    let converted = convert::to_v2_messages(picked.iter().map(|(m, _)| m));
-    for ((m, attempt), message) in picked.iter().zip(converted) {
+    let sums = md5_bodies(picked.iter().map(|(m, _)| m));
+    let mut encoder = wire::Encoder::for_messages(picked.iter().map(|(m, _)| m));
+    let invisible = Duration::from_millis(ask.invisible_ms);
+    for ((m, attempt), sum) in picked.iter().zip(&sums) {
         let seq = b.receive.next_seq();
         let offset = m.queue_offset().0;
         let renew_until = if ask.auto_renew { now.saturating_add(config.auto_renew_max_ms) } else { 0 };
         w.deliver(offset, seq, now.saturating_add(ask.invisible_ms), renew_until, ask.client.clone());
         let handle = Handle { queue_id, offset, seq };
-        out.push(delivered(message, handle.encode(&ask.group, &ask.topic), *attempt, ask.invisible_ms));
+        let text = handle.encode(&ask.group, &ask.topic);
+        out.push(encoder.message(m, sum, Some(&wire::Delivery { handle: &text, attempt: *attempt, invisible })));
+        *body_bytes += m.body_len() as u64;
         handles.push(handle);
     }
     commit(b, &ask.group, &ask.topic, queue_id, &mut w);
@@ -540,16 +545,6 @@ fn read_unfinished(b: &Broker, topic: &str, queue_id: QueueId, offset: u64, phys
     }
     let got = b.store.get_messages(topic, queue_id, QueueOffset(offset), 1, READ_MAX_BYTES, None).ok()?;
     got.messages.into_iter().next().filter(is_it)
-}
-
-/// A converted message as delivered: receipt handle, attempt and invisible duration set.
-fn delivered(mut message: pb::Message, handle: String, attempt: u32, invisible_ms: u64) -> pb::Message {
-    if let Some(p) = message.system_properties.as_mut() {
-        p.receipt_handle = Some(handle);
-        p.delivery_attempt = Some(i32::try_from(attempt).unwrap_or(i32::MAX));
-        p.invisible_duration = Some(convert::duration(Duration::from_millis(invisible_ms)));
-    }
-    message
 }
 
 /// Restarts the window where the group's committed offset was moved by someone else (a native consumer's or an

@@ -547,7 +547,7 @@ async fn pull(
     while let Some(item) = stream.message().await.context("PullMessage stream")? {
         match item.content {
             Some(Content::Status(s)) => status = Some(s),
-            Some(Content::Message(m)) => bodies.push(m.body),
+            Some(Content::Message(m)) => bodies.push(decode_message(m)?.body),
             Some(Content::NextOffset(n)) => next = n,
             None => {}
         }
@@ -562,6 +562,11 @@ async fn stopped(stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A delivered message: stream items carry it encoded (see proto/build.rs); decoded in full, as an SDK does.
+fn decode_message(encoded: Bytes) -> anyhow::Result<pb::Message> {
+    <pb::Message as prost::Message>::decode(encoded).context("a delivered message does not decode")
 }
 
 /// One ReceiveMessage (batch, explicit invisible time, no auto-renew, as a simple consumer), then one AckMessage
@@ -591,7 +596,7 @@ async fn receive_and_ack(
     while let Some(item) = stream.message().await.context("ReceiveMessage stream")? {
         match item.content {
             Some(ReceiveItem::Status(s)) => status = Some(s),
-            Some(ReceiveItem::Message(m)) => messages.push(m),
+            Some(ReceiveItem::Message(m)) => messages.push(decode_message(m)?),
             Some(ReceiveItem::DeliveryTimestamp(_)) | None => {}
         }
     }
