@@ -20,36 +20,46 @@ pub struct Handle {
 const MAX_LEN: usize = 80;
 
 fn checksum(group: &str, topic: &str, h: &Handle) -> u32 {
-    let mut crc = crc32c::crc32c(group.as_bytes());
-    crc = crc32c::crc32c_append(crc, &[0]);
-    crc = crc32c::crc32c_append(crc, topic.as_bytes());
-    crc = crc32c::crc32c_append(crc, &h.queue_id.to_be_bytes());
-    crc = crc32c::crc32c_append(crc, &h.offset.to_be_bytes());
-    crc32c::crc32c_append(crc, &h.seq.to_be_bytes())
+    let mut fields = [0u8; 20];
+    fields[..4].copy_from_slice(&h.queue_id.to_be_bytes());
+    fields[4..12].copy_from_slice(&h.offset.to_be_bytes());
+    fields[12..].copy_from_slice(&h.seq.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(group.as_bytes()), &[0]);
+    crc32c::crc32c_append(crc32c::crc32c_append(crc, topic.as_bytes()), &fields)
 }
 
-/// Appends `v` in lower-case hex, at least `min_digits` digits (zero-padded).
-fn push_hex(out: &mut String, v: u64, min_digits: u32) {
+/// Writes `v` in lower-case hex at `out[at..]`, at least `min_digits` digits (zero-padded); the end position.
+fn put_hex(out: &mut [u8; MAX_LEN], at: usize, v: u64, min_digits: u32) -> usize {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digits = (64 - v.leading_zeros()).div_ceil(4).max(min_digits);
-    for i in (0..digits).rev() {
-        out.push(char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize]));
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(min_digits) as usize;
+    for (i, slot) in out[at..at + digits].iter_mut().enumerate() {
+        *slot = DIGITS[((v >> (4 * (digits - 1 - i))) & 0xf) as usize];
     }
+    at + digits
+}
+
+/// A field of 1 to 16 hex digits (either case).
+fn hex64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |v, &d| Some(v << 4 | u64::from(char::from(d).to_digit(16)?)))
 }
 
 impl Handle {
     /// The handle's text for a delivery to `group` of a message of `topic`.
-    // Hot path (one per delivered message): written digit by digit into one allocation, not through `format!`.
+    // Hot path (one per delivered message): written digit by digit on the stack, one allocation, one checksum
+    // pass over the numbers.
     pub fn encode(&self, group: &str, topic: &str) -> String {
-        let mut out = String::with_capacity(3 * 17 + 8);
-        push_hex(&mut out, u64::from(self.queue_id), 1);
-        out.push('.');
-        push_hex(&mut out, self.offset, 1);
-        out.push('.');
-        push_hex(&mut out, self.seq, 1);
-        out.push('.');
-        push_hex(&mut out, u64::from(checksum(group, topic, self)), 8);
-        out
+        // At most 8 + 16 + 16 + 8 digits and 3 dots: fits MAX_LEN.
+        let mut out = [0u8; MAX_LEN];
+        let mut at = put_hex(&mut out, 0, u64::from(self.queue_id), 1);
+        for (v, digits) in [(self.offset, 1), (self.seq, 1), (u64::from(checksum(group, topic, self)), 8)] {
+            out[at] = b'.';
+            at = put_hex(&mut out, at + 1, v, digits);
+        }
+        // ASCII digits and dots: always UTF-8.
+        std::str::from_utf8(&out[..at]).map(str::to_owned).unwrap_or_default()
     }
 
     /// Parses a handle a consumer of `group` sent for `topic`; INVALID_RECEIPT_HANDLE (field `receipt_handle`)
@@ -67,18 +77,17 @@ impl Handle {
         if text.len() > MAX_LEN {
             return Err(invalid());
         }
-        let mut parts = text.split('.');
-        let mut next = || parts.next().ok_or_else(invalid);
-        let hex64 = |s: &str| if s.is_empty() || s.len() > 16 { None } else { u64::from_str_radix(s, 16).ok() };
-        let queue_id = u32::try_from(hex64(next()?).ok_or_else(invalid)?).map_err(|_| invalid())?;
-        let offset = hex64(next()?).ok_or_else(invalid)?;
-        let seq = hex64(next()?).ok_or_else(invalid)?;
-        let sum = next()?;
-        if parts.next().is_some() {
-            return Err(invalid());
+        // Hot path (one per acknowledged message): four hex fields parsed in one pass.
+        let mut fields = [0u64; 4];
+        let mut parts = text.as_bytes().split(|&b| b == b'.');
+        for field in &mut fields {
+            *field = parts.next().and_then(hex64).ok_or_else(invalid)?;
         }
+        let [queue_id, offset, seq, sum] = fields;
+        let sum_digits = text.len() - text.rfind('.').map_or(0, |dot| dot + 1);
+        let queue_id = u32::try_from(queue_id).map_err(|_| invalid())?;
         let h = Handle { queue_id, offset, seq };
-        if sum.len() != 8 || u32::from_str_radix(sum, 16).ok() != Some(checksum(group, topic, &h)) || seq == 0 {
+        if parts.next().is_some() || sum_digits != 8 || sum != u64::from(checksum(group, topic, &h)) || seq == 0 {
             return Err(invalid());
         }
         Ok(h)
@@ -88,6 +97,17 @@ impl Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksums_stay_those_of_issued_handles() {
+        // The checksum of handles issued before it was computed in one pass (a client may still hold them).
+        let h = Handle { queue_id: 7, offset: 0x1234_5678_9abc, seq: 42 };
+        let mut crc = crc32c::crc32c(b"group");
+        for part in [&[0u8][..], b"topic", &h.queue_id.to_be_bytes(), &h.offset.to_be_bytes(), &h.seq.to_be_bytes()] {
+            crc = crc32c::crc32c_append(crc, part);
+        }
+        assert_eq!(checksum("group", "topic", &h), crc);
+    }
 
     #[test]
     fn handles_are_hex_fields_and_a_padded_checksum() {
@@ -103,6 +123,7 @@ mod tests {
         assert_eq!(Handle::decode(&text, "g", "t").unwrap(), h);
         assert!(Handle::decode(&text, "g2", "t").is_err());
         assert!(Handle::decode(&text, "g", "t2").is_err());
+        assert_eq!(Handle::decode(&text.to_uppercase(), "g", "t").unwrap(), h, "hex digits of either case");
     }
 
     #[test]
@@ -119,6 +140,9 @@ mod tests {
             "1.2.3.abcdefgh",
             "ffffffffff.1.1.00000000",
             "é.é.é.é",
+            "+1.1.1.00000000",
+            "1..1.00000000",
+            "1.1.1.",
         ] {
             let e = Handle::decode(bad, "g", "t").unwrap_err();
             assert!(matches!(e, BrokerError::Invalid { field: "receipt_handle", .. }), "{bad}");
