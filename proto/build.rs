@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".apache.rocketmq.v2.PullMessageResponse")
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::Codec")
         .compile_fds(pre_encoded_messages(fds))?;
     Ok(())
 }
