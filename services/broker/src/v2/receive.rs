@@ -365,8 +365,8 @@ async fn any<F: Future<Output = ()>>(mut futures: Vec<Pin<Box<F>>>) {
     .await;
 }
 
-/// One look at every queue of the ask: the messages delivered (encoded as the v2 API shows them) and the earliest time
-/// an invisible message of these queues becomes visible again. Blocking.
+/// One look at every queue of the ask: the messages delivered (encoded as the v2 API shows them) and the earliest
+/// time an invisible message of these queues becomes visible again. Blocking.
 fn take(b: &Broker, ask: &Ask) -> Result<(Vec<Bytes>, Option<u64>, Vec<Handle>)> {
     let now = now_ms();
     let mut out = Vec::new();
