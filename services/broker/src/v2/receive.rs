@@ -659,8 +659,7 @@ pub async fn ack_message(broker: &Arc<Broker>, request: Request<pb::AckMessageRe
         broker.sessions.touch(id);
     }
     let req = request.into_inner();
-    let entries = req.entries.clone();
-    let work = move |b: &Broker| {
+    let work = |b: &Broker, req: &pb::AckMessageRequest| {
         let (group, topic) = names(b, req.group.as_ref(), req.topic.as_ref())?;
         let handles: Vec<&str> = req.entries.iter().map(|e| e.receipt_handle.as_str()).collect();
         let statuses = ack_entries(b, &group, &topic, &handles);
@@ -669,10 +668,16 @@ pub async fn ack_message(broker: &Arc<Broker>, request: Request<pb::AckMessageRe
     };
     // With async flush the journal append is a copy into the page cache (microseconds): cheaper in place than two
     // thread hand-offs, as for small sends. Sync flush (an fsync wait) and the journal topic's creation (a
-    // metadata write) go to the blocking pool.
+    // metadata write) go to the blocking pool, with a copy of the request (the answer echoes its entries).
     let inline =
         broker.config.store.flush_mode == FlushMode::Async && broker.topics.get(RECEIVE_JOURNAL_TOPIC).is_some();
-    let outcome = if inline { work(broker) } else { broker.blocking(work).await };
+    let outcome = if inline {
+        work(broker, &req)
+    } else {
+        let copy = req.clone();
+        broker.blocking(move |b| work(b, &copy)).await
+    };
+    let entries = req.entries;
     let lang = caller.language.as_str();
     let statuses: Vec<pb::Status> = match outcome {
         Ok(statuses) => statuses,
