@@ -43,17 +43,22 @@ pub fn messages_to_proto(messages: &[StoredMessage]) -> Vec<pb::StoredMessage> {
         .collect()
 }
 
-/// Host addresses as text, each distinct one formatted once per answer: answers come from one broker and
-/// usually from few producers.
-#[derive(Default)]
-pub(crate) struct HostText(Vec<(SocketAddr, String)>);
+/// Host addresses (socket addresses, or bare IPs) as text, each distinct one formatted once per answer: answers
+/// come from one broker and usually from few producers.
+pub(crate) struct HostText<A = SocketAddr>(Vec<(A, String)>);
+
+impl<A> Default for HostText<A> {
+    fn default() -> Self {
+        HostText(Vec::new())
+    }
+}
 
 /// Distinct addresses a [`HostText`] keeps; past that it recycles its last slot rather than scan a long list.
 const HOSTS_CACHED: usize = 8;
 
-impl HostText {
+impl<A: Copy + PartialEq + std::fmt::Display> HostText<A> {
     /// `addr` as text.
-    pub(crate) fn get(&mut self, addr: SocketAddr) -> &str {
+    pub(crate) fn get(&mut self, addr: A) -> &str {
         let at = match self.0.iter().position(|(a, _)| *a == addr) {
             Some(at) => at,
             None => {

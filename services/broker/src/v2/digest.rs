@@ -34,11 +34,16 @@ pub fn md5_bodies<'a>(messages: impl IntoIterator<Item = &'a comet_store::Stored
 
 /// Upper-case hex of a digest (the proxy's format, which the SDKs compare as a string).
 pub fn upper_hex(sum: &[u8; 16]) -> String {
+    upper_hex_ascii(sum).iter().map(|&b| char::from(b)).collect()
+}
+
+/// [`upper_hex`] as ASCII bytes, for encoders that write it without an allocation.
+pub fn upper_hex_ascii(sum: &[u8; 16]) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut hex = String::with_capacity(32);
-    for b in sum {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0xF)]));
+    let mut hex = [0u8; 32];
+    for (i, b) in sum.iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 0xF)];
     }
     hex
 }

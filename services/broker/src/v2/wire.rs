@@ -18,8 +18,10 @@ use comet_proto::apache::rocketmq::v2 as pb;
 use comet_store::StoredMessage;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
+use crate::edge::convert::HostText;
 use crate::edge::wire::{len_prefix, str_field, str_field_len, varint_field, varint_field_len};
 use crate::v2::convert::{is_internal_property, message_type_of};
+use crate::v2::digest::upper_hex_ascii;
 
 // Field numbers of apache.rocketmq.v2.Message (proto/apache/rocketmq/v2/definition.proto).
 const TOPIC: u32 = 1;
@@ -70,8 +72,8 @@ pub struct Delivery<'a> {
 pub struct Encoder {
     buf: BytesMut,
     scratch: BytesMut,
-    born: Option<(IpAddr, String)>,
-    store: Option<(SocketAddr, String)>,
+    born: HostText<IpAddr>,
+    store: HostText<SocketAddr>,
 }
 
 impl Encoder {
@@ -81,8 +83,8 @@ impl Encoder {
         Encoder {
             buf: BytesMut::with_capacity(estimate),
             scratch: BytesMut::with_capacity(512),
-            born: None,
-            store: None,
+            born: HostText::default(),
+            store: HostText::default(),
         }
     }
 
@@ -118,7 +120,7 @@ impl Encoder {
         }
         let message_id = m.property(PROP_ORIGIN_MESSAGE_ID).unwrap_or_else(|| m.msg_id());
         str_field(MESSAGE_ID, message_id.as_bytes(), out);
-        let hex = upper_hex(md5);
+        let hex = upper_hex_ascii(md5);
         let digest_type = pb::DigestType::Md5 as u64;
         len_prefix(BODY_DIGEST, varint_field_len(DIGEST_TYPE, digest_type) + str_field_len(DIGEST_CHECKSUM, &hex), out);
         varint_field(DIGEST_TYPE, digest_type, out);
@@ -126,19 +128,9 @@ impl Encoder {
         varint_field(BODY_ENCODING, pb::Encoding::Identity as u64, out);
         varint_field(MESSAGE_TYPE, message_type_of(m) as u64, out);
         time_field(BORN_TIMESTAMP, Duration::from_millis(m.born_timestamp()), out);
-        let born = m.born_host().ip();
-        let born = &match &self.born {
-            Some((ip, text)) if *ip == born => text,
-            _ => &self.born.insert((born, born.to_string())).1,
-        };
-        str_field(BORN_HOST, born.as_bytes(), out);
+        str_field(BORN_HOST, self.born.get(m.born_host().ip()).as_bytes(), out);
         time_field(STORE_TIMESTAMP, Duration::from_millis(m.store_timestamp()), out);
-        let store = m.store_host();
-        let store = &match &self.store {
-            Some((addr, text)) if *addr == store => text,
-            _ => &self.store.insert((store, store.to_string())).1,
-        };
-        str_field(STORE_HOST, store.as_bytes(), out);
+        str_field(STORE_HOST, self.store.get(m.store_host()).as_bytes(), out);
         if let Some(at) = m.property(PROP_DELIVER_AT).and_then(|v| v.parse::<u64>().ok()) {
             time_field(DELIVERY_TIMESTAMP, Duration::from_millis(at), out);
         }
@@ -171,17 +163,6 @@ fn time_field(tag: u32, t: Duration, buf: &mut BytesMut) {
     len_prefix(tag, varint_field_len(SECONDS, secs) + varint_field_len(NANOS, nanos), buf);
     varint_field(SECONDS, secs, buf);
     varint_field(NANOS, nanos, buf);
-}
-
-/// Upper-case hex of an MD5 sum, as the proxy sends it.
-fn upper_hex(sum: &[u8; 16]) -> [u8; 32] {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut hex = [0u8; 32];
-    for (i, b) in sum.iter().enumerate() {
-        hex[2 * i] = HEX[usize::from(b >> 4)];
-        hex[2 * i + 1] = HEX[usize::from(b & 0xF)];
-    }
-    hex
 }
 
 #[cfg(test)]
