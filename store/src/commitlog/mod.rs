@@ -155,15 +155,22 @@ impl CommitLog {
         let Writer { queue_offsets, buf, .. } = &mut *w;
         let mut results = Vec::with_capacity(msgs.len());
         let mut at = 0usize;
-        for (m, &n) in msgs.iter().zip(&sizes) {
-            let queue_offset = next_queue_offset(queue_offsets, &m.topic, m.queue_id);
-            results.push(AppendResult {
-                offset: CommitLogOffset(base + at as u64),
-                size: n as u32,
-                queue_offset: QueueOffset(queue_offset),
-                store_timestamp: timestamp,
-            });
-            at += n;
+        // A batch is usually one run of messages for one queue: one table lookup per run, not two per message.
+        let mut from = 0;
+        while let Some(first) = msgs.get(from) {
+            let run =
+                msgs[from..].iter().take_while(|m| m.topic == first.topic && m.queue_id == first.queue_id).count();
+            let first_offset = take_queue_offsets(queue_offsets, &first.topic, first.queue_id, run as u64);
+            for (queue_offset, &n) in (first_offset..).zip(&sizes[from..from + run]) {
+                results.push(AppendResult {
+                    offset: CommitLogOffset(base + at as u64),
+                    size: n as u32,
+                    queue_offset: QueueOffset(queue_offset),
+                    store_timestamp: timestamp,
+                });
+                at += n;
+            }
+            from += run;
         }
         let placement = |r: &AppendResult| Placement {
             physical_offset: r.offset,
@@ -399,13 +406,14 @@ fn rewind_queue_offset(table: &mut QueueOffsetTable, topic: &str, queue_id: Queu
     }
 }
 
-fn next_queue_offset(table: &mut QueueOffsetTable, topic: &str, queue_id: QueueId) -> u64 {
+/// Takes the next `count` queue offsets of (`topic`, `queue_id`) (a new queue starts at 0); returns the first.
+fn take_queue_offsets(table: &mut QueueOffsetTable, topic: &str, queue_id: QueueId, count: u64) -> u64 {
     let queues = match table.get_mut(topic) {
         Some(q) => q,
         None => table.entry(topic.to_owned()).or_default(),
     };
     let slot = queues.entry(queue_id).or_insert(0);
-    let offset = *slot;
-    *slot += 1;
-    offset
+    let first = *slot;
+    *slot += count;
+    first
 }
