@@ -374,8 +374,6 @@ pub(crate) struct Layout {
     pub flag: u32,
     pub sys_flag: u32,
     pub reconsume_times: u32,
-    pub born_host: SocketAddr,
-    pub store_host: SocketAddr,
     pub topic: Range<usize>,
     pub msg_id: Range<usize>,
     pub tags: Range<usize>,
@@ -384,15 +382,26 @@ pub(crate) struct Layout {
     pub body: Range<usize>,
 }
 
+/// How much [`Layout::parse`] checks beyond the lengths (which it always checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// The checksum, and that every text field is UTF-8: for bytes from a disk or a peer.
+    Full,
+    /// Lengths only: for a walker over records this process has already checked or written itself (the
+    /// dispatcher), which reads the few text fields it needs through `str::from_utf8` anyway.
+    Lengths,
+}
+
 impl Layout {
-    /// Decodes the record at the start of `buf`, checking every length; with `verify_crc` also the checksum.
-    pub(crate) fn parse(buf: &[u8], verify_crc: bool) -> Result<Layout, DecodeError> {
+    /// Decodes the record at the start of `buf`, checking every length, and with [`Check::Full`] its checksum
+    /// and text fields.
+    pub(crate) fn parse(buf: &[u8], check: Check) -> Result<Layout, DecodeError> {
         let size = match peek(buf)? {
             Frame::Record(size) => size,
             Frame::End | Frame::Empty => return Err(DecodeError::BadMagic(read_u32(buf, OFF_MAGIC).unwrap_or(0))),
         };
         let rec = buf.get(..size).ok_or(DecodeError::Truncated)?;
-        if verify_crc {
+        if check == Check::Full {
             let stored = read_u32(rec, OFF_CRC).ok_or(DecodeError::Truncated)?;
             let computed = crc32c::crc32c(&rec[CRC_FROM..]);
             if stored != computed {
@@ -421,12 +430,14 @@ impl Layout {
         if pos != size {
             return Err(field("record size"));
         }
-        for (range, name) in [(&topic, "topic"), (&msg_id, "message id"), (&tags, "tags"), (&keys, "keys")] {
-            if std::str::from_utf8(&rec[range.clone()]).is_err() {
-                return Err(field(name));
+        if check == Check::Full {
+            for (range, name) in [(&topic, "topic"), (&msg_id, "message id"), (&tags, "tags"), (&keys, "keys")] {
+                if std::str::from_utf8(&rec[range.clone()]).is_err() {
+                    return Err(field(name));
+                }
             }
+            validate_properties(&rec[properties.clone()])?;
         }
-        validate_properties(&rec[properties.clone()])?;
         let num = |at| read_u64(rec, at).ok_or(DecodeError::Truncated);
         let word = |at| read_u32(rec, at).ok_or(DecodeError::Truncated);
         Ok(Layout {
@@ -440,8 +451,6 @@ impl Layout {
             flag: word(OFF_FLAG)?,
             sys_flag: word(OFF_SYS_FLAG)?,
             reconsume_times: word(OFF_RECONSUME)?,
-            born_host: read_host(rec, OFF_BORN_HOST).ok_or(DecodeError::Truncated)?,
-            store_host: read_host(rec, OFF_STORE_HOST).ok_or(DecodeError::Truncated)?,
             topic,
             msg_id,
             tags,
@@ -489,11 +498,16 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// Decodes a whole record held in `record` (exactly one record, CRC verified).
     pub fn decode(record: Bytes) -> Result<Self, DecodeError> {
-        let layout = Layout::parse(&record, true)?;
+        let layout = Layout::parse(&record, Check::Full)?;
         if layout.size != record.len() {
             return Err(DecodeError::BadField("record size"));
         }
         Ok(Self { record, layout })
+    }
+
+    /// A host field, read on demand (`peek` guarantees the whole header; the fallback is unreachable).
+    fn host(&self, at: usize) -> SocketAddr {
+        read_host(&self.record, at).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     fn str(&self, r: &Range<usize>) -> &str {
@@ -582,11 +596,11 @@ impl StoredMessage {
     }
     /// Producer address.
     pub fn born_host(&self) -> SocketAddr {
-        self.layout.born_host
+        self.host(OFF_BORN_HOST)
     }
     /// Broker address.
     pub fn store_host(&self) -> SocketAddr {
-        self.layout.store_host
+        self.host(OFF_STORE_HOST)
     }
     /// User flag.
     pub fn flag(&self) -> u32 {
@@ -745,7 +759,8 @@ mod tests {
             let buf = encode_vec(&msg);
             let n = cut.index(buf.len());
             prop_assert!(StoredMessage::decode(Bytes::copy_from_slice(&buf[..n])).is_err());
-            prop_assert!(Layout::parse(&buf[..n], false).is_err());
+            prop_assert!(Layout::parse(&buf[..n], Check::Full).is_err());
+            prop_assert!(Layout::parse(&buf[..n], Check::Lengths).is_err());
         }
 
         #[test]
@@ -759,7 +774,8 @@ mod tests {
         #[test]
         fn garbage_never_panics(garbage in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = peek(&garbage);
-            let _ = Layout::parse(&garbage, false);
+            let _ = Layout::parse(&garbage, Check::Full);
+            let _ = Layout::parse(&garbage, Check::Lengths);
             let _ = StoredMessage::decode(Bytes::from(garbage));
         }
 
@@ -771,7 +787,8 @@ mod tests {
             buf.extend_from_slice(&size.to_le_bytes());
             buf.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
             buf.extend_from_slice(&garbage);
-            let _ = Layout::parse(&buf, false);
+            let _ = Layout::parse(&buf, Check::Full);
+            let _ = Layout::parse(&buf, Check::Lengths);
             let _ = StoredMessage::decode(Bytes::from(buf));
         }
     }

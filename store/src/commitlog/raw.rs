@@ -76,7 +76,7 @@ fn validate_chunk(bytes: &[u8], at: u64, rel: usize, seg_size: usize, segment_si
                         ),
                     });
                 }
-                let layout = Layout::parse(rec, true).map_err(|e| reject(pos, e.to_string()))?;
+                let layout = Layout::parse(rec, crate::record::Check::Full).map_err(|e| reject(pos, e.to_string()))?;
                 let here = at + pos as u64;
                 if layout.physical_offset != here {
                     return Err(reject(pos, format!("record claims offset {}", layout.physical_offset)));

@@ -177,7 +177,7 @@ fn scan_segment(seg: &Segment, mut pos: u64) -> Scan {
                 else {
                     return invalid(format!("record of {size} bytes overruns the segment"));
                 };
-                match Layout::parse(bytes, true) {
+                match Layout::parse(bytes, crate::record::Check::Full) {
                     Ok(l) if l.physical_offset == pos => pos += size as u64,
                     Ok(l) => return invalid(format!("record claims offset {}", l.physical_offset)),
                     Err(e) => return invalid(e.to_string()),
