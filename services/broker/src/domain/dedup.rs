@@ -182,9 +182,6 @@ impl Dedup {
     // Hot path: one lock per request, one hash lookup per message, amortised expiry.
     pub fn reserve_all(&self, keys: &[Option<Key>], now_ms: u64) -> Vec<Option<Reservation>> {
         let mut state = self.state.lock();
-        // The entries this call will likely expire (in a full table, about as many as it adds), then its keys.
-        let expiring = state.order.iter().take(keys.len()).map(|(_, k)| k);
-        touch(&state.map, expiring.chain(keys.iter().flatten()));
         self.expire(&mut state, now_ms);
         keys.iter().map(|k| k.map(|k| Self::reserve_in(&mut state, k, now_ms))).collect()
     }
@@ -211,9 +208,7 @@ impl Dedup {
 
     /// [`Dedup::complete`] for a batch under one lock.
     pub fn complete_all(&self, stored: impl IntoIterator<Item = (Key, Stored)>) {
-        let stored: Vec<(Key, Stored)> = stored.into_iter().collect();
         let mut state = self.state.lock();
-        touch(&state.map, stored.iter().map(|(k, _)| k));
         for (key, stored) in stored {
             if let Some(slot) = state.map.get_mut(&key) {
                 slot.entry = Entry::Stored(stored);
@@ -275,14 +270,6 @@ impl Dedup {
             state.order.retain(|(at, k)| map.get(k).is_some_and(|s| s.at_ms == *at));
         }
     }
-}
-
-/// Looks every key up once, discarding the answers, so that the cache misses of a batch's random probes overlap
-/// (each lookup is independent: the CPU runs several ahead) instead of being paid one after another by the
-/// dependent work that follows. At a batch of 1 000 the table's misses were a tenth of the broker's time.
-fn touch<'k>(map: &HashMap<Key, Slot, BuildHasherDefault<KeyHasher>>, keys: impl Iterator<Item = &'k Key>) {
-    let found = keys.filter(|k| map.contains_key(k)).count();
-    std::hint::black_box(found);
 }
 
 #[cfg(test)]
