@@ -1,8 +1,8 @@
 //! Comet's wire contract: generated tonic/prost code for the `.proto` files under `proto/`.
 //!
-//! This crate is deliberately logic-free (but for the codec's buffer sizes, [`codec`]): conversions to domain
-//! types live in the crates that own the domain (see docs/architecture.md, "wire types, domain types and storage
-//! types are three different things").
+//! This crate is deliberately logic-free (but for the codec's buffer sizes and a field count that presizes
+//! decoding, [`codec`]): conversions to domain types live in the crates that own the domain (see
+//! docs/architecture.md, "wire types, domain types and storage types are three different things").
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -7,6 +7,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use bytes::Bytes;
+use comet_proto::codec::count_field;
 use comet_proto::comet::v1 as pb;
 use comet_proto::comet::v1::broker_client::BrokerClient as GrpcClient;
 use comet_proto::remoting as codes;
@@ -114,14 +115,19 @@ struct Remoting {
 }
 
 impl BrokerClient {
-    /// Sends one request of messages (see `comet.v1.Broker/SendMessage`).
+    /// Sends one request of messages (see `comet.v1.Broker/SendMessage`): `head` with `messages` in place of its
+    /// own (empty) list, which stays with the caller for a retry instead of being copied into every attempt.
     pub(crate) async fn send_message(
         &mut self,
-        request: pb::SendMessageRequest,
+        head: pb::SendMessageRequest,
+        messages: &[pb::OutgoingMessage],
     ) -> Result<tonic::Response<pb::SendMessageResponse>, Status> {
         match &self.remoting {
-            Some(remoting) => remoting.call(codes::SEND_MESSAGE, &request).await.map(tonic::Response::new),
-            None => self.grpc.send_message(request).await,
+            Some(remoting) => {
+                let body = remoting.invoke(codes::SEND_MESSAGE, encode_send(&head, messages)).await?;
+                decode_sent(body).map(tonic::Response::new).map_err(undecodable)
+            }
+            None => self.grpc.send_message(pb::SendMessageRequest { messages: messages.to_vec(), ..head }).await,
         }
     }
 
@@ -160,18 +166,44 @@ impl DerefMut for BrokerClient {
 }
 
 impl Remoting {
-    async fn call<Q: Message, A: Message + Default>(&self, request_code: i32, request: &Q) -> Result<A, Status> {
-        A::decode(self.call_raw(request_code, request).await?).map_err(undecodable)
-    }
-
     /// The body of a successful answer, still encoded.
     async fn call_raw<Q: Message>(&self, request_code: i32, request: &Q) -> Result<Bytes, Status> {
-        let command = Command::request(request_code, request.encode_to_vec());
+        self.invoke(request_code, request.encode_to_vec()).await
+    }
+
+    /// [`Remoting::call_raw`] of an already encoded request.
+    async fn invoke(&self, request_code: i32, body: Vec<u8>) -> Result<Bytes, Status> {
+        let command = Command::request(request_code, body);
         let answer = self.client.invoke(&self.address, command, REMOTING_CALL_CAP).await.map_err(transport_status)?;
         answer_status(answer.code, answer.remark)?;
         Ok(answer.body)
     }
 }
+
+/// A `SendMessageRequest` of `head`'s fields and `messages`, encoded without copying the messages into `head`.
+/// The messages come after `head`'s last field; protobuf readers take fields in any order.
+fn encode_send(head: &pb::SendMessageRequest, messages: &[pb::OutgoingMessage]) -> Vec<u8> {
+    const MESSAGES: u32 = 4;
+    let len =
+        head.encoded_len() + messages.iter().map(|m| prost::encoding::message::encoded_len(MESSAGES, m)).sum::<usize>();
+    let mut body = Vec::with_capacity(len);
+    head.encode_raw(&mut body);
+    for m in messages {
+        prost::encoding::message::encode(MESSAGES, m, &mut body);
+    }
+    body
+}
+
+/// Decodes a send's answer with room for its results reserved first (one per message sent).
+fn decode_sent(body: Bytes) -> Result<pb::SendMessageResponse, prost::DecodeError> {
+    let mut answer = pb::SendMessageResponse::default();
+    answer.results.reserve(count_field(&body, 1, SEND_MAX_RESULTS));
+    answer.merge(body)?;
+    Ok(answer)
+}
+
+/// Most results [`decode_sent`] reserves room for up front (more still decode).
+const SEND_MAX_RESULTS: usize = 4096;
 
 fn undecodable(e: prost::DecodeError) -> Status {
     Status::internal(format!("undecodable answer from the broker: {e}"))
@@ -184,31 +216,9 @@ const PULL_MAX_MESSAGES: usize = 1024;
 /// growing the list moved up to a thousand decoded messages several times per answer.
 fn decode_pull(body: Bytes) -> Result<pb::PullMessageResponse, prost::DecodeError> {
     let mut answer = pb::PullMessageResponse::default();
-    answer.messages.reserve(count_messages(&body).min(PULL_MAX_MESSAGES));
+    answer.messages.reserve(count_field(&body, 2, PULL_MAX_MESSAGES));
     answer.merge(body)?;
     Ok(answer)
-}
-
-/// How many `messages` (field 2) an encoded `PullMessageResponse` holds, walking its top-level keys and lengths
-/// only. A malformed answer stops the count early; decoding then reports it.
-fn count_messages(mut b: &[u8]) -> usize {
-    use prost::encoding::{WireType, decode_key, decode_varint};
-    const MESSAGES: u32 = 2;
-    let mut n = 0;
-    while !b.is_empty() {
-        let Ok((tag, wire)) = decode_key(&mut b) else { break };
-        let skip = match wire {
-            WireType::Varint => decode_varint(&mut b).map(|_| 0),
-            WireType::LengthDelimited => decode_varint(&mut b),
-            WireType::SixtyFourBit => Ok(8),
-            WireType::ThirtyTwoBit => Ok(4),
-            WireType::StartGroup | WireType::EndGroup => break,
-        };
-        let Some(rest) = skip.ok().and_then(|len| b.get(usize::try_from(len).ok()?..)) else { break };
-        b = rest;
-        n += usize::from(tag == MESSAGES && wire == WireType::LengthDelimited);
-    }
-    n
 }
 
 /// The status of a remoting answer that is not a success: the broker's gRPC status, or the channel's own refusals
@@ -275,7 +285,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pull_answer_is_counted_and_decoded_whole() {
+    fn a_pull_answer_is_decoded_whole_and_a_truncated_one_refused() {
         let message = |i: u64| pb::StoredMessage {
             topic: "t".into(),
             queue_offset: i,
@@ -292,15 +302,43 @@ mod tests {
                 max_offset: 300,
             };
             let body = Bytes::from(answer.encode_to_vec());
-            assert_eq!(count_messages(&body), n as usize);
             assert_eq!(decode_pull(body.clone()).unwrap(), answer);
-            // A truncated answer stops the count and fails the decode; neither panics.
+            // A truncated answer fails the decode without a panic.
             if body.len() > 1 {
                 let cut = body.slice(..body.len() - 1);
-                assert!(count_messages(&cut) <= n as usize);
                 assert!(decode_pull(cut).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_send_encoded_from_its_parts_is_the_whole_request_and_its_answer_decodes_whole() {
+        let message = |i: u8| pb::OutgoingMessage {
+            message_id: format!("id-{i}"),
+            keys: vec!["k".into()],
+            body: Bytes::from(vec![i; 200]),
+            ..Default::default()
+        };
+        let head = pb::SendMessageRequest {
+            topic: "t".into(),
+            queue_id: Some(2),
+            producer_group: "g".into(),
+            messages: Vec::new(),
+            transactional: true,
+        };
+        let messages: Vec<_> = (0..4).map(message).collect();
+        let whole = pb::SendMessageRequest { messages: messages.clone(), ..head.clone() };
+        let body = encode_send(&head, &messages);
+        assert_eq!(body.len(), whole.encoded_len());
+        assert_eq!(pb::SendMessageRequest::decode(&body[..]).unwrap(), whole);
+
+        let answer = pb::SendMessageResponse {
+            results: (0..4u64)
+                .map(|i| pb::SendResult { message_id: format!("id-{i}"), queue_offset: i, ..Default::default() })
+                .collect(),
+        };
+        assert_eq!(decode_sent(Bytes::from(answer.encode_to_vec())).unwrap(), answer);
+        assert!(decode_sent(Bytes::from_static(&[0x0a, 0x05, 1])).is_err());
     }
 
     #[test]

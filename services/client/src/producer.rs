@@ -448,15 +448,15 @@ impl Producer {
         let (broker_name, address) = (target.broker_name.as_str(), target.address.as_str());
         let fail = |error, stored| Failed { error, target: Some(target.clone()), stored };
         let mut client = self.inner.channels.broker(address).map_err(|e| fail(e, Stored::No))?;
-        let request = pb::SendMessageRequest {
+        let head = pb::SendMessageRequest {
             topic: outgoing.topic.to_owned(),
             queue_id: target.queue_id,
             producer_group: self.inner.config.group.clone(),
-            messages: outgoing.messages.clone(),
+            messages: Vec::new(),
             transactional: outgoing.transactional,
         };
         let timeout = self.inner.config.send_timeout;
-        let response = match tokio::time::timeout(timeout, client.send_message(request)).await {
+        let response = match tokio::time::timeout(timeout, client.send_message(head, &outgoing.messages)).await {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
                 return Err(fail(ClientError::broker_status(op, address, &status), Stored::of(&status)));

@@ -323,7 +323,8 @@ impl CommitLog {
             Frame::Empty => Ok((Step::End, None)),
             Frame::Record(size) => {
                 let bytes = seg.file().bytes(rel, size).ok_or_else(|| corrupt("record past published end".into()))?;
-                let layout = Layout::parse(bytes, record::Check::Lengths).map_err(|e: DecodeError| corrupt(e.to_string()))?;
+                let layout =
+                    Layout::parse(bytes, record::Check::Lengths).map_err(|e: DecodeError| corrupt(e.to_string()))?;
                 Ok((Step::Record, Some(Walked { layout, bytes })))
             }
         }
