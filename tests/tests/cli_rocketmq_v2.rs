@@ -106,7 +106,7 @@ fn report(stdout: &str) -> anyhow::Result<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_speaks_v2_and_every_sent_message_is_received_and_acknowledged() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (ns, _broker) = cluster(dir.path()).await?;
+    let (ns, broker) = cluster(dir.path()).await?;
     let common = ["--json", "--quiet", "--topic", "bench-v2", "--queues", "4", "--api", "v2"];
     let with = |args: &[&'static str]| args.iter().chain(&common).copied().collect::<Vec<_>>();
 
@@ -120,6 +120,9 @@ async fn bench_speaks_v2_and_every_sent_message_is_received_and_acknowledged() -
     let produced = report(&comet(&ns, &batched).await?)?;
     assert_eq!((produced["messages"].as_u64(), produced["batch"].as_u64()), (Some(400), Some(20)), "{produced}");
 
+    // An acknowledged message reaches its consume queue a moment later (dispatch), and the consume run counts the
+    // backlog its queues show when it starts: wait until they show every message.
+    comet_tests::harness::broker_process::dispatched(&broker.client().await?, "bench-v2", 0..4, 1000).await?;
     // Receive + ack of the whole backlog by a new group: every message once.
     let consume = with(&["bench", "consume", "--pull-batch", "32", "--receivers", "4", "--group", "bench-readers"]);
     let consumed = report(&comet(&ns, &consume).await?)?;

@@ -430,9 +430,10 @@ async fn python_delay_message_is_invisible_until_due() -> anyhow::Result<()> {
 #[tokio::test]
 async fn python_transactions_commit_rollback_and_check_back() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    // The first check 2 s after a half: the rolled-back one must not race it (its checker would answer COMMIT).
     let options = BrokerOptions {
         messaging:
-            "  transaction-check-delay-ms: 1000\n  transaction-check-interval-ms: 1000\n  transaction-check-max: 5\n"
+            "  transaction-check-delay-ms: 2000\n  transaction-check-interval-ms: 1000\n  transaction-check-max: 5\n"
                 .into(),
         ..Default::default()
     };

@@ -20,7 +20,14 @@ const GROUP: &str = "order-producers";
 
 /// Short check-back cadence so the tests see several checks within seconds.
 fn fast_checks(max: u32) -> String {
-    format!("  transaction-check-delay-ms: 300\n  transaction-check-interval-ms: 300\n  transaction-check-max: {max}\n")
+    checks_after(300, max)
+}
+
+/// Check-backs every 300 ms, the first `delay_ms` after a half message is stored.
+fn checks_after(delay_ms: u64, max: u32) -> String {
+    format!(
+        "  transaction-check-delay-ms: {delay_ms}\n  transaction-check-interval-ms: 300\n  transaction-check-max: {max}\n"
+    )
 }
 
 async fn create_topic(client: &mut BrokerClient<Channel>) -> anyhow::Result<()> {
@@ -161,7 +168,10 @@ async fn an_unknown_local_transaction_is_checked_back_and_the_checker_commits_it
     let ns_dir = dir.path().join("ns");
     std::fs::create_dir_all(&ns_dir)?;
     let ns = NameServer::memory(&ns_dir, "").await?;
-    let options = BrokerOptions { nameservers: vec![ns.addr()], messaging: fast_checks(10), ..Default::default() };
+    // The first check 1.5 s after the half: the directly committed transaction below must not race one on a
+    // loaded machine (its commit follows the half at once, but "at once" has taken over 300 ms there).
+    let messaging = checks_after(1_500, 10);
+    let options = BrokerOptions { nameservers: vec![ns.addr()], messaging, ..Default::default() };
     let broker = BrokerProcess::start(&dir.path().join("b"), &options).await?;
     let mut client = broker.client().await?;
     create_topic(&mut client).await?;

@@ -282,7 +282,28 @@ async fn consume_push(args: ConsumeArgs, namesrv: &[String], model: MessageModel
     let role = if broadcasting { "broadcasting" } else { "clustering" };
     let consumer = builder.start().await.with_context(|| format!("joining group {} as a {role} member", args.group))?;
     eprintln!("{role} consumer {} started", consumer.client_id());
-    run.wait(args.count).await;
+    if broadcasting {
+        run.wait(args.count).await;
+    } else {
+        // A clustering member says which of the topic's queues it reads, and again whenever the group re-balances.
+        let assignments = async {
+            let mut shown = None;
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                let queues = consumer.assigned_queues();
+                if shown.as_ref() != Some(&queues) {
+                    let list: Vec<String> = queues.iter().map(ToString::to_string).collect();
+                    eprintln!("reading {} queue(s): {}", queues.len(), list.join(" "));
+                    shown = Some(queues);
+                }
+            }
+        };
+        tokio::select! {
+            () = run.wait(args.count) => {}
+            () = assignments => {}
+        }
+    }
     consumer.shutdown().await;
     let printed = run.printed.load(Ordering::SeqCst);
     match &offset_file {

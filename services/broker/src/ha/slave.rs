@@ -127,10 +127,12 @@ async fn follow(broker: &Arc<Broker>, client: &Client, timeout: Duration, stop: 
     let mut link = Link { conn, session: String::new(), timeout, master: ha.master_address.clone() };
     let (master_min, master_end) = authenticate(broker, &mut link).await?;
     let follower = &broker.ha.follower;
-    follower.connected.store(true, Ordering::Release);
     follower.master_end.store(master_end, Ordering::Release);
     follower.last_contact_ms.store(now_ms(), Ordering::Release);
     let mut offset = reconcile(broker, &link, master_min, master_end).await?;
+    // Connected once replication can start: a slave whose log cannot be reconciled never reports it, not even
+    // for the moment between authenticating and refusing.
+    follower.connected.store(true, Ordering::Release);
     tracing::info!(master = %link.master, offset, master_end, "replicating from the master");
 
     // Metadata is copied beside the fetch loop over the same connection (requests are multiplexed), so the
