@@ -223,8 +223,9 @@ async fn admitted(addr: &str) -> anyhow::Result<(tokio::net::TcpStream, bool)> {
     use tokio::io::AsyncReadExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let mut byte = [0u8; 1];
-    // An admitted connection stays silent (the broker waits for the client's first bytes).
-    let open = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await.is_err();
+    // An admitted connection stays silent (the broker waits for the client's first bytes); a refused one is closed
+    // at once, which a starved broker may take a while to get to.
+    let open = tokio::time::timeout(Duration::from_millis(1_000), stream.read(&mut byte)).await.is_err();
     Ok((stream, open))
 }
 

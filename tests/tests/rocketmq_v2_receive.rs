@@ -649,9 +649,19 @@ async fn a_lost_commit_log_tail_is_read_again_from_the_queues_new_end() -> anyho
     assert_eq!(got.len(), 10);
     let handles: Vec<String> = got.iter().map(handle).collect();
     ack(&mut client, "g", "tail", &handles[..5]).await?;
-    // The periodic snapshot (every 5 s) records the window: read to 10, five in flight.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The periodic snapshot (every 5 s) records the window: read to 10, the first five done, five in flight.
     let store = broker.store_dir();
+    let snapshot = store.join("config").join("receive-windows.json");
+    let recorded = || {
+        let text = std::fs::read_to_string(&snapshot).unwrap_or_default();
+        let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let windows = saved["windows"].as_array().cloned().unwrap_or_default();
+        let done =
+            windows.iter().any(|w| w["topic"] == "tail" && w["window"]["base"] == 5 && w["window"]["read_to"] == 10);
+        async move { done }
+    };
+    comet_tests::harness::wait_until("the acknowledged window in a snapshot", Duration::from_secs(30), recorded)
+        .await?;
     drop(client);
     let mut broker = broker;
     broker.kill();
