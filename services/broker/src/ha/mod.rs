@@ -331,7 +331,8 @@ mod tests {
         c.ha.listen = "127.0.0.1:0".into();
         c.ha.secret = "0123456789abcdef".into();
         c.ha.replication = ReplicationMode::Sync;
-        c.ha.sync_timeout_ms = 200;
+        // Long enough that a stalled test thread does not see a waiter time out before it acknowledges.
+        c.ha.sync_timeout_ms = 1_000;
         c
     }
 
@@ -375,7 +376,7 @@ mod tests {
         let started = std::time::Instant::now();
         let err = r.wait_replicated(300, 300).await.unwrap_err();
         assert!(err.to_string().contains("0 slave(s) connected"), "{err}");
-        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(started.elapsed() < Duration::from_millis(500), "at once, not at the 1 s timeout");
         assert!(r.slaves().is_empty());
         assert_eq!(r.close_silent(), 1);
     }
