@@ -105,8 +105,17 @@ impl Inner {
             }
             let Some(w) = walked else { break };
             let l = &w.layout;
-            let topic = std::str::from_utf8(&w.bytes[l.topic.clone()]).unwrap_or_default();
-            let tags = std::str::from_utf8(&w.bytes[l.tags.clone()]).unwrap_or_default();
+            // The walk checked lengths only: the text fields are checked here, where they are read (a record
+            // damaged on disk stops the dispatcher with the reason, as the walk's own checks do).
+            let text = |range: &std::ops::Range<usize>, field: &str| {
+                std::str::from_utf8(&w.bytes[range.clone()]).map_err(|_| crate::error::Error::Corrupt {
+                    path: s.path().to_owned(),
+                    offset: s.rel(pos) as u64,
+                    reason: format!("record's {field} is not UTF-8"),
+                })
+            };
+            let topic = text(&l.topic, "topic")?;
+            let tags = text(&l.tags, "tags")?;
             let queue = match &last_queue {
                 Some((t, id, q)) if t == topic && *id == l.queue_id => q.clone(),
                 _ => {
@@ -115,8 +124,8 @@ impl Inner {
                     q
                 }
             };
-            let msg_id = std::str::from_utf8(&w.bytes[l.msg_id.clone()]).unwrap_or_default();
-            let keys = std::str::from_utf8(&w.bytes[l.keys.clone()]).unwrap_or_default();
+            let msg_id = text(&l.msg_id, "message id")?;
+            let keys = text(&l.keys, "keys")?;
             // Room for the index entries the record may add (its id; at most MAX_KEYS keys): no split per record.
             let index_entries =
                 usize::from(!msg_id.is_empty()) + if keys.is_empty() { 0 } else { crate::record::MAX_KEYS };

@@ -253,3 +253,22 @@ fn empty_files_left_by_an_interrupted_creation_are_removed_at_start_up() {
     assert_eq!(store.read(CommitLogOffset(offs[299])).unwrap().body(), body(0, 299));
     assert_eq!(store.append(&message("T", 0, 300)).unwrap().queue_offset, QueueOffset(300));
 }
+
+#[test]
+fn a_damaged_text_field_met_while_rebuilding_queues_is_reported_not_dispatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let offs = fill(dir.path(), 50);
+    // The topic's first byte (after the 104-byte header and its 2-byte length) becomes invalid UTF-8, and the
+    // queues are lost, so the records are dispatched again at start-up: the damaged one is named (its checksum
+    // or its text), never filed under some other topic.
+    patch(dir.path(), offs[20] + 106, |b| b[0] = 0xFF);
+    std::fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    match Store::open(config(dir.path())) {
+        Err(Error::Corrupt { path, offset, reason }) => {
+            assert!(path.starts_with(dir.path().join("commitlog")));
+            assert_eq!(offset, offs[20] % config(dir.path()).segment_size);
+            assert!(reason.contains("CRC") || reason.contains("UTF-8"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {:?}", other.err()),
+    }
+}

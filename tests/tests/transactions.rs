@@ -25,9 +25,8 @@ fn fast_checks(max: u32) -> String {
 
 /// Check-backs every 300 ms, the first `delay_ms` after a half message is stored.
 fn checks_after(delay_ms: u64, max: u32) -> String {
-    format!(
-        "  transaction-check-delay-ms: {delay_ms}\n  transaction-check-interval-ms: 300\n  transaction-check-max: {max}\n"
-    )
+    let interval = "  transaction-check-interval-ms: 300\n";
+    format!("  transaction-check-delay-ms: {delay_ms}\n{interval}  transaction-check-max: {max}\n")
 }
 
 async fn create_topic(client: &mut BrokerClient<Channel>) -> anyhow::Result<()> {

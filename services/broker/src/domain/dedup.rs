@@ -1,9 +1,10 @@
 //! Idempotent send: the (topic, message id) pairs stored within `messaging.dedup-window-ms`, so a producer's
 //! retry after a timeout is answered with the first send's result instead of being stored twice.
 //!
-//! A bounded in-memory table (`dedup-max-entries`) with time expiry, keyed by a 128-bit hash of the pair (no
-//! string per entry: about 110 bytes each) under a per-process random secret. An id is *reserved* before its append and *completed* with its result
-//! after, so two concurrent sends of one id never both store. Under a sustained send rate above
+//! A bounded in-memory table (`dedup-max-entries`) with time expiry, keyed by a 128-bit hash of the pair under a
+//! per-process random secret (no string per entry: about 110 bytes each). An id is *reserved* before its append
+//! and *completed* with its result after, so two concurrent sends of one id never both store. Under a sustained
+//! send rate above
 //! `max-entries / window` the oldest entries are evicted early: the window then shrinks to `max-entries / rate`
 //! (counted, see [`Dedup::evicted_early`]). After a restart the table misses what was stored before it; for one
 //! window after the newest of those messages, [`Dedup::needs_index`] says the caller must also consult the
@@ -112,7 +113,8 @@ pub struct Dedup {
     /// Store time of the newest message stored before this broker started (0 = none): until a window after it,
     /// a miss in memory is not proof.
     incomplete_until_ms: u64,
-    /// XXH3 secret drawn at start-up: ids cannot be chosen to collide, in the table or in its buckets.
+    /// XXH3 secret drawn at start-up: which ids collide, in the table or in its buckets, cannot be worked out
+    /// in advance.
     secret: Box<[u8; SECRET_LEN]>,
     state: Mutex<State>,
     evicted_early: AtomicU64,
