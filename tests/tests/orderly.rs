@@ -324,12 +324,14 @@ async fn a_failing_message_blocks_only_its_queue_up_to_the_limit_then_goes_to_th
     assert_eq!(poison, [0, 2, 3, 4], "order kept; message 1 skipped only after its last attempt");
     consumer.shutdown().await;
 
-    // The dead letter is in %DLQ%<group> with the original id and body.
+    // The dead letter is in %DLQ%<group> with the original id and body (visible once dispatched).
     let mut client = broker.client().await?;
+    let dlq = format!("%DLQ%{group}");
+    comet_tests::harness::broker_process::dispatched(&client, &dlq, 0..1, 1).await?;
     let pulled = client
         .pull_message(pb::PullMessageRequest {
             group: "dlq-reader".into(),
-            topic: format!("%DLQ%{group}"),
+            topic: dlq,
             queue_id: 0,
             offset: 0,
             max_count: 10,
