@@ -48,6 +48,8 @@ const MAX_IOVECS: usize = 64;
 const IOV_MAX: usize = 1024;
 /// Read buffer growth when the next frame's size is not known yet.
 const READ_CHUNK: usize = 64 * 1024;
+/// Frames at least this large are read to their end and no further (see `read_loop`).
+const EXACT_READ_MIN: usize = 16 * 1024;
 
 /// Permits bounding async and oneway requests, shared by every connection of one client or server.
 #[derive(Debug)]
@@ -415,6 +417,8 @@ impl Connection {
         let decoder = FrameDecoder::new(self.shared.config.max_frame_size);
         let mut closed = self.shared.closed.subscribe();
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Size of the latest frame whose length was read: the likely size of the next one.
+        let mut last_frame = 0;
         let reason = loop {
             // Decode everything complete before reading again.
             let next = loop {
@@ -433,10 +437,29 @@ impl Connection {
                     break format!("invalid frame: {e}");
                 }
             };
-            // Reserve the whole next frame at once: a large body lands in one allocation and is never moved.
-            buf.reserve(wanted.saturating_sub(buf.len()).max(READ_CHUNK));
+            // Reserve the whole next frame at once: a large body lands in one allocation and is never moved. A
+            // large frame is read to its end and no further, and after large frames the next read takes one more
+            // like them: a decoded frame's body is still in use (the buffer is shared) when the next frame needs
+            // room, so any part of that next frame read along with it would be copied into the new buffer (at
+            // batches of 64 × 1 KiB, most of a frame per frame: 12 % of a broker's instructions).
+            let missing = wanted.saturating_sub(buf.len());
+            let (room, limit) = if wanted > frame::LENGTH_FIELD_LEN {
+                last_frame = wanted;
+                if missing >= EXACT_READ_MIN { (missing, Some(missing)) } else { (missing.max(READ_CHUNK), None) }
+            } else if last_frame >= EXACT_READ_MIN {
+                (last_frame, Some(last_frame - buf.len()))
+            } else {
+                (missing.max(READ_CHUNK), None)
+            };
+            buf.reserve(room);
+            let read_some = async {
+                match limit {
+                    Some(n) => (&mut read).take(n as u64).read_buf(&mut buf).await,
+                    None => read.read_buf(&mut buf).await,
+                }
+            };
             tokio::select! {
-                r = read.read_buf(&mut buf) => match r {
+                r = read_some => match r {
                     Ok(0) => break "closed by peer".to_owned(),
                     Ok(_) => self.active(),
                     Err(e) => break format!("read error: {e}"),

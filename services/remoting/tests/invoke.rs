@@ -70,6 +70,26 @@ async fn large_bodies_arrive_intact() {
 }
 
 #[tokio::test]
+async fn frames_of_every_size_pipelined_on_one_connection_arrive_intact() {
+    // Large frames are read to their end only, and after them reads are sized like the last one: sizes around
+    // that threshold and the read chunk, mixed with small frames and a large one, in flight together both ways.
+    let server = echo_server().await;
+    let client = client();
+    let sizes = [70_000, 100, 20_000, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 3, 64 * 1024, 64 * 1024 + 7, 1 << 20];
+    let mut futures = Vec::new();
+    for i in 0..120usize {
+        let len = sizes[i % sizes.len()];
+        let body: Bytes = (0..len).map(|j| ((i * 31 + j) % 251) as u8).collect::<Vec<u8>>().into();
+        let answer = client.invoke_async(&addr(&server), Command::request(ECHO, body.clone()), LONG).await.unwrap();
+        futures.push((body, answer));
+    }
+    for (i, (body, answer)) in futures.into_iter().enumerate() {
+        assert!(answer.await.unwrap().body == body, "frame {i} of {} bytes came back changed", body.len());
+    }
+    assert_eq!(server.connections().len(), 1, "every request used the one connection");
+}
+
+#[tokio::test]
 async fn oneway_requests_reach_their_handler() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let router = Router::new().route(5, 16, move |req: Request| {
