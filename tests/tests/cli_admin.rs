@@ -18,10 +18,14 @@ pub(crate) async fn cluster(dir: &Path) -> anyhow::Result<(NameServer, BrokerPro
     let broker =
         BrokerProcess::start(&broker_dir, &BrokerOptions { nameservers: vec![ns.addr()], ..Default::default() })
             .await?;
-    // Admin commands find the brokers through the cluster info, so wait for the first registration.
+    // Admin commands find the master brokers (id 0) through the cluster info: wait until one is listed with its
+    // address.
     let ns_client = ns.client()?;
-    wait_until("broker registered", Duration::from_secs(10), || async {
-        ns_client.cluster_info().await.is_ok_and(|c| c.clusters.iter().any(|c| !c.brokers.is_empty()))
+    wait_until("master registered", Duration::from_secs(30), || async {
+        ns_client
+            .cluster_info()
+            .await
+            .is_ok_and(|c| c.clusters.iter().flat_map(|c| &c.brokers).any(|b| b.addresses.contains_key(&0)))
     })
     .await?;
     Ok((ns, broker))
