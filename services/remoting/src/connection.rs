@@ -50,6 +50,9 @@ const IOV_MAX: usize = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Frames at least this large are read to their end and no further (see `read_loop`).
 const EXACT_READ_MIN: usize = 16 * 1024;
+/// The most a read at a frame boundary reserves on the guess that the next frame is as large as the last: one
+/// huge frame does not make every connection hold that much for the small ones after it.
+const BOUNDARY_READ_MAX: usize = 2 << 20;
 
 /// Permits bounding async and oneway requests, shared by every connection of one client or server.
 #[derive(Debug)]
@@ -447,7 +450,8 @@ impl Connection {
                 last_frame = wanted;
                 if missing >= EXACT_READ_MIN { (missing, Some(missing)) } else { (missing.max(READ_CHUNK), None) }
             } else if last_frame >= EXACT_READ_MIN {
-                (last_frame, Some(last_frame - buf.len()))
+                let like_last = last_frame.min(BOUNDARY_READ_MAX);
+                (like_last, Some(like_last - buf.len()))
             } else {
                 (missing.max(READ_CHUNK), None)
             };
