@@ -6,8 +6,8 @@
 //! is 33 KiB or more) went through three doublings on each side, about 7 % of the broker's instructions per
 //! received message (callgrind). Those answers, and only those, start with [`DELIVERY_BUFFER`]: they live for
 //! one call, so memory stays bounded by the calls in flight, while long-lived streams (telemetry, transaction
-//! checks) keep tonic's small default. [`count_field`] lets a reader of a large repeated field (a batch of sends,
-//! a pull's answer) reserve room for it before decoding.
+//! checks) keep tonic's small default. [`decode_with_room`] lets a reader of a large repeated field (a batch of
+//! sends, a pull's answer) reserve room for it before decoding.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
@@ -70,13 +70,25 @@ where
     }
 }
 
+/// Decodes `body` as an `M` whose repeated field `field` (`list`) gets its room reserved first: decoding
+/// otherwise grows the list by doubling and moves every decoded element at each step (at a thousand messages per
+/// request or answer, several percent of a broker's or client's instructions). At most `cap` entries are reserved
+/// (a frame of empty entries must not make a reader reserve gigabytes); more still decode.
+pub fn decode_with_room<M: prost::Message + Default, T>(
+    body: prost::bytes::Bytes,
+    field: u32,
+    cap: usize,
+    list: impl FnOnce(&mut M) -> &mut Vec<T>,
+) -> Result<M, prost::DecodeError> {
+    let mut decoded = M::default();
+    list(&mut decoded).reserve(count_field(&body, field, cap));
+    decoded.merge(body)?;
+    Ok(decoded)
+}
+
 /// How many times field `field` occurs, length-delimited, at the top level of the encoded message `buf` (at most
-/// `cap`), from its keys and lengths alone: room for a repeated field of messages can then be reserved before
-/// decoding, which otherwise grows the list by doubling and moves every decoded element at each step (at a
-/// thousand messages per request or answer, several percent of a broker's or client's instructions). A
-/// malformed message stops the count early (decoding reports it); `cap` bounds what a frame of empty entries
-/// can make a reader reserve.
-pub fn count_field(mut buf: &[u8], field: u32, cap: usize) -> usize {
+/// `cap`), from its keys and lengths alone. A malformed message stops the count early (decoding reports it).
+fn count_field(mut buf: &[u8], field: u32, cap: usize) -> usize {
     use prost::encoding::{WireType, decode_key, decode_varint};
     let mut count = 0;
     while !buf.is_empty() && count < cap {

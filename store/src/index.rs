@@ -66,19 +66,11 @@ impl IndexKey<'_> {
             IndexKey::Key { topic, key } => [&[0], topic.as_bytes(), &[0], key.as_bytes()],
             IndexKey::Id(id) => [&[1], id.as_bytes(), &[], &[]],
         };
-        let len = parts.iter().map(|p| p.len()).sum::<usize>();
-        let mut joined = [0u8; 320];
-        if len <= joined.len() {
-            let mut at = 0;
-            for part in parts {
-                joined[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
-            return xxhash_rust::xxh3::xxh3_64(&joined[..len]);
-        }
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        parts.iter().for_each(|part| h.update(part));
-        h.digest()
+        comet_model::hash_joined(&parts, xxhash_rust::xxh3::xxh3_64, |parts| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            parts.iter().for_each(|part| h.update(part));
+            h.digest()
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use bytes::Bytes;
-use comet_proto::codec::count_field;
+use comet_proto::codec::decode_with_room;
 use comet_proto::comet::v1 as pb;
 use comet_proto::comet::v1::broker_client::BrokerClient as GrpcClient;
 use comet_proto::remoting as codes;
@@ -196,10 +196,7 @@ fn encode_send(head: &pb::SendMessageRequest, messages: &[pb::OutgoingMessage]) 
 
 /// Decodes a send's answer with room for its results reserved first (one per message sent).
 fn decode_sent(body: Bytes) -> Result<pb::SendMessageResponse, prost::DecodeError> {
-    let mut answer = pb::SendMessageResponse::default();
-    answer.results.reserve(count_field(&body, 1, SEND_MAX_RESULTS));
-    answer.merge(body)?;
-    Ok(answer)
+    decode_with_room(body, 1, SEND_MAX_RESULTS, |a: &mut pb::SendMessageResponse| &mut a.results)
 }
 
 /// Most results [`decode_sent`] reserves room for up front (more still decode).
@@ -215,10 +212,7 @@ const PULL_MAX_MESSAGES: usize = 1024;
 /// Decodes a pull's answer with room for its messages reserved first: decoding pushes them one at a time, and
 /// growing the list moved up to a thousand decoded messages several times per answer.
 fn decode_pull(body: Bytes) -> Result<pb::PullMessageResponse, prost::DecodeError> {
-    let mut answer = pb::PullMessageResponse::default();
-    answer.messages.reserve(count_field(&body, 2, PULL_MAX_MESSAGES));
-    answer.merge(body)?;
-    Ok(answer)
+    decode_with_room(body, 2, PULL_MAX_MESSAGES, |a: &mut pb::PullMessageResponse| &mut a.messages)
 }
 
 /// The status of a remoting answer that is not a success: the broker's gRPC status, or the channel's own refusals

@@ -20,23 +20,15 @@ pub struct Handle {
 const MAX_LEN: usize = 80;
 
 /// The CRC-32C of `group`, a zero byte, `topic` and the handle's numbers (big-endian).
-// Hot path (twice per delivered message): one pass over a stack copy when the names fit, as valid names always
-// do (120 + 255 bytes at most); a call per part otherwise (each call costs more than the bytes it checks).
+// Hot path (twice per delivered message): one pass when the names fit, as valid names always do.
 fn checksum(group: &str, topic: &str, h: &Handle) -> u32 {
     let mut fields = [0u8; 20];
     fields[..4].copy_from_slice(&h.queue_id.to_be_bytes());
     fields[4..12].copy_from_slice(&h.offset.to_be_bytes());
     fields[12..].copy_from_slice(&h.seq.to_be_bytes());
-    let mut all = [0u8; 512];
-    let (g, t) = (group.len(), topic.len());
-    if g + 1 + t + fields.len() > all.len() {
-        let crc = crc32c::crc32c_append(crc32c::crc32c(group.as_bytes()), &[0]);
-        return crc32c::crc32c_append(crc32c::crc32c_append(crc, topic.as_bytes()), &fields);
-    }
-    all[..g].copy_from_slice(group.as_bytes());
-    all[g + 1..g + 1 + t].copy_from_slice(topic.as_bytes());
-    all[g + 1 + t..g + 1 + t + fields.len()].copy_from_slice(&fields);
-    crc32c::crc32c(&all[..g + 1 + t + fields.len()])
+    comet_model::hash_joined(&[group.as_bytes(), &[0], topic.as_bytes(), &fields], crc32c::crc32c, |parts| {
+        parts.iter().fold(0, |crc, part| crc32c::crc32c_append(crc, part))
+    })
 }
 
 /// Writes `v` in lower-case hex at `out[at..]`, at least `min_digits` digits (zero-padded); the end position.
