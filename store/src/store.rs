@@ -764,6 +764,8 @@ mod tests {
             max_message_size: 64 << 10,
             index_slots: 64,
             index_entries: 256,
+            // Usage against 1 TiB: a shared CI disk already past the 90 % limit must not refuse these writes.
+            disk_capacity_bytes: Some(1 << 40),
             ..StoreConfig::new(dir)
         }
     }

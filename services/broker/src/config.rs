@@ -289,6 +289,19 @@ impl Default for Config {
     }
 }
 
+/// The store of in-process unit tests: small files, and usage counted against 1 TiB, so a shared CI disk already
+/// past the 90 % limit neither refuses their writes nor deletes their segments.
+#[cfg(test)]
+pub(crate) fn test_store(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        segment_size: 16 << 20,
+        index_slots: 4096,
+        index_entries: 65_536,
+        disk_capacity_bytes: Some(1 << 40),
+        ..StoreConfig::new(dir)
+    }
+}
+
 impl Default for BrokerSection {
     fn default() -> Self {
         Self {

@@ -264,7 +264,7 @@ mod tests {
 
     fn broker(dir: &std::path::Path) -> Arc<Broker> {
         let mut config = crate::config::Config::default();
-        config.store.dir = dir.to_path_buf();
+        config.store = crate::config::test_store(dir);
         config.messaging.retry_delays_ms = vec![1_000, 5_000];
         Broker::open(config, "127.0.0.1:1".into()).unwrap()
     }

@@ -954,7 +954,7 @@ mod tests {
             prepared_transaction_offset: 0,
         };
         let dir = tempfile::tempdir().unwrap();
-        let store = comet_store::Store::open(comet_store::StoreConfig::new(dir.path())).unwrap();
+        let store = comet_store::Store::open(crate::config::test_store(dir.path())).unwrap();
         let plain = store.append(&msg).unwrap();
         msg.properties = vec![(PROP_SHARDING_KEY.into(), "A".into())];
         let a = store.append(&msg).unwrap();

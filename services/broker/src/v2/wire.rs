@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn encoded_messages_decode_as_the_converted_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let store = comet_store::Store::open(comet_store::StoreConfig::new(dir.path())).unwrap();
+        let store = comet_store::Store::open(crate::config::test_store(dir.path())).unwrap();
         let props = |i: u8| -> Vec<(String, String)> {
             match i % 5 {
                 0 => vec![("user".into(), "v".into()), ("empty".into(), String::new())],
