@@ -5,7 +5,7 @@ CARGO ?= cargo
 JOBS ?= $(shell nproc)
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests build-tests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging bench-v2 bench-ab fuzz-remoting clean
+.PHONY: run run-nameserver run-broker test setup lint fmt check-layering check-deploy check-image k8s-manifests nextest bench bench-store bench-nameserver bench-remoting bench-broker bench-ha bench-messaging bench-v2 bench-ab fuzz-remoting clean
 
 ## run: Comet on embedded defaults (see README): a store demo in data/demo-store, then a NameServer (memory
 ## backend) on 127.0.0.1:9876 in the background and a broker on 127.0.0.1:8081 (data in data/broker) in the
@@ -75,7 +75,13 @@ check-image:
 k8s-manifests:
 	@bash scripts/check-deploy.sh render
 
+## The system tests run three binaries, which tests/src/harness/binary.rs builds package by package when stale:
+## build them here the same way (a workspace build unifies features differently, so the harness would build
+## again), so no test waits for a build inside its timeouts and no build competes with timed tests.
 nextest:
+	$(CARGO) build --locked -p comet-nameserver --bin comet-nameserver
+	$(CARGO) build --locked -p comet-broker --bin comet-broker
+	$(CARGO) build --locked -p comet --bin comet
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast --test-threads $(JOBS); \
 	else \

@@ -80,7 +80,10 @@ fn open_existing(dir: PathBuf) -> Result<(Store, comet_store::RecoveryReport)> {
     if !dir.join("commitlog").is_dir() {
         bail!("{} is not a store directory (no commitlog/ inside)", dir.display());
     }
-    Store::open_with_report(StoreConfig::new(&dir)).with_context(|| format!("opening {}", dir.display()))
+    // An inspection must not delete what it inspects: no retention pass (expired segments, a full disk) runs
+    // while it looks, whatever the host disk's fill or the segments' age.
+    let config = StoreConfig { clean_interval_ms: u64::MAX, ..StoreConfig::new(&dir) };
+    Store::open_with_report(config).with_context(|| format!("opening {}", dir.display()))
 }
 
 fn stats(dir: PathBuf) -> Result<()> {

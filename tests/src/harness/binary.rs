@@ -22,6 +22,7 @@ pub fn cargo_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     if !built.iter().any(|b| b == bin) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
+        // The Makefile's `nextest` target runs this same command before the tests, so here it is a no-op there.
         cmd.args(["build", "--quiet", "-p", package, "--bin", bin, "--target-dir"])
             .arg(target_dir)
             .current_dir(workspace_root());
