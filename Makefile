@@ -75,13 +75,11 @@ check-image:
 k8s-manifests:
 	@bash scripts/check-deploy.sh render
 
-## The system tests run three binaries, which tests/src/harness/binary.rs builds package by package when stale:
-## build them here the same way (a workspace build unifies features differently, so the harness would build
-## again), so no test waits for a build inside its timeouts and no build competes with timed tests.
+## The system tests run the binaries of three packages, which tests/src/harness/binary.rs builds when stale, with
+## this same command (another package set unifies features differently and the harness would build again): built
+## here first, no test waits for a build inside its timeouts and no build competes with timed tests.
 nextest:
-	$(CARGO) build --locked -p comet-nameserver --bin comet-nameserver
-	$(CARGO) build --locked -p comet-broker --bin comet-broker
-	$(CARGO) build --locked -p comet --bin comet
+	$(CARGO) build --locked -p comet-nameserver -p comet-broker -p comet --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast --test-threads $(JOBS); \
 	else \

@@ -141,6 +141,7 @@ step "Grafana dashboard: $dashboard_check; rendered into its ConfigMap"
 # SIGTERM ends them well within terminationGracePeriodSeconds. Replication: every slave names its group's master,
 # master and slaves agree on what they must share, the secret is in no ConfigMap, the HA port admits only the
 # release's brokers; a master and a slave of the HA render replicate a message for real.
+# The same build command as the test harness (tests/src/harness/binary.rs), so the two share one set of artefacts.
 if [ -z "${COMET_BIN_DIR:-}" ]; then
   ${CARGO:-cargo} build --locked --quiet -p comet-nameserver -p comet-broker -p comet --bins
   COMET_BIN_DIR=${CARGO_TARGET_DIR:-target}/debug
