@@ -16,21 +16,21 @@ run:
 	$(CARGO) build --release -p comet-store -p comet-nameserver -p comet-broker -p comet
 	$(TARGET_DIR)/release/comet-store demo data/demo-store
 	@set -euo pipefail; mkdir -p data; \
-	COMET_NAMESERVER_LISTEN=$(NAMESRV_ADDR) $(TARGET_DIR)/release/comet-nameserver \
-		> data/nameserver.out 2> data/nameserver.log & ns=$$!; \
+	COMET_NAMESERVER_LISTEN=$(NAMESRV_ADDR) COMET_METRICS_LISTEN=127.0.0.1:5558 \
+		setsid $(TARGET_DIR)/release/comet-nameserver > data/nameserver.out 2> data/nameserver.log & ns=$$!; \
 	trap 'kill $$ns 2>/dev/null; wait $$ns 2>/dev/null || true' EXIT; \
 	for _ in $$(seq 200); do grep -q listening data/nameserver.out && break; sleep 0.05; done; \
 	grep -q listening data/nameserver.out || { cat data/nameserver.log; exit 1; }; \
 	echo "NameServer on $(NAMESRV_ADDR) (log: data/nameserver.log); broker on $(BROKER_ADDR) (data: data/broker)."; \
-	echo "ctrl-c stops both. In another shell (grpcurl comes with 'make setup'):"; \
-	echo "  .venv/bin/grpcurl -plaintext -d '{\"topic\":\"demo\",\"queueId\":0,\"messages\":[{\"body\":\"aGVsbG8=\",\"tags\":\"t1\"}]}' $(BROKER_ADDR) comet.v1.Broker/SendMessage"; \
+	echo "ctrl-c stops both. In another shell (grpcurl comes with 'make setup'; the README's tour goes on from here):"; \
+	echo "  .venv/bin/grpcurl -plaintext -d '{\"topic\":\"demo\",\"queueId\":0,\"messages\":[{\"body\":\"aGVsbG8=\"}]}' $(BROKER_ADDR) comet.v1.Broker/SendMessage"; \
 	echo "  .venv/bin/grpcurl -plaintext -d '{\"group\":\"g1\",\"topic\":\"demo\",\"queueId\":0,\"maxWaitMillis\":5000}' $(BROKER_ADDR) comet.v1.Broker/PullMessage"; \
 	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) route demo"; \
-	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) send demo hello --count 3"; \
-	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) consume demo --group tour --from begin"; \
+	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) send demo 'hi from comet' --count 3"; \
+	echo "  $(TARGET_DIR)/release/comet --namesrv $(NAMESRV_ADDR) consume demo --group tour --from begin --count 4"; \
 	echo "  curl -s 127.0.0.1:5557/metrics | grep ^rocketmq_   # broker metrics (NameServer: 127.0.0.1:5558)"; \
 	COMET_BROKER_LISTEN=$(BROKER_ADDR) COMET_BROKER_NAMESERVER_ADDRESSES=$(NAMESRV_ADDR) \
-		$(TARGET_DIR)/release/comet-broker
+		COMET_METRICS_LISTEN=127.0.0.1:5557 $(TARGET_DIR)/release/comet-broker
 
 ## run-nameserver: a memory-mode NameServer on 127.0.0.1:9876 (ctrl-c to stop)
 run-nameserver:

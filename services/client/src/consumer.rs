@@ -440,6 +440,14 @@ impl PullConsumer {
                     tried.push(member.address);
                     last = Some(error);
                 }
+                // A slave copies topics from its master every few seconds (`ha.metadata-sync-interval-ms`): one
+                // that does not know the topic yet passes the call on to the next member, and is not marked down.
+                Err(error) if !member.is_master() && error.code() == tonic::Code::NotFound => {
+                    tracing::debug!(op, broker_name, broker_id = member.id, broker = %member.address, %error,
+                        "slave does not know the topic yet; trying another member");
+                    tried.push(member.address);
+                    last = Some(error);
+                }
                 Err(error) => {
                     if error.is_retryable() {
                         self.inner.routes.invalidate(topic);
@@ -574,6 +582,26 @@ mod tests {
         let master_only = FakeNameServer::start("b", &[(0, &master.address)]);
         let c = consumer(&master_only, ReadPreference::Slave);
         assert_eq!(c.pull(&queue(), 0, 1, Duration::ZERO).await.unwrap().broker_id, 0, "no slave in the route");
+    }
+
+    #[tokio::test]
+    async fn a_slave_that_has_not_copied_the_topic_yet_passes_reads_to_the_master() {
+        let (master, slave) = (FakeBroker::start(4), FakeBroker::start(4));
+        slave.state.lock().unknown_topic = true;
+        let ns = FakeNameServer::start("b", &[(0, &master.address), (1, &slave.address)]);
+        let c = consumer(&ns, ReadPreference::Slave);
+        assert_eq!(c.queue_offsets(&queue()).await.unwrap(), (0, 4));
+        let read = c.pull(&queue(), 0, 1, Duration::ZERO).await.unwrap();
+        assert_eq!((read.broker_id, read.messages.len()), (0, 1), "the master answered");
+
+        slave.state.lock().unknown_topic = false;
+        assert_eq!(c.pull(&queue(), 1, 1, Duration::ZERO).await.unwrap().broker_id, 1, "not passed over: asked again");
+
+        let ns = FakeNameServer::start("b", &[(0, &master.address), (1, &slave.address)]);
+        slave.state.lock().unknown_topic = true;
+        master.set_unavailable(true);
+        let error = consumer(&ns, ReadPreference::Slave).pull(&queue(), 0, 1, Duration::ZERO).await.unwrap_err();
+        assert_eq!(error.broker(), Some(master.address.as_str()), "the master was asked too: {error}");
     }
 
     #[tokio::test]

@@ -103,6 +103,8 @@ where
 pub(crate) struct BrokerState {
     /// Every call is answered UNAVAILABLE (a broker that is down, as the SDK sees it).
     pub(crate) unavailable: bool,
+    /// Every call is answered NOT_FOUND for the topic (a slave that has not copied the topic from its master yet).
+    pub(crate) unknown_topic: bool,
     /// The queue's smallest stored offset.
     pub(crate) min: u64,
     /// The queue's end: messages `min..max` exist (body `m<offset>`).
@@ -203,6 +205,10 @@ where
         let method = method(&request);
         if state.lock().unavailable {
             let status = Status::unavailable("fake broker is down");
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        if state.lock().unknown_topic {
+            let status = Status::not_found("topic \"t\" does not exist on this broker");
             return Box::pin(async move { Ok(status.into_http()) });
         }
         match method.as_str() {

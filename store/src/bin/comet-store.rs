@@ -94,7 +94,7 @@ fn stats(dir: PathBuf) -> Result<()> {
         s.min_offset, s.max_offset, s.flushed_offset, s.dispatched_offset
     );
     println!(
-        "disk         {} bytes, usage {:.1}%{}",
+        "disk         {} bytes in the store's files (preallocated included), disk usage {:.1}%{}",
         s.disk_bytes,
         s.disk_usage * 100.0,
         if s.disk_full { " (FULL)" } else { "" }
