@@ -24,14 +24,23 @@ struct Args {
     print_config: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(args.config.as_deref(), std::env::vars()).context("loading configuration")?;
     if args.print_config {
         print!("{}", serde_yaml::to_string(&config)?);
         return Ok(());
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(config.broker.blocking_threads)
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve(config))
+}
+
+/// The broker on its runtime: serves until SIGTERM or ctrl-c, then shuts down gracefully.
+async fn serve(config: Config) -> anyhow::Result<()> {
     config.log.init()?;
 
     let bound = comet_broker::edge::server::bind(config).await.context("starting the broker")?;
