@@ -197,7 +197,8 @@ impl Broker {
         Ok(Arc::new(broker))
     }
 
-    /// Runs `f` on the blocking pool (store calls, file writes), keeping the async workers free.
+    /// Runs `f` on the blocking pool (store calls, file writes), keeping the async workers free. The pool has
+    /// `broker.blocking-threads` threads and queues the rest, so `f` must never wait for another such call.
     pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         F: FnOnce(&Broker) -> Result<T> + Send + 'static,
