@@ -1,8 +1,9 @@
 //! Domain value types shared by every Comet crate.
 //!
 //! This crate is the vocabulary of the system: names (topics, groups, brokers), the two kinds of offset, the
-//! identity of a message queue, and how keys are hashed (tag hashes, [`hash_joined`]). It depends on nothing async or networked so that the store, the protocol
-//! layers and the SDK can all share it without pulling each other in.
+//! identity of a message queue, and how keys are hashed (tag hashes, [`hash_joined`]). It depends on nothing
+//! async or networked so that the store, the protocol layers and the SDK can all share it without pulling each
+//! other in.
 
 mod name;
 mod offset;

@@ -4,11 +4,11 @@
 //! A bounded in-memory table (`dedup-max-entries`) with time expiry, keyed by a 128-bit hash of the pair under a
 //! per-process random secret (no string per entry: about 110 bytes each). An id is *reserved* before its append
 //! and *completed* with its result after, so two concurrent sends of one id never both store. Under a sustained
-//! send rate above
-//! `max-entries / window` the oldest entries are evicted early: the window then shrinks to `max-entries / rate`
-//! (counted, see [`Dedup::evicted_early`]). After a restart the table misses what was stored before it; for one
-//! window after the newest of those messages, [`Dedup::needs_index`] says the caller must also consult the
-//! store's message-id index (restarts keep the guarantee; a broker whose store held nothing recent pays nothing).
+//! send rate above `max-entries / window` the oldest entries are evicted early: the window then shrinks to
+//! `max-entries / rate` (counted, see [`Dedup::evicted_early`]). After a restart the table misses what was stored
+//! before it; for one window after the newest of those messages, [`Dedup::needs_index`] says the caller must also
+//! consult the store's message-id index (restarts keep the guarantee; a broker whose store held nothing recent
+//! pays nothing).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque, hash_map};
