@@ -23,8 +23,8 @@ pub use route::{
 
 /// Hashes `parts` as one byte string: `whole` over a stack copy of them when they fit in 512 bytes, else `each`
 /// over the parts in order, and both must compute the same function of the concatenation. Keys hashed per
-/// message (dedup keys, index keys, receipt-handle checksums) are a few short fields: one pass over a copy costs
-/// less than a hasher call per field.
+/// message (dedup keys, index keys) are a few short fields: one pass over a copy costs less than a hasher call
+/// per field.
 pub fn hash_joined<R>(parts: &[&[u8]], whole: impl FnOnce(&[u8]) -> R, each: impl FnOnce(&[&[u8]]) -> R) -> R {
     // The copy is zeroed first: a small one for the usual keys, a larger one for long names.
     match parts.iter().map(|p| p.len()).sum::<usize>() {

@@ -32,7 +32,7 @@ use crate::config::StartFrom;
 use crate::domain::copy::{Copy, copy_to};
 use crate::domain::filter::TagFilter;
 use crate::domain::groups::GroupConfig;
-use crate::domain::pop::handle::Handle;
+use crate::domain::pop::handle::{Binding, Handle};
 use crate::domain::pop::journal::{Change, Record};
 use crate::domain::pop::window::{Scan, Window};
 use crate::domain::retry::is_dead_letter;
@@ -517,14 +517,16 @@ fn take_queue(
     let sums = md5_bodies(picked.iter().map(|(m, _)| m));
     let mut encoder = wire::Encoder::for_messages(picked.iter().map(|(m, _)| m));
     let invisible = Duration::from_millis(ask.invisible_ms);
+    let binding = Binding::new(&ask.group, &ask.topic);
     for ((m, attempt), sum) in picked.iter().zip(&sums) {
         let seq = b.receive.next_seq();
         let offset = m.queue_offset().0;
         let renew_until = if ask.auto_renew { now.saturating_add(config.auto_renew_max_ms) } else { 0 };
         w.deliver(offset, seq, now.saturating_add(ask.invisible_ms), renew_until, ask.client.clone());
         let handle = Handle { queue_id, offset, seq };
-        let text = handle.encode(&ask.group, &ask.topic);
-        out.push(encoder.message(m, sum, Some(&wire::Delivery { handle: &text, attempt: *attempt, invisible })));
+        let text = handle.encode(&binding);
+        let delivery = wire::Delivery { handle: text.as_str(), attempt: *attempt, invisible };
+        out.push(encoder.message(m, sum, Some(&delivery)));
         *body_bytes += m.body_len() as u64;
         handles.push(handle);
     }
@@ -708,8 +710,9 @@ fn ack_entries(b: &Broker, group: &str, topic: &str, handles: &[&str]) -> Vec<pb
     let mut results: Vec<Result<()>> = Vec::with_capacity(handles.len());
     let mut by_queue: std::collections::BTreeMap<QueueId, Vec<(usize, Handle)>> = std::collections::BTreeMap::new();
     let mut failed: Vec<(usize, pb::Status)> = Vec::new();
+    let binding = Binding::new(group, topic);
     for (i, text) in handles.iter().enumerate() {
-        match Handle::decode(text, group, topic) {
+        match Handle::decode(text, &binding) {
             Ok(h) => {
                 by_queue.entry(h.queue_id).or_default().push((i, h));
                 results.push(Ok(()));
@@ -789,7 +792,8 @@ pub async fn change_invisible_duration(
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .filter(|ms| *ms <= max)
             .ok_or_else(|| BrokerError::invalid("invisible_duration", format!("must be 0..={max} ms")))?;
-        let h = Handle::decode(&req.receipt_handle, &group, &topic)?;
+        let binding = Binding::new(&group, &topic);
+        let h = Handle::decode(&req.receipt_handle, &binding)?;
         let stale = || BrokerError::invalid("receipt_handle", "expired or already used");
         let window = b.receive.window(&group, &topic, h.queue_id).ok_or_else(stale)?;
         let seq = b.receive.next_seq();
@@ -797,7 +801,7 @@ pub async fn change_invisible_duration(
             return Err(stale());
         }
         b.receive.wake(&group, &topic);
-        Ok(Handle { seq, ..h }.encode(&group, &topic))
+        Ok(Handle { seq, ..h }.encode(&binding).as_str().to_owned())
     })();
     let lang = caller.language.as_str();
     match outcome {
@@ -822,7 +826,7 @@ pub async fn forward_to_dead_letter_queue(
     let outcome = broker
         .blocking(move |b| {
             let (group, topic) = names(b, req.group.as_ref(), req.topic.as_ref())?;
-            let h = Handle::decode(&req.receipt_handle, &group, &topic)?;
+            let h = Handle::decode(&req.receipt_handle, &Binding::new(&group, &topic))?;
             let stale = || BrokerError::invalid("receipt_handle", "expired or already used");
             let window = b.receive.window(&group, &topic, h.queue_id).ok_or_else(stale)?;
             let mut w = window.lock();
