@@ -159,6 +159,26 @@ impl MappedFile {
         let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
     }
 
+    /// True when every page of `[from, to)` (at most its first 64 pages) is in the page cache (`mincore`), so
+    /// reading it through the map will not wait for the disk, whether or not this process has the pages mapped.
+    pub(crate) fn in_page_cache(&self, from: usize, to: usize) -> bool {
+        const PAGE: usize = 4096;
+        const MAX_PAGES: usize = 64;
+        let to = to.min(self.len);
+        if to <= from {
+            return true;
+        }
+        let start = from / PAGE * PAGE;
+        let span = (to - start).min(MAX_PAGES * PAGE);
+        let pages = span.div_ceil(PAGE);
+        let mut resident = [0u8; MAX_PAGES];
+        // SAFETY: `start` is page-aligned (the mapping starts on a page) and `start..start + span` lies within the
+        // mapping (`to <= len`); `resident` has a byte for each of its `pages` pages. mincore only reads the page
+        // tables and the page cache: it changes no memory but `resident`.
+        let rc = unsafe { libc::mincore(self.map.as_mut_ptr().add(start).cast(), span, resident.as_mut_ptr()) };
+        rc == 0 && resident[..pages].iter().all(|page| page & 1 == 1)
+    }
+
     /// Drops the page-cache pages of `[from, to)` (`POSIX_FADV_DONTNEED`): clean ones that no process maps leave
     /// memory; dirty or mapped ones stay. The file's bytes are unchanged: a later read fetches them from disk.
     pub(crate) fn drop_cached(&self, from: usize, to: usize) {

@@ -187,6 +187,10 @@ impl Lifecycle {
     }
 }
 
+/// How far past a record `Store::is_resident` asks the page cache about: a batch of a few dozen messages of a
+/// few KiB, what one read of a consumer usually takes.
+const RESIDENT_READ_SPAN: usize = 64 << 10;
+
 /// Exists while a store is open; its presence at start-up means the last run did not shut down cleanly.
 const ABORT_MARKER: &str = "abort";
 
@@ -366,15 +370,19 @@ impl Store {
     }
 
     /// True when reading a queue from `offset` will not wait for the disk: the record there lies in the
-    /// CommitLog's resident window (its last 128 MiB, kept mapped and written recently, so in the page cache), or
-    /// the queue ends there (what arrives next is fresh). Lets callers read in place instead of on a blocking pool.
+    /// CommitLog's resident window (its last 128 MiB, kept mapped and written recently, so in the page cache), the
+    /// log's next 64 KiB from it are in the page cache (a backlog still cached: one `mincore` call), or the queue
+    /// ends there (what arrives next is fresh). Lets callers read in place instead
+    /// of on a blocking pool.
     pub fn is_resident(&self, topic: &str, queue_id: QueueId, offset: QueueOffset) -> bool {
         let Some(queue) = self.inner.queues.get(topic, queue_id) else { return true };
         if offset >= queue.max_offset() {
             return true;
         }
         let floor = self.inner.log.end().saturating_sub(crate::background::RESIDENT_WINDOW);
-        queue.get(offset).is_some_and(|entry| entry.offset >= floor)
+        queue.get(offset).is_some_and(|entry| {
+            entry.offset >= floor || self.inner.log.in_page_cache(entry.offset, RESIDENT_READ_SPAN)
+        })
     }
 
     /// When the message at `offset` of a queue was stored (ms since the epoch), if it is still stored. Reads

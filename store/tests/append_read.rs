@@ -319,19 +319,38 @@ fn large_messages(dir: &std::path::Path) -> comet_store::StoreConfig {
 }
 
 #[test]
-fn only_the_last_128_mib_of_the_log_and_a_queues_end_count_as_resident() {
+fn a_read_counts_as_resident_in_the_last_128_mib_in_the_page_cache_or_at_the_queues_end() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(large_messages(dir.path())).unwrap();
+    // A 4 MiB page-cache budget: flushed data beyond the resident window leaves the page cache.
+    let cfg =
+        comet_store::StoreConfig { flush_interval_ms: 20, log_cache_bytes: 4 << 20, ..large_messages(dir.path()) };
+    let store = Store::open(cfg).unwrap();
     assert!(store.is_resident("T", 0, QueueOffset(0)), "an unknown queue has nothing to wait for");
     // 136 MiB in 2 MiB messages: the first few fall out of the resident window.
     let mut big = message("T", 0, 0);
+    let mut first = None;
     for seq in 0..68 {
         big.body = bytes::Bytes::from(vec![seq as u8; 2 << 20]);
-        store.append(&big).unwrap();
+        first.get_or_insert(store.append(&big).unwrap().offset);
     }
-    assert!(!store.is_resident("T", 0, QueueOffset(0)), "136 MiB behind the end");
     assert!(store.is_resident("T", 0, QueueOffset(67)), "the newest message");
     assert!(store.is_resident("T", 0, QueueOffset(68)), "the queue's end: only new arrivals");
+    let segment = dir.path().join("commitlog").join(format!("{:020}", 0));
+    if on_tmpfs(dir.path()) {
+        eprintln!("temp dir on tmpfs: its pages cannot leave the page cache");
+        assert!(store.is_resident("T", 0, QueueOffset(0)), "136 MiB behind the end, in the page cache");
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cached_pages(&segment) > 0 {
+        assert!(std::time::Instant::now() < deadline, "{} pages still cached", cached_pages(&segment));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!store.is_resident("T", 0, QueueOffset(0)), "136 MiB behind the end, out of the page cache");
+    // Reading it brings its pages back: a reader catching up finds the rest of its batch cached.
+    let first = store.read(first.unwrap()).unwrap();
+    assert!(first.body().iter().all(|b| *b == 0));
+    assert!(store.is_resident("T", 0, QueueOffset(0)), "read back into the page cache");
 }
 
 /// How many of `path`'s pages are in the page cache (`mincore` over a read-only mapping of it).

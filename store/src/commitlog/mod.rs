@@ -307,6 +307,15 @@ impl CommitLog {
         Ok(msg)
     }
 
+    /// True when the `span` bytes from `offset` (within its segment) are in the page cache: a read there will not
+    /// wait for the disk.
+    pub(crate) fn in_page_cache(&self, offset: u64, span: usize) -> bool {
+        self.segment_for(offset).is_some_and(|seg| {
+            let rel = seg.rel(offset);
+            seg.file().in_page_cache(rel, rel.saturating_add(span))
+        })
+    }
+
     /// Reads just the store timestamp of the record at `offset` (no CRC check): for bisecting by time.
     pub(crate) fn store_timestamp_at(&self, offset: u64) -> Option<u64> {
         let seg = self.segment_for(offset)?;

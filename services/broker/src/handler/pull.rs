@@ -146,9 +146,13 @@ async fn read_or_wait(broker: &Arc<Broker>, request: &PullQuery) -> Result<(GetM
     let read = |from: QueueOffset| {
         let (topic, filter) = (request.topic.clone(), Arc::clone(&filter));
         let queue_id = request.queue_id;
-        broker.blocking(move |b| {
+        // Nothing to wait for (the queue's end, or data in the page cache): the hand-off to the blocking pool and
+        // back would cost more than the read.
+        let in_place = broker.store.is_resident(&topic, queue_id, from);
+        let get = move |b: &Broker| -> Result<GetMessages> {
             Ok(b.store.get_messages(&topic, queue_id, from, max_count, max_bytes, filter.as_store_filter())?)
-        })
+        };
+        async move { if in_place { get(broker) } else { broker.blocking(get).await } }
     };
 
     let mut from = request.offset;
@@ -161,27 +165,15 @@ async fn read_or_wait(broker: &Arc<Broker>, request: &PullQuery) -> Result<(GetM
     let watch = broker.waiters.watch(&request.topic, request.queue_id);
     let mut shutdown = broker.waiters.shutdown_signal();
     tracing::debug!(topic = %request.topic, queue_id = request.queue_id, offset = request.offset.0, "pull parked");
-    let mut arrived = false;
     loop {
         from = next_from(&first, from);
         let arrival = watch.enabled();
         if broker.waiters.is_stopping() {
             return Ok((first, from));
         }
-        // After an arrival the messages asked for were just written: resident, so read them in place rather
-        // than with a blocking-pool round trip on the produce-to-consume latency path.
-        let again = if arrived {
-            broker.store.get_messages(
-                &request.topic,
-                request.queue_id,
-                from,
-                max_count,
-                max_bytes,
-                filter.as_store_filter(),
-            )?
-        } else {
-            read(from).await?
-        };
+        // After an arrival the messages asked for were just written: resident, so `read` reads them in place,
+        // with no blocking-pool round trip on the produce-to-consume latency path.
+        let again = read(from).await?;
         if !wants_wait(&again, from) {
             return Ok((again, from));
         }
@@ -192,7 +184,7 @@ async fn read_or_wait(broker: &Arc<Broker>, request: &PullQuery) -> Result<(GetM
             continue;
         }
         tokio::select! {
-            () = arrival => arrived = true,
+            () = arrival => {}
             () = &mut shutdown => break,
             () = tokio::time::sleep_until(deadline) => break,
         }

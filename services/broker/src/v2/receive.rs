@@ -333,10 +333,11 @@ async fn look(broker: &Arc<Broker>, ask: &Arc<Ask>) -> Result<(Vec<Bytes>, Optio
 
 /// True when a look of `ask` needs no disk: async flush (its journal and dead-letter appends are page-cache
 /// copies), the journal topic exists (creating it writes metadata), and every queue's window exists and reads on
-/// from resident data ([`comet_store::Store::is_resident`]: the log's last 128 MiB or the queue's end), its
-/// longest-due redelivery included. Then two thread hand-offs cost more than the work (a tenth of the broker's
-/// CPU per received message, measured). A consumer keeping up with producers is here; one working through an old
-/// backlog, or a group's first receive, goes to the blocking pool.
+/// from resident data ([`comet_store::Store::is_resident`]: the log's last 128 MiB, data in the page cache, or
+/// the queue's end), its longest-due redelivery included. Then two thread hand-offs cost more than the work (a
+/// tenth of the broker's CPU per received message, measured). A consumer keeping up with producers is here, and
+/// one working through a backlog the page cache still holds; one reading from disk, or a group's first receive,
+/// goes to the blocking pool.
 fn hot(b: &Broker, ask: &Ask) -> bool {
     let now = now_ms();
     b.config.store.flush_mode == FlushMode::Async
