@@ -186,6 +186,18 @@ impl ConsumeQueue {
         self.file_for(offset.0)?.entry(offset.0)
     }
 
+    /// True when reading the entry at `offset` will not wait for the disk: its file is the one being written
+    /// (kept mapped), or the entry's page is in the page cache (`mincore`, for full files unmapped from the
+    /// process).
+    pub(crate) fn entry_cached(&self, offset: QueueOffset) -> bool {
+        let Some(file) = self.file_for(offset.0) else { return true };
+        if !file.released.load(Ordering::Acquire) {
+            return true;
+        }
+        let at = offset.0.saturating_sub(file.first) as usize * CQ_ENTRY_SIZE;
+        file.file.in_page_cache(at, at + CQ_ENTRY_SIZE)
+    }
+
     /// Visits entries from `from` while `f` returns true; stops at the end of the queue.
     pub(crate) fn scan(&self, from: QueueOffset, mut f: impl FnMut(QueueOffset, CqEntry) -> bool) {
         let max = self.max.load(Ordering::Acquire);
@@ -523,6 +535,30 @@ mod tests {
         assert_eq!(q.get(QueueOffset(25)), None);
         q.put(QueueOffset(25), e(9999))?;
         assert_eq!(q.get(QueueOffset(25)), Some(e(9999)));
+        Ok(())
+    }
+
+    #[test]
+    fn an_entry_of_a_released_file_is_cached_only_while_its_page_is() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", "/tmp", e))?;
+        // 1024 entries a file: 5 pages, so the first file's pages can be told apart.
+        let qs = ConsumeQueues::open(dir.path(), 1024, u64::MAX, false)?;
+        let q = qs.get_or_create("T", 0);
+        for i in 0..1100u64 {
+            q.put(QueueOffset(i), e(i * 100))?;
+        }
+        assert!(q.entry_cached(QueueOffset(10)), "a file still mapped");
+        q.flush().map_err(|x| Error::io("flush", dir.path(), x))?;
+        q.release_full();
+        let first = Arc::clone(&q.files.read()[0]);
+        first.file.drop_cached(0, first.file.len());
+        if !first.file.in_page_cache(0, 4096) {
+            // (On tmpfs the pages are the file itself and cannot be dropped.)
+            assert!(!q.entry_cached(QueueOffset(10)), "released and out of the page cache");
+        }
+        assert_eq!(q.get(QueueOffset(10)), Some(e(1000)), "read from the disk");
+        assert!(q.entry_cached(QueueOffset(10)), "its page is cached again");
+        assert!(q.entry_cached(QueueOffset(1050)), "the file being written");
         Ok(())
     }
 

@@ -369,15 +369,18 @@ impl Store {
         Some((q.min_offset(), q.max_offset()))
     }
 
-    /// True when reading a queue from `offset` will not wait for the disk: the record there lies in the
-    /// CommitLog's resident window (its last 128 MiB, kept mapped and written recently, so in the page cache), the
-    /// log's next 64 KiB from it are in the page cache (a backlog still cached: one `mincore` call), or the queue
-    /// ends there (what arrives next is fresh). Lets callers read in place instead
-    /// of on a blocking pool.
+    /// True when reading a queue from `offset` will not wait for the disk: the queue ends there (what arrives
+    /// next is fresh), or its consume-queue entry is mapped or cached and the record there lies in the CommitLog's
+    /// resident window (its last 128 MiB, kept mapped and written recently) or has its next 64 KiB in the page
+    /// cache (a backlog still cached: one `mincore` call). Lets callers read in place instead of on a blocking
+    /// pool.
     pub fn is_resident(&self, topic: &str, queue_id: QueueId, offset: QueueOffset) -> bool {
         let Some(queue) = self.inner.queues.get(topic, queue_id) else { return true };
         if offset >= queue.max_offset() {
             return true;
+        }
+        if !queue.entry_cached(offset) {
+            return false;
         }
         let floor = self.inner.log.end().saturating_sub(crate::background::RESIDENT_WINDOW);
         queue.get(offset).is_some_and(|entry| {
