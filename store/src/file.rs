@@ -147,9 +147,9 @@ impl MappedFile {
     /// pages, so that data the writer has left behind stops counting towards the broker's resident memory. The
     /// page cache keeps them: a later read faults them back in with the same bytes.
     pub(crate) fn release(&self, from: usize, to: usize) {
-        const PAGE: usize = 4096;
-        let from = from.div_ceil(PAGE) * PAGE;
-        let to = to.min(self.len) / PAGE * PAGE;
+        let page = page_size();
+        let from = from.div_ceil(page) * page;
+        let to = to.min(self.len) / page * page;
         if to <= from {
             return;
         }
@@ -162,15 +162,15 @@ impl MappedFile {
     /// True when every page of `[from, to)` (at most its first 64 pages) is in the page cache (`mincore`), so
     /// reading it through the map will not wait for the disk, whether or not this process has the pages mapped.
     pub(crate) fn in_page_cache(&self, from: usize, to: usize) -> bool {
-        const PAGE: usize = 4096;
         const MAX_PAGES: usize = 64;
+        let page = page_size();
         let to = to.min(self.len);
         if to <= from {
             return true;
         }
-        let start = from / PAGE * PAGE;
-        let span = (to - start).min(MAX_PAGES * PAGE);
-        let pages = span.div_ceil(PAGE);
+        let start = from / page * page;
+        let span = (to - start).min(MAX_PAGES * page);
+        let pages = span.div_ceil(page);
         let mut resident = [0u8; MAX_PAGES];
         // SAFETY: `start` is page-aligned (the mapping starts on a page) and `start..start + span` lies within the
         // mapping (`to <= len`); `resident` has a byte for each of its `pages` pages. mincore only reads the page
@@ -335,6 +335,17 @@ pub(crate) fn parse_offset_name(name: &str) -> Option<u64> {
 /// The 20-digit zero-padded file name for an offset.
 pub(crate) fn offset_name(offset: u64) -> String {
     format!("{offset:020}")
+}
+
+/// The system's page size: what `madvise` and `mincore` ranges must be aligned to (4 KiB on x86-64, up to 64 KiB
+/// on some arm64 kernels).
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a system constant; it has no preconditions.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).ok().filter(|n| n.is_power_of_two()).unwrap_or(4096)
+    })
 }
 
 #[cfg(test)]
