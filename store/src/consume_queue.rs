@@ -186,16 +186,19 @@ impl ConsumeQueue {
         self.file_for(offset.0)?.entry(offset.0)
     }
 
-    /// True when reading the entry at `offset` will not wait for the disk: its file is the one being written
-    /// (kept mapped), or the entry's page is in the page cache (`mincore`, for full files unmapped from the
-    /// process).
-    pub(crate) fn entry_cached(&self, offset: QueueOffset) -> bool {
-        let Some(file) = self.file_for(offset.0) else { return true };
-        if !file.released.load(Ordering::Acquire) {
-            return true;
+    /// The entry at `offset` when reading it will not wait for the disk: its file is the one being written (kept
+    /// mapped), or the entry's page is in the page cache (`mincore`, for full files unmapped from the process).
+    /// `None` when it is not readable or not cached.
+    pub(crate) fn cached_entry(&self, offset: QueueOffset) -> Option<CqEntry> {
+        if offset.0 < self.min.load(Ordering::Acquire) {
+            return None;
         }
-        let at = offset.0.saturating_sub(file.first) as usize * CQ_ENTRY_SIZE;
-        file.file.in_page_cache(at, at + CQ_ENTRY_SIZE)
+        let file = self.file_for(offset.0)?;
+        let at = offset.0.checked_sub(file.first)? as usize * CQ_ENTRY_SIZE;
+        if file.released.load(Ordering::Acquire) && !file.file.in_page_cache(at, at + CQ_ENTRY_SIZE) {
+            return None;
+        }
+        file.entry(offset.0)
     }
 
     /// Visits entries from `from` while `f` returns true; stops at the end of the queue.
@@ -547,18 +550,18 @@ mod tests {
         for i in 0..1100u64 {
             q.put(QueueOffset(i), e(i * 100))?;
         }
-        assert!(q.entry_cached(QueueOffset(10)), "a file still mapped");
+        assert!(q.cached_entry(QueueOffset(10)).is_some(), "a file still mapped");
         q.flush().map_err(|x| Error::io("flush", dir.path(), x))?;
         q.release_full();
         let first = Arc::clone(&q.files.read()[0]);
         first.file.drop_cached(0, first.file.len());
         if !first.file.in_page_cache(0, 4096) {
             // (On tmpfs the pages are the file itself and cannot be dropped.)
-            assert!(!q.entry_cached(QueueOffset(10)), "released and out of the page cache");
+            assert!(q.cached_entry(QueueOffset(10)).is_none(), "released and out of the page cache");
         }
         assert_eq!(q.get(QueueOffset(10)), Some(e(1000)), "read from the disk");
-        assert!(q.entry_cached(QueueOffset(10)), "its page is cached again");
-        assert!(q.entry_cached(QueueOffset(1050)), "the file being written");
+        assert!(q.cached_entry(QueueOffset(10)).is_some(), "its page is cached again");
+        assert!(q.cached_entry(QueueOffset(1050)).is_some(), "the file being written");
         Ok(())
     }
 

@@ -379,11 +379,8 @@ impl Store {
         if offset >= queue.max_offset() {
             return true;
         }
-        if !queue.entry_cached(offset) {
-            return false;
-        }
         let floor = self.inner.log.end().saturating_sub(crate::background::RESIDENT_WINDOW);
-        queue.get(offset).is_some_and(|entry| {
+        queue.cached_entry(offset).is_some_and(|entry| {
             entry.offset >= floor || self.inner.log.in_page_cache(entry.offset, RESIDENT_READ_SPAN)
         })
     }

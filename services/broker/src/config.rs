@@ -273,7 +273,7 @@ pub struct BrokerSection {
     /// Client connections open at once on the broker's port (gRPC and remoting together). One beyond it is
     /// closed as soon as it is accepted (logged): what clients can hold in descriptors and buffers stays bounded.
     pub max_connections: usize,
-    /// Threads for store calls taken off the async workers (reads beyond the resident window, file writes); more
+    /// Threads for store calls taken off the async workers (reads of data not in the page cache, file writes); more
     /// calls wait their turn. Each thread keeps its own allocator caches, so threads beyond what the disk can use
     /// only cost memory: under overload 100 of them held ~400 MiB more than 16 did, at the same throughput.
     pub blocking_threads: usize,
